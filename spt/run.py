@@ -9,6 +9,7 @@ before training leaves no run directory behind.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -21,7 +22,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from spt import __version__
@@ -43,8 +44,12 @@ def build(cfg: DictConfig):
     datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=backbone.tokenizer,
                                                        arch=backbone.arch)
     log.info("instantiating method <%s>", cfg.method._target_)
-    method = instantiate(cfg.method, _partial_=True)(backbone=backbone, task=datamodule.task,
-                                                     init_texts=datamodule.train_texts())
+    make = instantiate(cfg.method, _partial_=True)
+    extra = {}
+    if "datamodule" in inspect.signature(get_class(cfg.method._target_)).parameters:
+        extra["datamodule"] = datamodule  # methods that read training examples (CPT's context)
+    method = make(backbone=backbone, task=datamodule.task, init_texts=datamodule.train_texts(),
+                  **extra)
     if cfg.get("zero_shot"):
         method.use_soft_prompt = False
     datamodule.n_soft = method.n_soft_tokens
