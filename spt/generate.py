@@ -3,25 +3,43 @@
 - Input-level prompts (prompt, ptuning): greedy or beam search through Hugging Face
   ``generate`` on the input embeddings that carry the prompt (``method.embed(batch)``).
 - Key/value prompts (prefix, ptuning_v2; ``method.kv_prefix(batch)``): the prefix is loaded
-  into the cache once, the prompt is prefilled after it, and decoding continues from that cache
-  (greedy). HF ``generate`` cannot be handed a pre-filled cache together with
+  into the cache once, the prompt is prefilled after it, and decoding continues from that cache,
+  greedy or beam search. HF ``generate`` cannot be handed a pre-filled cache together with
   ``inputs_embeds`` (it decodes from the wrong state, and beam search does not expand such a
-  cache), so spt runs this loop itself.
+  cache), so spt runs these loops itself over a small "stepper" that returns next-token logits
+  and reorders its rows (the cache's ``reorder_cache``) when beams are re-ranked.
+- ``use_cache=False`` re-runs the whole sequence at every step: the slow reference that the
+  cached path must equal (tests assert it).
 Decoder-only batches are left-padded, so every row continues from its last real token.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from spt.core.errors import SptError
-from spt.core.scoring import _decoder_cache, _prefixed, encode, position_ids, prefix_cache
+from spt.core.scoring import (
+    _prefixed,
+    cross_route,
+    decoder_cache,
+    encode,
+    position_ids,
+    prefix_cache,
+    seq2seq_parts,
+)
 
 
 @torch.no_grad()
 def generate(method, batch: dict, max_new_tokens: int = 32, num_beams: int = 1,
-             use_cache: bool = True, **kwargs) -> torch.Tensor:
-    """New token ids ``[B, T]`` (padded with the pad id after EOS) for each row of ``batch``."""
+             use_cache: bool = True, length_penalty: float = 1.0, **kwargs) -> torch.Tensor:
+    """New token ids ``[B, T]`` (padded with the pad id after EOS) for each row of ``batch``.
+
+    Beam search ranks finished hypotheses by summed log-probability / length**length_penalty
+    and stops a row once no running beam can beat its ``num_beams`` finished ones (the
+    Hugging Face default, ``early_stopping=False``)."""
     base = method.base
     if base.arch == "encoder":
         raise SptError("generation needs a decoder: use a decoder-only or encoder-decoder model")
@@ -31,78 +49,21 @@ def generate(method, batch: dict, max_new_tokens: int = 32, num_beams: int = 1,
     embeds = method.embed(batch)
     mask = batch["attention_mask"]
     if hasattr(method, "kv_prefix"):
-        if num_beams != 1:
-            raise SptError("beam search with key/value prompts (prefix, ptuning_v2) is not "
-                           "built yet: use num_beams=1")
-        return _greedy_with_prefix(method, embeds, mask, method.kv_prefix(batch, embeds.dtype),
-                                   max_new_tokens, use_cache)
+        stepper = _stepper(method, embeds, mask, method.kv_prefix(batch, embeds.dtype),
+                           use_cache, beams=num_beams)
+        if num_beams == 1:
+            return _greedy(stepper, embeds.shape[0], max_new_tokens, tok.pad_token_id,
+                           tok.eos_token_id)[0]
+        return _beam(stepper, embeds.shape[0], num_beams, max_new_tokens, tok.pad_token_id,
+                     tok.eos_token_id, length_penalty)
     out = method.backbone.generate(
         inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-        num_beams=num_beams, do_sample=False, use_cache=use_cache,
+        num_beams=num_beams, do_sample=False, use_cache=use_cache, length_penalty=length_penalty,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs,
     )
     if base.arch == "encoder-decoder":
         return out[:, 1:]  # drop the decoder start token
     return out
-
-
-def _greedy_with_prefix(method, embeds, mask, prefix, max_new_tokens: int,
-                        use_cache: bool, with_logits: bool = False):
-    """Greedy decoding after a key/value prefix: prefill once, then one token per step from
-    the cache (``use_cache=False`` re-runs the whole sequence each step instead). With
-    ``with_logits`` also returns each step's next-token logits."""
-    if not use_cache:
-        tokens, logits = greedy_reference(method, {"_embeds": embeds, "attention_mask": mask,
-                                                   "_prefix": prefix}, max_new_tokens)
-        return (tokens, logits) if with_logits else tokens
-    model, base = method.backbone, method.base
-    pad, eos = base.tokenizer.pad_token_id, base.tokenizer.eos_token_id
-    b = embeds.shape[0]
-    done = torch.zeros(b, dtype=torch.bool)
-    steps, step_logits = [], []
-    if base.arch == "encoder-decoder":
-        enc_prefix, dec_prefix = prefix
-        hidden = encode(model, embeds, mask, enc_prefix)
-        cache = _decoder_cache(dec_prefix)
-        if cache is None:
-            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-        nxt = torch.full((b,), model.config.decoder_start_token_id, dtype=torch.long)
-        for _ in range(max_new_tokens):
-            out = model(encoder_outputs=(hidden,), attention_mask=mask,
-                        decoder_input_ids=nxt[:, None], past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            step_logits.append(out.logits[:, -1])
-            nxt = _pick(out.logits[:, -1], done, pad)
-            steps.append(nxt)
-            done |= nxt == eos
-            if done.all():
-                break
-        tokens = torch.stack(steps, 1)
-        return (tokens, step_logits) if with_logits else tokens
-    full, p = _prefixed(mask, prefix)
-    pos = position_ids(mask) + p
-    out = model(inputs_embeds=embeds, attention_mask=full, position_ids=pos,
-                past_key_values=prefix_cache(prefix), use_cache=True, logits_to_keep=1)
-    for _ in range(max_new_tokens):
-        step_logits.append(out.logits[:, -1])
-        nxt = _pick(out.logits[:, -1], done, pad)
-        steps.append(nxt)
-        done |= nxt == eos
-        if done.all() or len(steps) == max_new_tokens:
-            break
-        full = torch.cat([full, full.new_ones(b, 1)], 1)
-        pos = pos[:, -1:] + 1
-        out = model(input_ids=nxt[:, None], attention_mask=full, position_ids=pos,
-                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
-    tokens = torch.stack(steps, 1)
-    return (tokens, step_logits) if with_logits else tokens
-
-
-def _pick(logits: torch.Tensor, done: torch.Tensor, pad: int) -> torch.Tensor:
-    """Greedy choice; rows that already ended get the pad id."""
-    return torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
 
 
 @torch.no_grad()
@@ -113,46 +74,202 @@ def greedy_reference(method, batch: dict, max_new_tokens: int = 32
     Slow on purpose: the reference that cached generation must equal. Returns the new token
     ids ``[B, T]`` and the next-token logits ``[B, V]`` of each step.
     """
-    base = method.base
+    embeds = method.embed(batch)
+    prefix = method.kv_prefix(batch, embeds.dtype) if hasattr(method, "kv_prefix") else None
+    tok = method.base.tokenizer
+    stepper = _stepper(method, embeds, batch["attention_mask"], prefix, use_cache=False)
+    return _greedy(stepper, embeds.shape[0], max_new_tokens, tok.pad_token_id, tok.eos_token_id)
+
+
+@torch.no_grad()
+def beam_search(method, batch: dict, num_beams: int, max_new_tokens: int = 32,
+                use_cache: bool = True, length_penalty: float = 1.0) -> torch.Tensor:
+    """spt's own beam search for any method (the path key/value prompts take), exposed so it
+    can be checked against Hugging Face ``generate`` on input-level prompts."""
+    embeds = method.embed(batch)
+    prefix = method.kv_prefix(batch, embeds.dtype) if hasattr(method, "kv_prefix") else None
+    tok = method.base.tokenizer
+    stepper = _stepper(method, embeds, batch["attention_mask"], prefix, use_cache,
+                       beams=num_beams)
+    return _beam(stepper, embeds.shape[0], num_beams, max_new_tokens, tok.pad_token_id,
+                 tok.eos_token_id, length_penalty)
+
+
+# -- steppers: next-token logits for N rows, and a way to reorder those rows ----------------
+
+def _stepper(method, embeds, mask, prefix, use_cache: bool, beams: int = 1):
+    """Each row repeated ``beams`` times (rows r*beams .. r*beams+beams-1 are row r's)."""
+    if beams > 1:
+        embeds, mask = embeds.repeat_interleave(beams, 0), mask.repeat_interleave(beams, 0)
+        if prefix is not None:
+            prefix = (tuple(p.repeat_interleave(beams, 0) if p is not None else None
+                            for p in prefix) if isinstance(prefix, tuple)
+                      else prefix.repeat_interleave(beams, 0))
     model = method.backbone
-    emb = base.input_embeddings
-    embeds = batch["_embeds"] if "_embeds" in batch else method.embed(batch)
-    mask = batch["attention_mask"]
-    prefix = batch.get("_prefix")
-    if prefix is None and hasattr(method, "kv_prefix"):
-        prefix = method.kv_prefix(batch, embeds.dtype)
-    pad, eos = base.tokenizer.pad_token_id, base.tokenizer.eos_token_id
-    b = embeds.shape[0]
+    if method.base.arch == "encoder-decoder":
+        return _Seq2SeqStepper(model, embeds, mask, prefix, use_cache)
+    if use_cache:
+        return _CachedDecoderStepper(model, embeds, mask, prefix)
+    return _UncachedDecoderStepper(model, embeds, mask, prefix)
+
+
+class _CachedDecoderStepper:
+    """Decoder-only: prefill the prompt after the key/value prefix, then one token per call."""
+
+    def __init__(self, model, embeds, mask, prefix):
+        self.model, self.embeds, self.prefix = model, embeds, prefix
+        self.full, p = _prefixed(mask, prefix)
+        self.pos = position_ids(mask) + p
+        self.cache = prefix_cache(prefix)
+
+    def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        if tokens is None:  # the prompt
+            inputs = {"inputs_embeds": self.embeds}
+        else:
+            self.full = torch.cat([self.full, self.full.new_ones(len(tokens), 1)], 1)
+            self.pos = self.pos[:, -1:] + 1
+            inputs = {"input_ids": tokens[:, None]}
+        out = self.model(**inputs, attention_mask=self.full, position_ids=self.pos,
+                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.past_key_values
+        return out.logits[:, -1]
+
+    def reorder(self, idx: torch.Tensor) -> None:
+        self.cache.reorder_cache(idx)
+        self.full, self.pos = self.full[idx], self.pos[idx]
+
+
+class _UncachedDecoderStepper:
+    """Decoder-only reference: the prefix, the prompt and every token so far, each call."""
+
+    def __init__(self, model, embeds, mask, prefix):
+        self.model, self.embeds, self.mask, self.prefix = model, embeds, mask, prefix
+
+    def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        if tokens is not None:
+            new = self.model.get_input_embeddings()(tokens)[:, None].to(self.embeds.dtype)
+            self.embeds = torch.cat([self.embeds, new], 1)
+            self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], 1)
+        full, p = _prefixed(self.mask, self.prefix)
+        return self.model(inputs_embeds=self.embeds, attention_mask=full,
+                          position_ids=position_ids(self.mask) + p, use_cache=False,
+                          past_key_values=prefix_cache(self.prefix)).logits[:, -1]
+
+    def reorder(self, idx: torch.Tensor) -> None:
+        self.embeds, self.mask = self.embeds[idx], self.mask[idx]
+        if self.prefix is not None:
+            self.prefix = self.prefix[idx]
+
+
+class _Seq2SeqStepper:
+    """Encoder-decoder: encode once (with the encoder prefix); decode from a cache that starts
+    with the decoder and cross-attention prefixes, or re-run the decoder (``use_cache=False``)."""
+
+    def __init__(self, model, embeds, mask, prefix, use_cache: bool):
+        enc, self.dec, self.cross = seq2seq_parts(prefix)
+        self.model, self.mask, self.use_cache = model, mask, use_cache
+        self.hidden = encode(model, embeds, mask, enc)
+        start = model.config.decoder_start_token_id
+        self.history = torch.full((len(mask), 1), start, dtype=torch.long, device=mask.device)
+        self.cache = None
+        if use_cache:
+            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+            self.cache = (decoder_cache(self.dec, self.cross)
+                          or EncoderDecoderCache(DynamicCache(), DynamicCache()))
+
+    def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        if tokens is not None:
+            self.history = torch.cat([self.history, tokens[:, None]], 1)
+        ids = self.history[:, -1:] if self.use_cache else self.history
+        cache = self.cache if self.use_cache else decoder_cache(self.dec, self.cross)
+        with cross_route(self.model, self.cross):
+            out = self.model(encoder_outputs=(self.hidden,), attention_mask=self.mask,
+                             decoder_input_ids=ids, past_key_values=cache,
+                             use_cache=self.use_cache)
+        if self.use_cache:
+            self.cache = out.past_key_values
+        return out.logits[:, -1]
+
+    def reorder(self, idx: torch.Tensor) -> None:
+        self.history, self.hidden, self.mask = self.history[idx], self.hidden[idx], self.mask[idx]
+        self.dec, self.cross = (p[idx] if p is not None else None for p in (self.dec, self.cross))
+        if self.use_cache:
+            self.cache.reorder_cache(idx)
+
+
+# -- search loops -------------------------------------------------------------------------
+
+def _pick(logits: torch.Tensor, done: torch.Tensor, pad: int) -> torch.Tensor:
+    """Greedy choice; rows that already ended get the pad id."""
+    return torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
+
+
+def _greedy(stepper, b: int, max_new_tokens: int, pad: int, eos: int
+            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Token ids ``[B, T]`` and each step's next-token logits ``[B, V]``."""
     done = torch.zeros(b, dtype=torch.bool)
-    steps, step_logits = [], []
-    if base.arch == "encoder-decoder":
-        enc_prefix, dec_prefix = prefix if prefix is not None else (None, None)
-        hidden = encode(model, embeds, mask, enc_prefix)
-        dec = torch.full((b, 1), model.config.decoder_start_token_id, dtype=torch.long)
-        for _ in range(max_new_tokens):
-            logits = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=dec,
-                           past_key_values=_decoder_cache(dec_prefix),
-                           use_cache=False).logits[:, -1]
-            step_logits.append(logits)
-            nxt = _pick(logits, done, pad)
-            steps.append(nxt)
-            dec = torch.cat([dec, nxt[:, None]], 1)
-            done |= nxt == eos
-            if done.all():
-                break
-    else:
-        for _ in range(max_new_tokens):
-            full, p = _prefixed(mask, prefix)
-            logits = model(inputs_embeds=embeds, attention_mask=full,
-                           position_ids=position_ids(mask) + p, use_cache=False,
-                           past_key_values=prefix_cache(prefix),
-                           ).logits[:, -1]
-            step_logits.append(logits)
-            nxt = _pick(logits, done, pad)
-            steps.append(nxt)
-            embeds = torch.cat([embeds, emb(nxt)[:, None].to(embeds.dtype)], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-            done |= nxt == eos
-            if done.all():
-                break
+    steps, step_logits, nxt = [], [], None
+    for _ in range(max_new_tokens):
+        logits = stepper.logits(nxt)
+        step_logits.append(logits)
+        nxt = _pick(logits, done, pad)
+        steps.append(nxt)
+        done |= nxt == eos
+        if done.all():
+            break
     return torch.stack(steps, 1), step_logits
+
+
+def _beam(stepper, b: int, k: int, max_new_tokens: int, pad: int, eos: int,
+          length_penalty: float) -> torch.Tensor:
+    """Beam search over ``b`` rows with ``k`` beams each (the stepper holds ``b * k`` rows)."""
+    scores = torch.full((b, k), -math.inf)
+    scores[:, 0] = 0.0  # the k copies of a row start as one live beam
+    history = torch.zeros(b * k, 0, dtype=torch.long)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    done = [False] * b
+    tokens = None
+    for t in range(max_new_tokens):
+        logp = F.log_softmax(stepper.logits(tokens).float(), dim=-1)
+        vocab = logp.shape[-1]
+        top_s, top_i = (scores.view(-1, 1) + logp).view(b, k * vocab).topk(2 * k, dim=1)
+        src = torch.arange(k).repeat(b, 1)
+        new_tok = torch.full((b, k), pad, dtype=torch.long)
+        new_s = scores.clone()
+        norm = (t + 1) ** length_penalty
+        for i in range(b):
+            if done[i]:
+                continue
+            kept = 0
+            for rank, (s, idx) in enumerate(zip(top_s[i].tolist(), top_i[i].tolist(),
+                                                strict=True)):
+                beam, w = divmod(idx, vocab)
+                if w == eos:  # a finished hypothesis, if it ranks among the top k
+                    if rank < k and s > -math.inf:
+                        finished[i].append((s / norm, [*history[i * k + beam].tolist(), eos]))
+                    continue
+                src[i, kept], new_tok[i, kept], new_s[i, kept] = beam, w, s
+                kept += 1
+                if kept == k:
+                    break
+            finished[i] = sorted(finished[i], key=lambda h: -h[0])[:k]
+            if len(finished[i]) == k and new_s[i].max().item() / norm <= finished[i][-1][0]:
+                done[i] = True
+        idx = (torch.arange(b)[:, None] * k + src).view(-1)
+        history = torch.cat([history[idx], new_tok.view(-1, 1)], 1)
+        scores = new_s
+        if all(done):
+            break
+        stepper.reorder(idx)
+        tokens = new_tok.view(-1)
+    out = []
+    for i in range(b):
+        hyps = finished[i]
+        if not done[i]:  # running beams compete with the finished ones at the length limit
+            norm = history.shape[1] ** length_penalty
+            hyps = hyps + [(scores[i, j].item() / norm, history[i * k + j].tolist())
+                           for j in range(k) if scores[i, j] > -math.inf]
+        out.append(max(hyps, key=lambda h: h[0])[1])
+    width = max(map(len, out))
+    return torch.tensor([h + [pad] * (width - len(h)) for h in out], dtype=torch.long)

@@ -10,7 +10,7 @@ import torch
 from spt.backbones import tiny
 from spt.core.errors import SptError
 from spt.data.task import TaskInfo
-from spt.generate import _greedy_with_prefix, generate, greedy_reference
+from spt.generate import _greedy, _stepper, beam_search, generate, greedy_reference
 from spt.methods.prefix import PrefixTuning
 from spt.methods.prompt import PromptTuning
 from spt.methods.ptuning_v2 import PTuningV2
@@ -88,8 +88,8 @@ def test_encoder_only_is_refused():
 
 # -- key/value prompts: prefill the prefix, decode from the cache --------------------------
 
-def _kv_method(cls, family: str):
-    m = cls(tiny(family, hidden=64, seed=3), TASK, length=3, n_tasks=3, hidden=16).eval()
+def _kv_method(cls, family: str, **kw):
+    m = cls(tiny(family, hidden=64, seed=3), TASK, length=3, n_tasks=3, hidden=16, **kw).eval()
     with torch.no_grad():
         for p in m.prefix.parameters():
             p.normal_(0, 2, generator=torch.Generator().manual_seed(0))
@@ -114,31 +114,85 @@ def _plain_batch(m, texts, task_ids) -> dict:
     return out
 
 
-@pytest.mark.parametrize("cls", [PrefixTuning, PTuningV2])
-@pytest.mark.parametrize("family", ["llama", "t5"])
-def test_kv_prompt_cached_greedy_equals_uncached(cls, family):
-    m = _kv_method(cls, family)
+KV_CASES = [(PrefixTuning, "llama", False), (PTuningV2, "llama", False),
+            (PrefixTuning, "t5", False), (PTuningV2, "t5", False), (PrefixTuning, "t5", True)]
+
+
+@pytest.mark.parametrize(("cls", "family", "cross"), KV_CASES)
+def test_kv_prompt_cached_greedy_equals_uncached(cls, family, cross):
+    m = _kv_method(cls, family, cross_attention=cross)
     batch = _plain_batch(m, TEXTS, [2, 0, 1])
     embeds = m.embed(batch)
     prefix = m.kv_prefix(batch)
-    got, got_logits = _greedy_with_prefix(m, embeds, batch["attention_mask"], prefix, 6,
-                                          use_cache=True, with_logits=True)
+    tok = m.base.tokenizer
+
+    def cached(prefix, steps):
+        stepper = _stepper(m, embeds, batch["attention_mask"], prefix, use_cache=True)
+        return _greedy(stepper, len(embeds), steps, tok.pad_token_id, tok.eos_token_id)
+
+    got, got_logits = cached(prefix, 6)
     ref, ref_logits = greedy_reference(m, batch, max_new_tokens=6)
     assert torch.equal(got, ref)
     for step, (a, b) in enumerate(zip(got_logits, ref_logits, strict=True)):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=f"step {step}")
     # the task's prefix matters, and mixed rows decode as if alone
-    other = {**batch, "task_ids": torch.tensor([0, 0, 0])}
-    _, other_logits = _greedy_with_prefix(m, embeds, batch["attention_mask"],
-                                          m.kv_prefix(other), 1, use_cache=True,
-                                          with_logits=True)
+    _, other_logits = cached(m.kv_prefix({**batch, "task_ids": torch.tensor([0, 0, 0])}), 1)
     assert not torch.allclose(other_logits[0][0], got_logits[0][0])
     for i, t in enumerate([2, 0, 1]):
         alone = generate(m, _plain_batch(m, [TEXTS[i]], [t]), max_new_tokens=6)
         assert torch.equal(got[i, : alone.shape[1]], alone[0]), f"row {i}"
 
 
-def test_kv_prompt_beam_search_is_refused_by_name():
+@pytest.mark.parametrize(("cls", "family", "cross"), KV_CASES)
+def test_kv_prompt_beam_search_same_with_and_without_cache(cls, family, cross):
+    m = _kv_method(cls, family, cross_attention=cross)
+    batch = _plain_batch(m, TEXTS, [2, 0, 1])
+    a = generate(m, batch, max_new_tokens=6, num_beams=3)
+    b = generate(m, batch, max_new_tokens=6, num_beams=3, use_cache=False)
+    assert torch.equal(a, b)
+    for i, t in enumerate([2, 0, 1]):  # beams of one row never see another row's prefix
+        alone = generate(m, _plain_batch(m, [TEXTS[i]], [t]), max_new_tokens=6, num_beams=3)
+        assert torch.equal(a[i, : alone.shape[1]], alone[0]), f"row {i}"
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+@pytest.mark.parametrize("eos", [None, "frequent"])
+def test_own_beam_search_matches_hugging_face(family, eos):
+    """spt's beam loop (the one key/value prompts need) agrees with HF generate's beam search
+    on an input-level prompt, with and without hypotheses ending early."""
+    m = _method(family)
+    batch = _batch(m, TEXTS, [0, 1, 2])
+    tok = m.base.tokenizer
+    if eos == "frequent":  # EOS as a near-copy of a token greedy picks, so beams do finish
+        head = m.backbone.get_output_embeddings()  # untied: inputs keep their embeddings
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+        w = head.weight
+        with torch.no_grad():
+            w[tok.pad_token_id] = 0  # the tiny T5 otherwise only ever emits pad
+            common = generate(m, batch, max_new_tokens=3).flatten().mode().values
+            w[tok.eos_token_id] = w[common] * 0.999  # the runner-up
+    lp = -1.0 if eos == "frequent" else 1.0  # < 0 favours short, finished hypotheses
+    ours = beam_search(m, batch, num_beams=3, max_new_tokens=6, length_penalty=lp)
+    hf = generate(m, batch, max_new_tokens=6, num_beams=3, length_penalty=lp)
+    width = max(ours.shape[1], hf.shape[1])
+    pad = tok.pad_token_id
+    ours, hf = (_after_eos(torch.nn.functional.pad(x, (0, width - x.shape[1]), value=pad),
+                           tok.eos_token_id, pad) for x in (ours, hf))
+    assert torch.equal(ours, hf)
+    if eos == "frequent":
+        assert (ours == tok.eos_token_id).any(), "the test should exercise finished beams"
+
+
+def _after_eos(tokens: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+    """Everything after a row's first EOS set to pad (HF fills it with EOS or pad)."""
+    seen = (tokens == eos).long().cumsum(1)
+    after = (seen - (tokens == eos).long()) > 0
+    return tokens.masked_fill(after, pad)
+
+
+def test_beam_search_with_one_beam_is_greedy():
     m = _kv_method(PrefixTuning, "llama")
-    with pytest.raises(SptError, match="beam search"):
-        generate(m, _plain_batch(m, TEXTS, [0, 0, 0]), num_beams=2)
+    batch = _plain_batch(m, TEXTS, [0, 1, 2])
+    greedy = generate(m, batch, max_new_tokens=5)
+    beam = beam_search(m, batch, num_beams=1, max_new_tokens=5)
+    assert torch.equal(greedy, beam[:, : greedy.shape[1]])

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from spt.backbones import tiny
 from spt.core.artifact import save_artifact
 from spt.core.errors import SptError
-from spt.core.scoring import encode, prefix_cache
+from spt.core.scoring import cross_route, decoder_cache, encode, prefix_cache
 from spt.data.task import TaskInfo
 from spt.methods.prefix import PrefixTuning, attention_sizes
 from spt.methods.ptuning_v2 import PTuningV2
@@ -105,6 +105,46 @@ def test_t5_decoder_prefix_changes_the_scores():
     with_dec = m.class_scores(embeds, batch["attention_mask"], (enc, dec))
     without = m.class_scores(embeds, batch["attention_mask"], (enc, None))
     assert (with_dec - without).abs().max() > 1e-4
+
+
+def test_t5_cross_attention_prefix_acts_as_extra_encoder_positions():
+    """A cross-attention prefix holding the keys/values of encoder position 0 gives the
+    decoder exactly what it gets when position 0 is part of the encoder output."""
+    m = _method("t5", cross_attention=True).eval()
+    model = m.backbone
+    batch = _batch(m, TEXTS, [0, 0, 0])
+    mask = batch["attention_mask"]
+    hidden = encode(model, m.base.input_embeddings(batch["input_ids"]), mask)
+    dec_ids = torch.tensor([[0, 5, 9]] * 3)
+    full = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=dec_ids).logits
+    heads, d_kv = model.config.num_heads, model.config.d_kv
+    kv = []
+    for block in model.get_decoder().block:
+        att = block.layer[1].EncDecAttention
+        k = att.k(hidden[:, :1]).view(3, 1, heads, d_kv).transpose(1, 2)
+        v = att.v(hidden[:, :1]).view(3, 1, heads, d_kv).transpose(1, 2)
+        kv.append(torch.stack([k, v], 1))
+    cross = torch.stack(kv, 1)  # [B, dec_layers, 2, heads, 1, d_kv]
+    with cross_route(model, cross):
+        rest = model(encoder_outputs=(hidden[:, 1:],), attention_mask=mask[:, 1:],
+                     decoder_input_ids=dec_ids, past_key_values=decoder_cache(None, cross),
+                     use_cache=False).logits
+    torch.testing.assert_close(rest, full, atol=1e-5, rtol=1e-5)
+    # the method's own cross prefix changes its scores; outside the route nothing is widened
+    embeds = m.base.input_embeddings(batch["input_ids"])
+    enc, dec, cross = m.kv_prefix(batch)
+    assert cross.shape[1] == model.config.num_decoder_layers
+    with_cross = m.class_scores(embeds, mask, (enc, dec, cross))
+    without = m.class_scores(embeds, mask, (enc, dec, None))
+    assert (with_cross - without).abs().max() > 1e-4
+    again = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=dec_ids)
+    torch.testing.assert_close(again.logits, full)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_cross_attention_needs_an_encoder_decoder(family):
+    with pytest.raises(SptError, match="cross_attention"):
+        _method(family, cross_attention=True)
 
 
 def test_sizes_come_from_the_config_with_gqa():

@@ -2,7 +2,8 @@
 
 On T5 the table holds the encoder's layers, then the decoder's: encoder prefixes reach encoder
 self-attention through :mod:`spt.backbones.t5_prefix`, decoder prefixes reach decoder
-self-attention through the cache API. Cross-attention prefixes are not built yet.
+self-attention through the cache API; with ``cross_attention`` a third block of decoder layers
+holds cross-attention prefixes (read before the encoder's keys/values).
 
 A method mixes :class:`KVPromptMixin` in next to the frozen-backbone and classification
 mixins; it owns a :class:`~spt.modules.prefix_encoder.PrefixEncoder` as ``self.prefix``.
@@ -48,12 +49,19 @@ class KVPromptMixin:
     mixin's ``class_scores``, ``head_*`` and ``classification_meta``."""
 
     def setup_kv_prompts(self, n_tasks: int, length: int, reparam: bool, hidden: int,
-                         dropout: float, init_std: float, seed: int) -> None:
+                         dropout: float, init_std: float, seed: int,
+                         cross_attention: bool = False) -> None:
         self.sizes = attention_sizes(self.base.config)
         self.encoder_layers = None
-        if self.base.arch == "encoder-decoder":  # encoder layers first, then decoder layers
+        self.cross_attention = bool(cross_attention)
+        if self.cross_attention and self.base.arch != "encoder-decoder":
+            raise SptError(f"method.cross_attention=true needs an encoder-decoder backbone; "
+                           f"{self.base.name} is {self.base.arch}-only: set "
+                           "method.cross_attention=false")
+        if self.base.arch == "encoder-decoder":  # encoder, decoder self-attn[, cross-attn]
             self.encoder_layers = self.sizes["n_layers"]
-            self.sizes["n_layers"] += self.base.config.num_decoder_layers
+            dec = self.base.config.num_decoder_layers
+            self.sizes["n_layers"] += dec * (2 if self.cross_attention else 1)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.prefix = PrefixEncoder(n_tasks, length, reparam=reparam, hidden=hidden,
@@ -68,10 +76,14 @@ class KVPromptMixin:
         return self.base.input_embeddings(batch["input_ids"])
 
     def kv_prefix(self, batch: dict, dtype=torch.float32):
-        """Per-row prefixes ``[B, layers, 2, heads, P, d]``; on T5 an (encoder, decoder) pair."""
+        """Per-row prefixes ``[B, layers, 2, heads, P, d]``; on T5 an (encoder, decoder self-attn,
+        cross-attn or None) triple."""
         prefix = self.prefix(batch["task_ids"]).to(dtype)
-        if self.encoder_layers is not None:  # T5: encoder self-attn, decoder self-attn
-            return prefix[:, : self.encoder_layers], prefix[:, self.encoder_layers:]
+        if self.encoder_layers is not None:
+            e = self.encoder_layers
+            d = self.base.config.num_decoder_layers
+            cross = prefix[:, e + d:] if self.cross_attention else None
+            return prefix[:, :e], prefix[:, e: e + d], cross
         return prefix
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -97,6 +109,7 @@ class KVPromptMixin:
             "n_tasks": self.prefix.n_tasks,
             "task_names": self.task_names,
             "reparam": self.prefix.reparam,
+            "cross_attention": self.cross_attention,
             **self.sizes,
             **self.classification_meta(),
             "base": self.base.identity(),

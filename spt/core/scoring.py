@@ -161,32 +161,62 @@ def encode(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                                    attention_mask=attention_mask).last_hidden_state
 
 
-def _decoder_cache(prefix: torch.Tensor | None):
+def seq2seq_parts(prefix) -> tuple:
+    """``(encoder, decoder self-attention, cross-attention)`` prefixes from a T5 prefix: None,
+    an (encoder, decoder) pair or a triple; missing parts are None."""
     if prefix is None:
+        return None, None, None
+    return (*prefix, None, None)[:3]
+
+
+def decoder_cache(dec_prefix: torch.Tensor | None, cross_prefix: torch.Tensor | None = None):
+    """An ``EncoderDecoderCache`` that starts with the decoder's self-attention prefix and the
+    cross-attention prefix (each ``[B, dec_layers, 2, heads, P, head_dim]`` or None); the
+    encoder's keys/values are appended after the cross prefix on the first decoder call.
+    None when there is neither."""
+    if dec_prefix is None and cross_prefix is None:
         return None
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    return EncoderDecoderCache(prefix_cache(prefix), DynamicCache())
+    self_cache = prefix_cache(dec_prefix) if dec_prefix is not None else DynamicCache()
+    cross_cache = prefix_cache(cross_prefix) if cross_prefix is not None else DynamicCache()
+    cache = EncoderDecoderCache(self_cache, cross_cache)
+    # A non-empty cross cache reads as "encoder keys already computed"; they are not yet.
+    cache.is_updated = {k: False for k in cache.is_updated}
+    return cache
+
+
+def cross_route(model, cross_prefix: torch.Tensor | None):
+    """Context for decoder calls: widens the cross-attention masks by the cross prefix length."""
+    if cross_prefix is None:
+        return contextlib.nullcontext()
+    from spt.backbones.t5_prefix import CrossPrefixRoute
+
+    return CrossPrefixRoute.of(model).active(cross_prefix.shape[-2])
 
 
 def seq2seq_scores(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                    labels: LabelTokens, prefix: tuple | None = None) -> torch.Tensor:
     """Encoder-decoder rank classification: encode once, decode every label word.
 
-    ``prefix`` is ``(encoder_prefix, decoder_prefix)``, each ``[B, layers, 2, heads, P, d]``
-    or None; the decoder prefix enters decoder self-attention through the cache API.
+    ``prefix`` is ``(encoder, decoder[, cross])`` (see :func:`seq2seq_parts`), each
+    ``[B, layers, 2, heads, P, d]`` or None; the decoder and cross-attention prefixes enter
+    through the cache API.
     """
     b = inputs_embeds.shape[0]
     ids, mask = labels.ids.to(inputs_embeds.device), labels.mask.to(inputs_embeds.device)
     c = ids.shape[0]
-    enc_prefix, dec_prefix = prefix if prefix is not None else (None, None)
+    enc_prefix, dec_prefix, cross_prefix = seq2seq_parts(prefix)
     hidden = encode(model, inputs_embeds, attention_mask, enc_prefix)
     hidden = hidden.repeat_interleave(c, dim=0)  # [B*C, L, d]
     target = ids.repeat(b, 1)  # row r*C + k is class k of example r
-    dec = dec_prefix.repeat_interleave(c, dim=0) if dec_prefix is not None else None
-    out = model(encoder_outputs=(hidden,), attention_mask=attention_mask.repeat_interleave(c, 0),
-                decoder_input_ids=model._shift_right(target), use_cache=False,
-                past_key_values=_decoder_cache(dec))
+    dec, cross = (p.repeat_interleave(c, dim=0) if p is not None else None
+                  for p in (dec_prefix, cross_prefix))
+    with cross_route(model, cross):
+        out = model(encoder_outputs=(hidden,),
+                    attention_mask=attention_mask.repeat_interleave(c, 0),
+                    decoder_input_ids=model._shift_right(target), use_cache=False,
+                    past_key_values=decoder_cache(dec, cross))
     return _gather_logprobs(out.logits, target, mask.repeat(b, 1)).view(b, c)
 
 

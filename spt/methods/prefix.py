@@ -12,7 +12,8 @@ start after them and the attention mask is extended. Encoder-only (BERT family):
 path reaches every layer's bidirectional self-attention; inputs keep positions 0..L-1.
 Encoder-decoder (T5): the Hugging Face T5 encoder ignores ``past_key_values``, so encoder
 prefixes take their own route (:mod:`spt.backbones.t5_prefix`); decoder self-attention
-prefixes use the cache API. Cross-attention prefixes are not built yet.
+prefixes use the cache API, and so do the optional cross-attention prefixes
+(``cross_attention``), whose mask is widened by :class:`~spt.backbones.t5_prefix.CrossPrefixRoute`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
         hidden: the MLP's hidden width (512 in the paper).
         prefix_dropout: dropout on the prefixes during training.
         init_std: std of the normal init of the prefix embedding (or the direct prefixes).
+        cross_attention: encoder-decoder only: also prefix the decoder's cross-attention.
         init / init_file: ``random`` or ``file`` (an artifact of this method and base model).
         supports: the architectures this method's YAML declares; others are refused.
         Other args as for prompt tuning.
@@ -56,6 +58,7 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
         hidden: int = 512,
         prefix_dropout: float = 0.0,
         init_std: float = 0.02,
+        cross_attention: bool = False,
         init: str = "random",
         init_file: str | None = None,
         n_tasks: int = 1,
@@ -79,7 +82,8 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
             backbone_dropout=backbone_dropout, supports=supports, loss=loss,
             head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
             optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps)
-        self.setup_kv_prompts(n_tasks, length, reparam, hidden, prefix_dropout, init_std, seed)
+        self.setup_kv_prompts(n_tasks, length, reparam, hidden, prefix_dropout, init_std, seed,
+                              cross_attention)
         if init == "file":
             self.load_prefix_file(init_file)
         self.check_frozen()

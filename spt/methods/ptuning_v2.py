@@ -45,6 +45,7 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
         hidden: int = 512,
         prompt_dropout: float = 0.1,
         init_std: float = 0.02,
+        cross_attention: bool = False,
         pooling: str | None = "cls",
         init: str = "random",
         init_file: str | None = None,
@@ -74,7 +75,8 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
             backbone_dropout=backbone_dropout, supports=supports, loss=loss,
             head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
             optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps)
-        self.setup_kv_prompts(n_tasks, length, reparam, hidden, prompt_dropout, init_std, seed)
+        self.setup_kv_prompts(n_tasks, length, reparam, hidden, prompt_dropout, init_std, seed,
+                              cross_attention)
         if init == "file":
             self.load_prefix_file(init_file)
         self.check_frozen()
