@@ -304,3 +304,70 @@ class TextClassificationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The dev split: these benchmarks' test labels are not public."""
         return self._loader("dev", self.eval_batch_size, shuffle=False)
+
+    # ------------------------------------------------------------------ in-context examples
+    def context_examples(self, k: int, seed: int = 0, balanced: bool = True) -> list[dict]:
+        """``k`` seeded train rows rendered for use as in-context demonstrations (CPT).
+
+        Each row is the template without its soft slots and without the tokenizer's special
+        tokens, followed by its gold label word, tokenized exactly as the queries are (the
+        same :class:`TemplateEncoder` pieces, the label word as a decoder appends it). Returns
+        one dict per example, in context order::
+
+            ids    list[int]  token ids
+            types  list[str]  per token: "input" (text fields), "format" (the template's own
+                              words), "label" (the label word)
+            label  int        class index
+
+        ``balanced`` draws the classes in turn (as evenly as the split allows) before the
+        order is shuffled; otherwise ``k`` rows are sampled uniformly. Text fields are cut
+        (longest first) so one example fits in ``max_length`` tokens.
+        """
+        rows = self._rows("train")
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(rows):
+            raise SptError(f"{self.name}: cannot take {k!r} in-context examples from "
+                           f"{len(rows)} train rows (data.train_limit={self.limits['train']}); "
+                           f"ask for 1..{len(rows)}")
+        rng = random.Random(f"{seed}:context")  # str seeds are stable across runs
+        picked = (self._balanced_pick(rows.labels, k, rng) if balanced
+                  else rng.sample(range(len(rows)), k))
+        rng.shuffle(picked)
+        return [self._render_example({f: rows.texts[f][i] for f in self.text_fields},
+                                     rows.labels[i]) for i in picked]
+
+    @staticmethod
+    def _balanced_pick(labels: Sequence[int], k: int, rng: random.Random) -> list[int]:
+        by_class: dict[int, list[int]] = {}
+        for i, y in enumerate(labels):
+            by_class.setdefault(y, []).append(i)
+        pools = [rng.sample(v, len(v)) for _, v in sorted(by_class.items())]
+        rng.shuffle(pools)
+        picked: list[int] = []
+        while len(picked) < k:  # one from each class in turn; empty pools drop out
+            for pool in pools:
+                if pool and len(picked) < k:
+                    picked.append(pool.pop())
+        return picked
+
+    def _render_example(self, fields: Mapping[str, str], label: int) -> dict:
+        from spt.data.template import fit_lengths
+
+        enc = self.encoder
+        label_ids = enc.label_word_ids(self.label_words[label])
+        field_ids = {p.value: enc._enc([enc._piece_text(p, fields[p.value])])[0]
+                     for p in enc.pieces if p.kind == "field"}
+        template = sum(len(v) for v in enc._text_ids.values())
+        budget = max(1, self.max_length - template - len(label_ids))
+        names = list(field_ids)
+        keep = dict(zip(names, fit_lengths([len(field_ids[n]) for n in names], budget),
+                        strict=True))
+        ids: list[int] = []
+        types: list[str] = []
+        for i, p in enumerate(enc.pieces):
+            piece = (enc._text_ids[i] if p.kind == "text"
+                     else field_ids[p.value][: keep[p.value]] if p.kind == "field" else [])
+            ids += piece
+            types += ["format" if p.kind == "text" else "input"] * len(piece)
+        ids += label_ids
+        types += ["label"] * len(label_ids)
+        return {"ids": ids, "types": types, "label": int(label)}
