@@ -65,13 +65,17 @@ def _loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def _callbacks(cfg: DictConfig, fit: bool) -> list:
+def _callbacks(cfg: DictConfig, fit: bool, metric: str) -> list:
     out = []
     for conf in (cfg.get("callbacks") or {}).values():
         if conf is not None and "_target_" in conf:
-            if not fit and "ModelCheckpoint" in conf._target_:
-                continue
-            out.append(instantiate(conf))
+            extra = {}
+            if "ModelCheckpoint" in conf._target_:
+                if not fit:
+                    continue
+                if conf.get("monitor", "") is None:
+                    extra["monitor"] = metric
+            out.append(instantiate(conf, **extra))
     return out
 
 
@@ -80,13 +84,14 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         raise SptError(f"select={cfg.select!r}: choose last or best")
     L.seed_everything(cfg.seed, workers=True)
     backbone, datamodule, method = build(cfg)
+    metric = optimized_metric(cfg, datamodule.task)
     fit = bool(cfg.train) and not cfg.zero_shot
     loggers = _loggers(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
         lg.log_hyperparams(resolved)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                     callbacks=_callbacks(cfg, fit))
+                                     callbacks=_callbacks(cfg, fit, metric))
     start = time.perf_counter()
     if fit:
         log.info("fitting")
@@ -128,9 +133,25 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             path = save_artifact(out_dir / "prompt.safetensors", method.artifact_tensors(), meta)
             metrics["artifact"] = str(path)
             metrics["artifact_bytes"] = path.stat().st_size
+        if getattr(method, "last_predictions", None):  # text-to-text: what was scored
+            atomic_write_text(out_dir / "predictions.jsonl", "".join(
+                json.dumps(row) + "\n" for row in method.last_predictions))
+            metrics["predictions"] = str(out_dir / "predictions.jsonl")
+        metrics["optimized_metric"] = metric
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def optimized_metric(cfg: DictConfig, task) -> str:
+    """``cfg.optimized_metric``, or the task's first metric (``val/acc``, ``val/bleu``) when
+    null; an unknown name is refused before training."""
+    known = [f"val/{m}" for m in task.metrics]
+    name = cfg.get("optimized_metric") or known[0]
+    if name not in known and name.removesuffix("_best") not in known:
+        raise SptError(f"optimized_metric={name!r}: data={task.name} reports "
+                       f"{', '.join(known)} (each also as <name>_best)")
+    return name
 
 
 def _has_results(out_dir: Path) -> bool:
@@ -174,7 +195,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     finally:
         _finish_wandb()
-    value = metrics.get(cfg.optimized_metric)
+    value = metrics.get(metrics.get("optimized_metric"))
     summary = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items()
                         if k.startswith("val/"))
     print(f"spt: dev {summary} | run dir {out_dir}"

@@ -196,10 +196,47 @@ def test_prompt_file_from_another_base_model(tmp_path, data_dir):
     assert r2.returncode == 2
 
 
-def test_classification_method_refuses_generation_data(data_dir):
-    cfg = _compose("method=prompt", "model=tiny-llama", "data=e2e", f"data.root={data_dir}")
+def test_generation_data_on_an_encoder_only_model_is_refused(data_dir):
+    cfg = _compose("method=prompt", "model=tiny-bert", "data=e2e", f"data.root={data_dir}")
     with pytest.raises(SptError, match="generation"):
         build(cfg)
+
+
+def test_class_label_init_on_generation_data_names_the_fix(data_dir):
+    cfg = _compose("method=prompt", "model=tiny-llama", "data=e2e", f"data.root={data_dir}")
+    with pytest.raises(SptError, match="init=sampled_vocab"):
+        build(cfg)
+
+
+@pytest.mark.parametrize("method,model",
+                         list(itertools.product(METHODS, ["tiny-llama", "tiny-t5"])))
+def test_every_method_trains_and_scores_text_to_text(method, model, data_dir):
+    """Two optimizer steps on E2E per method x tiny decoder: the target's LM loss drives only
+    the method's parameters, and validation generates and scores BLEU / ROUGE-L. Methods that
+    only classify, or architectures a YAML leaves out, are refused by name."""
+    import lightning as L
+
+    cfg = _compose(f"method={method}", f"model={model}", "data=e2e", f"data.root={data_dir}",
+                   "data.train_limit=8", "data.dev_limit=3", "data.batch_size=4",
+                   "data.max_new_tokens=4",
+                   *(["method.init=sampled_vocab"] if method == "prompt" else []))
+    target = _locate(cfg.method._target_)
+    arch = TINY_ARCHS[cfg.model.family]
+    if arch not in cfg.method.supports or not getattr(target, "supports_generation", True):
+        with pytest.raises(SptError, match=f"does not support {arch}|generation"):
+            build(cfg)
+        return
+    _, dm, m = build(cfg)
+    frozen = {k: v.clone() for k, v in m.backbone.state_dict().items()}
+    own = {k: v.clone() for k, v in m.state_dict().items()}
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu", val_check_interval=2, num_sanity_val_steps=0)
+    trainer.fit(m, datamodule=dm)
+    assert all(torch.equal(v, frozen[k]) for k, v in m.backbone.state_dict().items())
+    assert any(not torch.equal(v, own[k]) for k, v in m.state_dict().items())
+    assert set(m.last_val) == {"val/bleu", "val/rougeL", "val/bleu_best", "val/rougeL_best"}
+    assert [p["ref_index"] for p in m.last_predictions] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("method,model", list(itertools.product(METHODS, TINY)))

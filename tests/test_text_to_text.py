@@ -418,3 +418,28 @@ def test_hub_fallback_offline_fails_fast(monkeypatch):
     msg = str(err.value)
     assert "GEM/e2e_nlg" in msg and "failed" in msg and "offline mode" in msg
     assert "SPT_DATA_DIR=" in msg and "data.root=" in msg
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_lm_loss_equals_the_models_own_loss(family):
+    """spt's text-to-text loss (which also takes prefixes) is the usual shifted token
+    cross-entropy: with no prompt it equals Hugging Face's ``labels=`` loss on a real batch."""
+    from spt.backbones import tiny
+    from spt.core.scoring import lm_loss
+
+    dm = e2e(family)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    backbone = tiny(family, hidden=64, seed=1)
+    model = backbone.model.eval()
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    embeds = model.get_input_embeddings()(ids)
+    ours = lm_loss(model, FAMILY_ARCH[family], embeds, mask, labels)
+    if family == "llama":
+        from spt.core.scoring import position_ids
+
+        theirs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
+                       labels=labels).loss
+    else:
+        theirs = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

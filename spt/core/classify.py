@@ -1,7 +1,12 @@
-"""Classification plumbing shared by the methods: the scorer per architecture (LM-head
-verbalizer or a pooled-output head), the Lightning steps, metrics and the head's artifact
-tensors. A method mixes this in next to :class:`~spt.core.mixin.FrozenBackboneMixin`; methods
-never subclass each other."""
+"""Task plumbing shared by the methods: the scorer per architecture (LM-head verbalizer or a
+pooled-output head), the Lightning steps, metrics and the head's artifact tensors. A method
+mixes this in next to :class:`~spt.core.mixin.FrozenBackboneMixin`; methods never subclass
+each other.
+
+Text-to-text tasks (a :class:`~spt.data.generation.GenerationTaskInfo`, e.g. ``data=e2e``)
+take the same steps in generation mode: training minimises the target text's token
+cross-entropy (:func:`~spt.core.scoring.lm_loss`), validation generates with
+:func:`spt.generate.generate` and scores BLEU / ROUGE-L through the data module."""
 
 from __future__ import annotations
 
@@ -9,12 +14,13 @@ import torch
 from torch import nn
 
 from spt.core.errors import SptError
-from spt.core.scoring import decoder_scores, label_tokens, pooled, seq2seq_scores
+from spt.core.scoring import decoder_scores, label_tokens, lm_loss, pooled, seq2seq_scores
 from spt.core.steps import (
     best_trackers,
     classification_loss,
     classification_metrics,
     log_epoch_metrics,
+    log_metric_values,
 )
 
 
@@ -39,60 +45,182 @@ class ClassificationMixin:
 
     def setup_classification(self, task, loss: str, head_dropout: float,
                              head_lr: float | None, method: str) -> None:
-        if not hasattr(task, "label_words"):
-            raise SptError(f"method={method} classifies with label words; data={task.name} is "
-                           "a generation task, which this method does not train yet: use a "
-                           "classification dataset (sst2, rte, cb, boolq, agnews, trec)")
+        """One task (``TaskInfo`` / ``GenerationTaskInfo``) or a mixture (``MultiTaskInfo``,
+        whose tasks each keep their own label words, head and metrics)."""
         self.task = task
+        self.tasks = tuple(task.tasks) if hasattr(task, "tasks") else (task,)
+        self.multitask = hasattr(task, "tasks")
         self.loss_kind = loss
         self.head_lr = head_lr
         self.head = None
+        self.generative = not hasattr(self.tasks[0], "label_words")
+        if self.generative:
+            if self.base.arch == "encoder":
+                raise SptError(f"data={task.name} is a generation task and {self.base.name} is "
+                               "encoder-only: use a decoder-only or encoder-decoder model")
+            if not getattr(self, "supports_generation", True):
+                raise SptError(f"method={method} classifies with label words; data={task.name} "
+                               "is a generation task: use a classification dataset (sst2, rte, "
+                               "cb, boolq, agnews, trec) or method=prompt|prefix|ptuning|"
+                               "ptuning_v2")
+            self.loss_kind = "lm"
+            self.val_best = best_trackers(task.metrics)
+            self.val_outputs: list[tuple[int, str]] = []
+            return
         if self.base.arch == "encoder":
-            self.head = nn.Sequential(nn.Dropout(head_dropout),
-                                      nn.Linear(self.base.hidden_size, task.num_classes))
+            heads = [nn.Sequential(nn.Dropout(head_dropout),
+                                   nn.Linear(self.base.hidden_size, t.num_classes))
+                     for t in self.tasks]
+            self.head = nn.ModuleList(heads) if self.multitask else heads[0]
         else:
-            self.labels = label_tokens(self.base.tokenizer, list(task.label_words),
-                                       self.base.arch)
-        self.val_metrics = classification_metrics(task.metrics, task.num_classes)
+            self.task_labels = [label_tokens(self.base.tokenizer, list(t.label_words),
+                                             self.base.arch) for t in self.tasks]
+            self.labels = self.task_labels[0]
+        metrics = [classification_metrics(t.metrics, t.num_classes) for t in self.tasks]
+        self.val_metrics = nn.ModuleList(metrics) if self.multitask else metrics[0]
         self.val_best = best_trackers(task.metrics)
 
     def set_task_names(self, task_names, n_tasks: int, default: str) -> None:
+        if self.multitask:
+            names = [t.name for t in self.tasks]
+            if n_tasks != len(names):
+                raise SptError(f"data={self.task.name} mixes {len(names)} tasks ({names}) but "
+                               f"method.n_tasks={n_tasks}: set method.n_tasks={len(names)}")
+            if task_names is not None and list(task_names) != names:
+                raise SptError(f"method.task_names={list(task_names)} do not match the "
+                               f"mixture's tasks {names}: drop method.task_names")
+            task_names = names
         self.task_names = list(task_names or [default] * n_tasks)
         if len(self.task_names) != n_tasks:
             raise SptError(f"method.task_names has {len(self.task_names)} names for "
                            f"n_tasks={n_tasks}")
 
-    def class_scores(self, embeds: torch.Tensor, mask: torch.Tensor,
-                     prefix=None) -> torch.Tensor:
+    def class_scores(self, embeds: torch.Tensor, mask: torch.Tensor, prefix=None,
+                     task_ids: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, C]`` class scores from the (prompted) input embeddings. ``prefix``: per-layer
-        key/values ``[B, layers, 2, heads, P, d]``; on T5 an (encoder, decoder) pair."""
+        key/values ``[B, layers, 2, heads, P, d]``; on T5 an (encoder, decoder[, cross])
+        tuple. In a mixture each row is scored with its own task's labels (``task_ids``) and
+        ``C`` is the largest label set, the rest of a row's scores being -inf."""
+        if not self.multitask:
+            return self._task_scores(embeds, mask, prefix, 0)
+        if task_ids is None:
+            raise SptError("scoring a task mixture needs the batch's task_ids")
+        width = max(t.num_classes for t in self.tasks)
+        out = torch.full((embeds.shape[0], width), -torch.inf, device=embeds.device)
+        for t in task_ids.unique().tolist():
+            rows = (task_ids == t).nonzero().squeeze(1)
+            scores = self._task_scores(embeds[rows], mask[rows], _select_rows(prefix, rows), t)
+            out[rows, : scores.shape[1]] = scores.float()
+        return out
+
+    def _task_scores(self, embeds, mask, prefix, t: int) -> torch.Tensor:
         if self.base.arch == "encoder":
             pooling = getattr(self, "pooling", None) or self.base.pooling
-            return self.head(pooled(self.backbone, embeds, mask, pooling, prefix).float())
+            head = self.head[t] if self.multitask else self.head
+            return head(pooled(self.backbone, embeds, mask, pooling, prefix).float())
         if self.base.arch == "decoder":
-            return decoder_scores(self.backbone, embeds, mask, self.labels, prefix)
-        return seq2seq_scores(self.backbone, embeds, mask, self.labels, prefix)
+            return decoder_scores(self.backbone, embeds, mask, self.task_labels[t], prefix)
+        return seq2seq_scores(self.backbone, embeds, mask, self.task_labels[t], prefix)
+
+    def sequence_loss(self, batch: dict) -> torch.Tensor:
+        """Text-to-text: the target's token cross-entropy with this method's prompt."""
+        embeds = self.embed(batch)
+        prefix = self.kv_prefix(batch, embeds.dtype) if hasattr(self, "kv_prefix") else None
+        return lm_loss(self.backbone, self.base.arch, embeds, batch["attention_mask"],
+                       batch["labels"], prefix)
 
     # -- Lightning steps -------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        scores = self(batch)
-        loss = classification_loss(scores, batch["labels"], self.loss_kind)
-        acc = (scores.argmax(-1) == batch["labels"]).float().mean()
-        self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True,
-                      batch_size=len(batch["labels"]))
+        if self.generative:
+            loss = self.sequence_loss(batch)
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        else:
+            scores = self(batch)
+            loss = classification_loss(scores, batch["labels"], self.loss_kind)
+            acc = (scores.argmax(-1) == batch["labels"]).float().mean()
+            self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True,
+                          batch_size=len(batch["labels"]))
         if not torch.isfinite(loss):
             raise SptError(f"non-finite training loss ({loss.item()}) at step "
                            f"{self.global_step}: lower the learning rate (method.optimizer.lr)")
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_metrics.update(self(batch).argmax(-1), batch["labels"])
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self.generative:
+            texts = self.generate_texts(batch)
+            self.val_outputs.extend(zip(batch["ref_index"].tolist(), texts, strict=True))
+            return
+        preds = self(batch).argmax(-1)
+        if not self.multitask:
+            self.val_metrics.update(preds, batch["labels"])
+            return
+        for t in batch["task_ids"].unique().tolist():
+            rows = batch["task_ids"] == t
+            self.val_metrics[t].update(preds[rows], batch["labels"][rows])
 
     def on_validation_epoch_end(self) -> None:
-        self.last_val = log_epoch_metrics(self, self.val_metrics, self.val_best, "val")
+        if self.generative:
+            self.last_val = self._score_generations("val")
+        elif self.multitask:
+            self.last_val = self._log_mixture_metrics("val")
+        else:
+            self.last_val = log_epoch_metrics(self, self.val_metrics, self.val_best, "val")
         self.last_val_step = self.global_step
 
-    def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def _log_mixture_metrics(self, stage: str) -> dict:
+        """``<stage>/<task>/<metric>`` per task and ``<stage>/<metric>``, their mean (whose
+        best is tracked)."""
+        values = {}
+        for info, metrics in zip(self.tasks, self.val_metrics, strict=True):
+            if all(m.update_count == 0 for m in metrics.values()):
+                continue  # this task was not evaluated (e.g. a limited sanity check)
+            for name, value in metrics.compute().items():
+                values[f"{info.name}/{name}"] = value.detach()
+            metrics.reset()
+        for name in self.task.metrics:
+            per = [v for k, v in values.items() if k.endswith(f"/{name}")]
+            if per:
+                values[name] = torch.stack(per).mean()
+        return log_metric_values(self, values, self.val_best, stage)
+
+    @torch.no_grad()
+    def generate_texts(self, batch: dict) -> list[str]:
+        """Decoded generations for a batch (the text before the first end-of-sequence)."""
+        from spt.generate import generate
+
+        tok = self.base.tokenizer
+        tokens = generate(self, batch, max_new_tokens=self.task.max_new_tokens,
+                          num_beams=self.task.num_beams)
+        texts = []
+        for row in tokens.tolist():
+            if tok.eos_token_id in row:
+                row = row[: row.index(tok.eos_token_id)]
+            texts.append(tok.decode(row, skip_special_tokens=True).strip())
+        return texts
+
+    def _score_generations(self, stage: str) -> dict:
+        """BLEU / ROUGE-L of the collected generations against the data module's references;
+        the generations are kept (``last_predictions``) for the run to write out."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "score"):
+            raise SptError("scoring generations needs the text-to-text data module: pass "
+                           "datamodule= to trainer.fit/validate")
+        outputs = sorted(self.val_outputs)
+        self.val_outputs = []
+        if not outputs:
+            return {}
+        idx = [i for i, _ in outputs]
+        texts = [t for _, t in outputs]
+        refs = dm.references("dev")
+        self.last_predictions = [{"ref_index": i, "prediction": t, "references": refs[i]}
+                                 for i, t in outputs]
+        values = {k: torch.tensor(v) for k, v in dm.score("dev", texts, idx).items()}
+        return log_metric_values(self, values, self.val_best, stage)
+
+    def predict_step(self, batch: dict, batch_idx: int):
+        """Class indices ``[B]``, or generated texts on a text-to-text task."""
+        if self.generative:
+            return self.generate_texts(batch)
         return self(batch).argmax(-1)
 
     # -- the head: its optimizer group and artifact tensors --------------------------------
@@ -116,10 +244,26 @@ class ClassificationMixin:
             for name, p in self.head.named_parameters():
                 key = f"head.{name}"
                 if key not in tensors or tensors[key].shape != p.shape:
-                    raise SptError(f"{path} lacks a matching {key!r} for this task's "
-                                   f"{self.task.num_classes}-class head")
+                    classes = [t.num_classes for t in self.tasks]
+                    raise SptError(f"{path} lacks a matching {key!r} for this run's head "
+                                   f"(classes per task: {classes})")
                 p.copy_(tensors[key])
 
     def classification_meta(self) -> dict:
+        if self.generative:
+            return {"loss": self.loss_kind, "task_kind": "text-to-text"}
+        if self.multitask:
+            return {"loss": self.loss_kind,
+                    "label_names": {t.name: list(t.label_names) for t in self.tasks},
+                    "label_words": {t.name: list(t.label_words) for t in self.tasks}}
         return {"loss": self.loss_kind, "label_names": list(self.task.label_names),
                 "label_words": list(self.task.label_words)}
+
+
+def _select_rows(prefix, rows: torch.Tensor):
+    """The prefix (a tensor, a T5 tuple of tensors/None, or None) of the given batch rows."""
+    if prefix is None:
+        return None
+    if isinstance(prefix, tuple):
+        return tuple(p[rows] if p is not None else None for p in prefix)
+    return prefix[rows]

@@ -90,7 +90,7 @@ class KVPromptMixin:
         """Class scores ``[B, C]``: the input embeddings plus per-layer key/value prompts."""
         embeds = self.embed(batch)
         return self.class_scores(embeds, batch["attention_mask"],
-                                 self.kv_prefix(batch, embeds.dtype))
+                                 self.kv_prefix(batch, embeds.dtype), task_ids=batch["task_ids"])
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.prefix.parameters())}, *self.head_param_groups()]

@@ -220,6 +220,36 @@ def seq2seq_scores(model, inputs_embeds: torch.Tensor, attention_mask: torch.Ten
     return _gather_logprobs(out.logits, target, mask.repeat(b, 1)).view(b, c)
 
 
+def lm_loss(model, arch: str, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+            labels: torch.Tensor, prefix=None) -> torch.Tensor:
+    """Mean token cross-entropy of a target text (text-to-text training).
+
+    Decoder-only: ``labels [B, L]`` are aligned with the (left-padded) inputs, -100 except on
+    the target's tokens, and position t predicts label t+1; ``prefix`` as in
+    :func:`decoder_scores`. Encoder-decoder: ``labels [B, T]`` are the right-padded target
+    (-100 on padding), the decoder reads it shifted right; ``prefix`` as in
+    :func:`seq2seq_scores`.
+    """
+    if arch == "decoder":
+        full, p = _prefixed(attention_mask, prefix)
+        logits = model(inputs_embeds=inputs_embeds, attention_mask=full,
+                       position_ids=position_ids(attention_mask) + p, use_cache=False,
+                       past_key_values=prefix_cache(prefix)).logits[:, :-1]
+        target = labels[:, 1:]
+    else:
+        enc_prefix, dec_prefix, cross_prefix = seq2seq_parts(prefix)
+        hidden = encode(model, inputs_embeds, attention_mask, enc_prefix)
+        with cross_route(model, cross_prefix):
+            logits = model(encoder_outputs=(hidden,), attention_mask=attention_mask,
+                           decoder_input_ids=model._shift_right(labels), use_cache=False,
+                           past_key_values=decoder_cache(dec_prefix, cross_prefix)).logits
+        target = labels
+    if not bool((target != -100).any()):
+        raise SptError("a training batch has no target tokens: raise data.max_target_length "
+                       "or data.max_source_length")
+    return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
+
+
 def pooled(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
            pooling: str, prefix: torch.Tensor | None = None) -> torch.Tensor:
     """Encoder-only: the pooled hidden state ``[B, d]`` (mean over real tokens, first token,

@@ -44,6 +44,13 @@ def log_epoch_metrics(module, metrics: MetricCollection, best: nn.ModuleDict, st
     """Compute, log as ``<stage>/<name>`` and ``<stage>/<name>_best``, reset; return values."""
     values = {k: v.detach() for k, v in metrics.compute().items()}
     metrics.reset()
+    return log_metric_values(module, values, best, stage)
+
+
+def log_metric_values(module, values: dict[str, torch.Tensor], best: nn.ModuleDict,
+                      stage: str) -> dict:
+    """Log ``values`` as ``<stage>/<name>`` and their running best as ``<stage>/<name>_best``
+    (not during the sanity check); return them as floats."""
     out = {}
     for name, value in values.items():
         out[f"{stage}/{name}"] = value

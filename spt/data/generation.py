@@ -27,12 +27,13 @@ class GenerationTaskInfo:
     """A text-to-text task as the method sees it.
 
     ``metrics`` are names from :data:`GENERATION_METRICS` (keys of :func:`generation_metrics`);
-    ``max_new_tokens`` bounds generation at evaluation time.
+    ``max_new_tokens`` bounds generation at evaluation time, which uses ``num_beams`` beams.
     """
 
     name: str
     metrics: tuple[str, ...] = GENERATION_METRICS
     max_new_tokens: int = 64
+    num_beams: int = 1
 
 
 def reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | None]]:

@@ -161,6 +161,7 @@ class TextToTextDataModule(L.LightningDataModule):
         max_source_length: prompt token budget (specials + template + soft + table).
         max_target_length: reference token budget, eos included.
         max_new_tokens: generation budget reported in :attr:`task`; None = ``max_target_length``.
+        num_beams: beams when generating at evaluation (1 = greedy), reported in :attr:`task`.
         batch_size / eval_batch_size: loader batch sizes (eval defaults to ``batch_size``).
         num_workers: DataLoader workers.
         train_limit: keep a seeded random subset of that many train rows (pairs).
@@ -186,6 +187,7 @@ class TextToTextDataModule(L.LightningDataModule):
         max_source_length: int = 256,
         max_target_length: int = 128,
         max_new_tokens: int | None = None,
+        num_beams: int = 1,
         batch_size: int = 8,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -218,7 +220,8 @@ class TextToTextDataModule(L.LightningDataModule):
         for key, value, low in (("max_source_length", max_source_length, 1),
                                 ("max_target_length", max_target_length, 1),
                                 ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                                ("n_soft", n_soft, 0), ("split_seed", split_seed, 0)):
+                                ("n_soft", n_soft, 0), ("split_seed", split_seed, 0),
+                                ("num_beams", num_beams, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SptError(f"data.{key} must be an int >= {low}, got {value!r}.")
         for key, value in (("train_limit", train_limit), ("dev_limit", dev_limit),
@@ -233,6 +236,7 @@ class TextToTextDataModule(L.LightningDataModule):
         self.max_source_length = max_source_length
         self.max_target_length = max_target_length
         self.max_new_tokens = max_new_tokens or max_target_length
+        self.num_beams = num_beams
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -280,7 +284,7 @@ class TextToTextDataModule(L.LightningDataModule):
     @property
     def task(self) -> GenerationTaskInfo:
         return GenerationTaskInfo(name=self.name, metrics=tuple(self.metrics),
-                                  max_new_tokens=self.max_new_tokens)
+                                  max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
 
     def sources(self, split: str) -> list[str]:
         """Linearised tables, one per row of ``split`` (train: per pair; dev/test: per table)."""

@@ -109,6 +109,10 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         else:
             pool = inits.frequent_token_ids(tok, top_k, texts, self.base.vocab_sorted_by_frequency,
                                             max_id=emb.shape[0])
+            if init == "class_labels" and self.generative:
+                raise SptError(f"method.init=class_labels needs label words; data="
+                               f"{self.task.name} is a generation task: set "
+                               "method.init=sampled_vocab (or text, uniform, file)")
             if init == "sampled_vocab":
                 vec = inits.sampled_vocab(emb, length, pool, g)
             else:
@@ -150,7 +154,8 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Class scores ``[B, C]`` for a batch from the data module."""
-        return self.class_scores(self.embed(batch), batch["attention_mask"])
+        return self.class_scores(self.embed(batch), batch["attention_mask"],
+                                 task_ids=batch["task_ids"])
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.prompt.parameters())}, *self.head_param_groups()]

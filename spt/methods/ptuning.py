@@ -98,7 +98,8 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         return insert_soft(embeds, batch["soft_mask"], self.prompt_encoder(batch["task_ids"]))
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.class_scores(self.embed(batch), batch["attention_mask"])
+        return self.class_scores(self.embed(batch), batch["attention_mask"],
+                                 task_ids=batch["task_ids"])
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.prompt_encoder.parameters())}, *self.head_param_groups()]
