@@ -92,6 +92,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
 
     method_name = "cpt"
     supported_archs = ("decoder",)
+    supports_generation = False  # classification only: the context ends in label words
 
     def __init__(
         self,
@@ -343,14 +344,17 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         missing = [k for k in need if k not in tensors]
         if missing:
             raise SptError(f"{path} lacks {missing} (it has {sorted(tensors)})")
-        delta, ids = tensors["delta"], tensors["context_ids"]
+        delta, ids, types = tensors["delta"], tensors["context_ids"], tensors["context_types"]
+        if not (len(ids) == len(types) == len(tensors["context_example"])
+                and set(types.tolist()) <= set(TOKEN_TYPES.values())):
+            raise SptError(f"{path}: context_ids, context_types and context_example disagree "
+                           "(a damaged or hand-edited file): save the artifact again")
         want = [self.n_tasks, len(ids), self.base.hidden_size]
         if list(delta.shape) != want:
             raise SptError(f"{path} holds deltas of shape {list(delta.shape)} [n_tasks, "
                            f"context, dim], this run expects {want}: set "
                            f"method.n_tasks={delta.shape[0]}")
-        self._install_context(ids.long(), tensors["context_types"].long(),
-                              tensors["context_example"].long())
+        self._install_context(ids.long(), types.long(), tensors["context_example"].long())
         with torch.no_grad():
             self.delta.weight.copy_(delta)
 
