@@ -33,7 +33,8 @@ class ClassificationMixin:
         """The construction steps every classification method shares, in order: hparams (from
         the method's ``__init__`` ``frame``), the frozen backbone, the scorer, task names and
         the optimizer settings."""
-        self.save_hyperparameters(ignore=["backbone", "task", "optimizer", "init_texts"],
+        self.save_hyperparameters(ignore=["backbone", "task", "optimizer", "init_texts",
+                                          "datamodule"],
                                   frame=frame, logger=False)
         self.attach_backbone(backbone, backbone_dropout, method=self.method_name,
                              supports=supports)

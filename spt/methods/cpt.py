@@ -123,9 +123,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         _validate(n_examples=n_examples, balanced=balanced, separator=separator, init=init,
                   init_file=init_file, eps_input=eps_input, eps_format=eps_format,
                   loss_decay=loss_decay, context_loss=context_loss, n_tasks=n_tasks, loss=loss)
-        # The data module is an object, not a hyperparameter: keep it out of save_hyperparameters
-        # (which reads __init__'s locals through the frame and deep-copies what it finds).
-        dm, datamodule = datamodule, None
+        dm = datamodule  # an object, not a hyperparameter: setup_method leaves it out
         self.setup_method(
             inspect.currentframe(), backbone=backbone, task=task,
             backbone_dropout=backbone_dropout, supports=supports, loss=loss, head_dropout=0.0,
