@@ -14,8 +14,11 @@ from spt.backbones import tiny
 from spt.backbones.tiny_models import tiny_tokenizer
 from spt.core.errors import SptError
 from spt.data import MultiTaskDataModule, TextClassificationDataModule
+from spt.methods.mpt import MPT
 from spt.methods.prefix import PrefixTuning
 from spt.methods.prompt import PromptTuning
+from spt.methods.ptuning import PTuning
+from spt.methods.ptuning_v2 import PTuningV2
 from spt.run import build
 from tests.test_run import CONF
 
@@ -81,12 +84,21 @@ def test_bad_mixtures_are_named(data_dir):
         _mixture(data_dir, "llama", mixing_temperature=0.5)
 
 
-@pytest.mark.parametrize("cls", [PromptTuning, PrefixTuning])
+METHOD_KW = {PromptTuning: {"length": 2, "init": "uniform"}, PrefixTuning: {"length": 2},
+             PTuning: {"length": 2}, PTuningV2: {"length": 2},
+             MPT: {"length": 2, "init": "uniform"}}
+
+
+@pytest.mark.parametrize("cls", list(METHOD_KW), ids=lambda c: c.method_name)
 @pytest.mark.parametrize("family", ["bert", "llama", "t5"])
 def test_mixed_rows_score_with_their_own_label_set(cls, family, data_dir):
+    """Every mixture-capable method: row i of a batch mixing two tasks (2 and 6 classes) gets
+    the scores it gets alone, over its own task's classes only."""
     dm = _mixture(data_dir, family)
-    kw = {"length": 2, "init": "uniform"} if cls is PromptTuning else {"length": 2}
-    m = cls(tiny(family, hidden=64, seed=2), dm.task, n_tasks=2, **kw).eval()
+    m = cls(tiny(family, hidden=64, seed=2), dm.task, n_tasks=2, **METHOD_KW[cls]).eval()
+    if cls is MPT:  # distinct task matrices, so the task id matters
+        with torch.no_grad():
+            m.prompts.u.normal_(1, 0.5, generator=torch.Generator().manual_seed(0))
     dm.n_soft = m.n_soft_tokens
     dm.setup("fit")
     batch = next(b for b in dm.train_dataloader() if b["task_ids"].unique().numel() == 2)

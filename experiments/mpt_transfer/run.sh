@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# MPT transfer study on SmolLM2-135M (see README.md): teachers -> distilled source stage ->
+# target stage on FewGLUE-32 RTE, against single-task Prompt Tuning at the same budget.
+# Run from the repo root:  bash experiments/mpt_transfer/run.sh
+set -euo pipefail
+export SPT_MPT_RUNS=${SPT_MPT_RUNS:-outputs/mpt}
+PY=${PY:-.venv/bin/python}
+run() {  # run <dir> <overrides...>; skips a step that already finished (resumable)
+  local dir=$SPT_MPT_RUNS/$1; shift
+  [[ -f $dir/metrics.json ]] && return 0
+  $PY -m spt.run "$@" logger=csv hydra.run.dir="$dir"
+}
+for task in sst2 agnews trec; do
+  run teacher_$task experiment=mpt_teacher data=$task
+done
+run source experiment=mpt_source
+run target_rte experiment=mpt_target
+run baseline_rte experiment=fewglue32_rte
+# Ablation: the same source stage without distillation, and its transfer.
+run source_nodistill experiment=mpt_source method.teachers=null
+run target_rte_nodistill experiment=mpt_target \
+  method.source_file=$SPT_MPT_RUNS/source_nodistill/prompt.safetensors
