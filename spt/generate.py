@@ -2,7 +2,8 @@
 
 - Input-level prompts (prompt, ptuning): greedy or beam search through Hugging Face
   ``generate`` on the input embeddings that carry the prompt (``method.embed(batch)``).
-- Key/value prompts (prefix, ptuning_v2; ``method.kv_prefix(batch)``): the prefix is loaded
+- Key/value prompts (prefix, ptuning_v2, and CPT's trained context;
+  ``method.kv_prefix(batch)``): the prefix is loaded
   into the cache once, the prompt is prefilled after it, and decoding continues from that cache,
   greedy or beam search. HF ``generate`` cannot be handed a pre-filled cache together with
   ``inputs_embeds`` (it decodes from the wrong state, and beam search does not expand such a
@@ -46,11 +47,9 @@ def generate(method, batch: dict, max_new_tokens: int = 32, num_beams: int = 1,
     if max_new_tokens < 1 or num_beams < 1:
         raise SptError("max_new_tokens and num_beams must be >= 1")
     tok = base.tokenizer
-    embeds = method.embed(batch)
-    mask = batch["attention_mask"]
+    embeds, mask, prefix = _inputs(method, batch)
     if hasattr(method, "kv_prefix"):
-        stepper = _stepper(method, embeds, mask, method.kv_prefix(batch, embeds.dtype),
-                           use_cache, beams=num_beams)
+        stepper = _stepper(method, embeds, mask, prefix, use_cache, beams=num_beams)
         if num_beams == 1:
             return _greedy(stepper, embeds.shape[0], max_new_tokens, tok.pad_token_id,
                            tok.eos_token_id)[0]
@@ -74,10 +73,9 @@ def greedy_reference(method, batch: dict, max_new_tokens: int = 32
     Slow on purpose: the reference that cached generation must equal. Returns the new token
     ids ``[B, T]`` and the next-token logits ``[B, V]`` of each step.
     """
-    embeds = method.embed(batch)
-    prefix = method.kv_prefix(batch, embeds.dtype) if hasattr(method, "kv_prefix") else None
+    embeds, mask, prefix = _inputs(method, batch)
     tok = method.base.tokenizer
-    stepper = _stepper(method, embeds, batch["attention_mask"], prefix, use_cache=False)
+    stepper = _stepper(method, embeds, mask, prefix, use_cache=False)
     return _greedy(stepper, embeds.shape[0], max_new_tokens, tok.pad_token_id, tok.eos_token_id)
 
 
@@ -86,13 +84,21 @@ def beam_search(method, batch: dict, num_beams: int, max_new_tokens: int = 32,
                 use_cache: bool = True, length_penalty: float = 1.0) -> torch.Tensor:
     """spt's own beam search for any method (the path key/value prompts take), exposed so it
     can be checked against Hugging Face ``generate`` on input-level prompts."""
-    embeds = method.embed(batch)
-    prefix = method.kv_prefix(batch, embeds.dtype) if hasattr(method, "kv_prefix") else None
+    embeds, mask, prefix = _inputs(method, batch)
     tok = method.base.tokenizer
-    stepper = _stepper(method, embeds, batch["attention_mask"], prefix, use_cache,
-                       beams=num_beams)
+    stepper = _stepper(method, embeds, mask, prefix, use_cache, beams=num_beams)
     return _beam(stepper, embeds.shape[0], num_beams, max_new_tokens, tok.pad_token_id,
                  tok.eos_token_id, length_penalty)
+
+
+def _inputs(method, batch: dict):
+    """What decoding starts from: the method's input embeddings, the attention mask (a method
+    may mask tokens of its own, e.g. CPT drops the query's BOS after its context) and the
+    key/value prefix, if the method has one."""
+    embeds = method.embed(batch)
+    mask = method.query_mask(batch) if hasattr(method, "query_mask") else batch["attention_mask"]
+    prefix = method.kv_prefix(batch, embeds.dtype) if hasattr(method, "kv_prefix") else None
+    return embeds, mask, prefix
 
 
 # -- steppers: next-token logits for N rows, and a way to reorder those rows ----------------

@@ -416,3 +416,27 @@ def test_run_end_to_end_and_reload(tmp_path, data_dir):
     assert r2.returncode == 0, r2.stderr[-3000:]
     (run2,) = [p.parent for p in (tmp_path / "b").rglob("metrics.json")]
     assert json.loads((run2 / "metrics.json").read_text())["val/acc"] == metrics["val/acc"]
+
+
+def test_generation_continues_after_the_trained_context(dm):
+    """spt.generate decodes after CPT's context (its trained keys/values as a prefix): cached
+    greedy and beam search equal their uncached references, the context changes what is
+    generated, and mixed-task rows decode as if alone."""
+    from spt.generate import beam_search, generate, greedy_reference
+
+    m = build(dm, n_tasks=2).eval()
+    randomise(m, 0.5)
+    batch = dev_batch(dm, task_ids=[1, 0, 1, 0])
+    tokens = generate(m, batch, max_new_tokens=4)
+    ref, logits = greedy_reference(m, batch, max_new_tokens=4)
+    assert torch.equal(tokens, ref)
+    m.use_soft_prompt = False  # the context (and its deltas) shape what is generated
+    _, plain = greedy_reference(m, batch, max_new_tokens=1)
+    m.use_soft_prompt = True
+    assert (plain[0] - logits[0]).abs().max() > 1e-3
+    beams = beam_search(m, batch, num_beams=2, max_new_tokens=4)
+    assert torch.equal(beams, beam_search(m, batch, num_beams=2, max_new_tokens=4,
+                                          use_cache=False))
+    for i in range(4):
+        alone = generate(m, {k: v[i:i + 1] for k, v in batch.items()}, max_new_tokens=4)
+        assert torch.equal(tokens[i, : alone.shape[1]], alone[0])

@@ -165,3 +165,19 @@ def test_bad_settings_name_the_key(kw, match):
                     metrics=("acc",), num_classes=2)
     with pytest.raises(SptError, match=match):
         MPT(tiny("llama"), task, **kw)
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_generation_with_task_prompts(family, data_dir, tmp_path):
+    """MPT's prompts sit in the input, so spt.generate takes the Hugging Face path: cached
+    greedy decoding equals the uncached reference for a batch mixing both tasks."""
+    from spt.generate import generate, greedy_reference
+
+    m, dm = _source(data_dir, tmp_path, family=family, teachers=False)
+    with torch.no_grad():
+        m.prompts.shared.normal_(0, 2, generator=torch.Generator().manual_seed(0))
+    batch = next(b for b in dm.train_dataloader() if b["task_ids"].unique().numel() == 2)
+    m.eval()
+    tokens = generate(m, batch, max_new_tokens=4)
+    ref, _ = greedy_reference(m, batch, max_new_tokens=4)
+    assert torch.equal(tokens[:, : ref.shape[1]], ref)

@@ -295,6 +295,20 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         """Class scores ``[B, C]`` for a batch from the data module."""
         return self._scores(batch)[0]
 
+    # -- generation (spt.generate): the context as a key/value prefix before the query ------
+    def embed(self, batch: dict) -> torch.Tensor:
+        return self._query(batch)[0]
+
+    def query_mask(self, batch: dict) -> torch.Tensor:
+        return self._query(batch)[1]
+
+    def kv_prefix(self, batch: dict, dtype=torch.float32):
+        """The trained context's per-layer keys/values for each row ``[B, layers, 2, kv_heads,
+        C, head_dim]``; None for a zero-shot query."""
+        if not self.use_soft_prompt:
+            return None
+        return self._run_context(batch["task_ids"], dtype, with_nll=False)[0]
+
     def loss_terms(self, batch: dict) -> dict[str, torch.Tensor]:
         """``scores [B, C]``, ``query_loss``, ``context_nll [K]`` (mean over rows of each
         example's label NLL) and the combined ``loss`` (see the module docstring)."""
