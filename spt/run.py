@@ -130,7 +130,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             meta = {**method.artifact_meta(), "spt_version": __version__, "data": cfg.data.name,
                     "template": cfg.data.get("template"),
                     "dev_metrics": {k: v for k, v in metrics.items() if k.startswith("val/")}}
-            path = save_artifact(out_dir / "prompt.safetensors", method.artifact_tensors(), meta)
+            tensors = method.artifact_tensors()
+            meta["served_parameters"] = method.served_parameters(tensors)
+            path = save_artifact(out_dir / "prompt.safetensors", tensors, meta)
+            metrics["params/served"] = meta["served_parameters"]
             metrics["artifact"] = str(path)
             metrics["artifact_bytes"] = path.stat().st_size
         if getattr(method, "last_predictions", None):  # text-to-text: what was scored

@@ -74,6 +74,17 @@ class FrozenBackboneMixin:
         return {"params/trainable": trainable, "params/backbone": frozen,
                 "params/trainable_pct": 100.0 * trainable / max(1, trainable + frozen)}
 
+    # Artifact tensors a served prompt needs (the rest, e.g. a reparameterisation MLP or
+    # an LSTM encoder, only resumes training); methods override.
+    served_tensors: tuple[str, ...] = ("prompt", "head.")
+
+    def served_parameters(self, tensors: dict) -> int:
+        """Numbers an inference server loads for this prompt: the materialised prompt or
+        prefix (and head), not the weights that only produce it during training."""
+        names = self.served_tensors  # exact keys, or key prefixes ending in "."
+        return sum(t.numel() for k, t in tensors.items()
+                   if k in names or any(k.startswith(n) for n in names if n.endswith(".")))
+
     def state_dict(self, *args, **kwargs):
         full = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")

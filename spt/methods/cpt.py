@@ -91,6 +91,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
     """
 
     method_name = "cpt"
+    served_tensors = ("context_embeds",)  # the trained context, tokens plus deltas
     supported_archs = ("decoder",)
     supports_generation = False  # classification only: the context ends in label words
 
