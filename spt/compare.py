@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -44,8 +45,9 @@ def _row(path: Path) -> dict:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     trainable = m.get("params/trainable", 0)
     total = trainable + m.get("params/backbone", 0)
-    served = m.get("params/served", meta.get("served_parameters",
-                                             meta.get("prefix_parameters", trainable)))
+    served = m.get("params/served", meta.get("served_parameters"))
+    if served is None:  # runs from before spt recorded it: count from the artifact itself
+        served = _served_from_artifact(path.parent, trainable)
     row = {
         "run": str(path.parent), "data": m.get("data", ""), "model": m.get("model", ""),
         "method": m.get("method", "") + (" (zero-shot)" if m.get("zero_shot") else ""),
@@ -56,6 +58,23 @@ def _row(path: Path) -> dict:
     }
     row.update({k: v for k, v in m.items() if k.startswith("val/") and not k.endswith("_best")})
     return row
+
+
+def _served_from_artifact(run: Path, default: int) -> int:
+    artifact, config = run / "prompt.safetensors", run / "config.yaml"
+    if not (artifact.exists() and config.exists()):
+        return default
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+    from safetensors import safe_open
+
+    from spt.core.mixin import served_numel
+
+    target = OmegaConf.load(config).method._target_
+    with safe_open(str(artifact), "pt") as f:
+        sizes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    numel = {k: math.prod(shape) for k, shape in sizes.items()}
+    return served_numel(get_class(target).served_tensors, numel)
 
 
 def columns(rows: list[dict]) -> list[str]:

@@ -66,3 +66,21 @@ def test_compare_names_a_wrong_directory(tmp_path, capsys):
         collect([tmp_path])
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_older_runs_count_served_parameters_from_the_artifact(tmp_path):
+    """Runs written before spt recorded served parameters: counted from the artifact's tensor
+    shapes with the method's own rule (the prefix, not its MLP)."""
+    from omegaconf import OmegaConf
+
+    from spt.core.artifact import save_artifact
+
+    m = PrefixTuning(tiny("llama", hidden=64), TASK, length=4)
+    _fake_run(tmp_path, "old", "prefix", 0.7, m.parameter_counts()["params/trainable"])
+    save_artifact(tmp_path / "old" / "prompt.safetensors", m.artifact_tensors(),
+                  {"method": "prefix"})
+    (tmp_path / "old" / "prompt.json").unlink(missing_ok=True)
+    OmegaConf.save({"method": {"_target_": "spt.methods.prefix.PrefixTuning"}},
+                   tmp_path / "old" / "config.yaml")
+    (row,) = collect([tmp_path])
+    assert row["served_params"] == m.prefix.table().numel() < row["trainable"]

@@ -81,9 +81,7 @@ class FrozenBackboneMixin:
     def served_parameters(self, tensors: dict) -> int:
         """Numbers an inference server loads for this prompt: the materialised prompt or
         prefix (and head), not the weights that only produce it during training."""
-        names = self.served_tensors  # exact keys, or key prefixes ending in "."
-        return sum(t.numel() for k, t in tensors.items()
-                   if k in names or any(k.startswith(n) for n in names if n.endswith(".")))
+        return served_numel(self.served_tensors, {k: t.numel() for k, t in tensors.items()})
 
     def state_dict(self, *args, **kwargs):
         full = super().state_dict(*args, **kwargs)
@@ -145,3 +143,10 @@ class FrozenBackboneMixin:
                                   num_training_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
                                                           "interval": "step"}}
+
+
+def served_numel(names: tuple[str, ...], sizes: dict[str, int]) -> int:
+    """Sum of ``sizes`` (artifact key -> element count) over the keys ``names`` selects:
+    exact keys, or key prefixes ending in ``"."``."""
+    return sum(n for k, n in sizes.items()
+               if k in names or any(k.startswith(p) for p in names if p.endswith(".")))
