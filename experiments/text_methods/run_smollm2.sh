@@ -9,16 +9,16 @@ PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-150}
 common=(model=smollm2-135m logger=csv trainer.max_steps=$STEPS trainer.val_check_interval=$STEPS
         data.batch_size=8 data.eval_batch_size=32 tags=[text_methods])
-# Prompt Tuning's Adafactor step is absolute; SmolLM2's embeddings are small (RMS 0.136), so
-# the paper's 0.3 (for T5) is scaled to 0.01 as in experiment=sst2_smollm2.
+# Prompt Tuning's (and MPT's) Adafactor step is absolute; SmolLM2's embeddings are small
+# (RMS 0.136), so the paper's 0.3 (for T5) is scaled to 0.01 as in experiment=sst2_smollm2.
 declare -A method_args=([prompt]="method.optimizer.lr=0.01" [prefix]="" [ptuning]="" [ptuning_v2]=""
-                        [cpt]="" [mpt]="")
+                        [cpt]="" [mpt]="method.optimizer.lr=0.01")
 for data in ${DATASETS:-sst2 rte}; do
   case $data in
     sst2) pt_template='{soft:3}Review: {sentence}{soft:3} Sentiment:' ;;
     rte)  pt_template='{soft:3}Premise: {premise} Hypothesis: {hypothesis}{soft:3} Relation:' ;;
   esac
-  for method in ${METHODS:-prompt prefix ptuning ptuning_v2}; do
+  for method in ${METHODS:-prompt prefix ptuning ptuning_v2 cpt mpt}; do
     extra=(${method_args[$method]})
     [[ $method == ptuning ]] && extra+=("data.template=\"$pt_template\"")
     [[ -f "$OUT/smollm2/$data/$method/metrics.json" ]] && continue  # resume a partial sweep
