@@ -189,6 +189,32 @@ def test_bad_select_fails_before_training(tmp_path):
     assert r.returncode == 2 and "fitting" not in r.stderr + r.stdout
 
 
+def test_unknown_optimized_metric_fails_before_training(tmp_path):
+    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", "optimized_metric=val/f1",
+                out=tmp_path)
+    _fails(r, "optimized_metric='val/f1'", "val/acc", out=tmp_path)
+    assert r.returncode == 2 and "fitting" not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize(("data", "method", "metric"),
+                         [("e2e", "prefix", "val/bleu"), ("sst2", "mpt", "val/acc")])
+def test_select_best_reloads_the_best_checkpoint(data, method, metric, tmp_path, data_dir):
+    """select=best reloads best.ckpt (weights_only); the monitor defaults to the task's first
+    metric (val/bleu on text-to-text, which also writes its scored predictions)."""
+    r = spt_run("model=tiny-llama", f"data={data}", f"method={method}", "debug=fast",
+                "logger=csv", "select=best", "trainer.max_steps=4",
+                "trainer.val_check_interval=2", f"data.root={data_dir}",
+                *(["data.max_new_tokens=4"] if data == "e2e" else []), out=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["optimized_metric"] == metric
+    assert (run / "checkpoints" / "best.ckpt").exists()
+    if data == "e2e":
+        rows = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
+        assert len(rows) == 32 and {"prediction", "references", "ref_index"} <= set(rows[0])
+
+
 def test_offline_hub_model(tmp_path):
     r = spt_run("model=t5-small", "debug=fast", "logger=csv", out=tmp_path,
                 env={"HF_HOME": str(tmp_path / "hf")})
