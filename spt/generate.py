@@ -181,8 +181,9 @@ class _Seq2SeqStepper:
         if use_cache:
             from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-            self.cache = (decoder_cache(self.dec, self.cross)
-                          or EncoderDecoderCache(DynamicCache(), DynamicCache()))
+            self.cache = decoder_cache(self.dec, self.cross)
+            if self.cache is None:  # (not `or`: an empty self-attention half has len 0)
+                self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
 
     def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
         if tokens is not None:
@@ -214,10 +215,12 @@ def _pick(logits: torch.Tensor, done: torch.Tensor, pad: int) -> torch.Tensor:
 def _greedy(stepper, b: int, max_new_tokens: int, pad: int, eos: int
             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Token ids ``[B, T]`` and each step's next-token logits ``[B, V]``."""
-    done = torch.zeros(b, dtype=torch.bool)
+    done = None
     steps, step_logits, nxt = [], [], None
     for _ in range(max_new_tokens):
         logits = stepper.logits(nxt)
+        if done is None:  # on the model's device
+            done = torch.zeros(b, dtype=torch.bool, device=logits.device)
         step_logits.append(logits)
         nxt = _pick(logits, done, pad)
         steps.append(nxt)
@@ -230,18 +233,19 @@ def _greedy(stepper, b: int, max_new_tokens: int, pad: int, eos: int
 def _beam(stepper, b: int, k: int, max_new_tokens: int, pad: int, eos: int,
           length_penalty: float) -> torch.Tensor:
     """Beam search over ``b`` rows with ``k`` beams each (the stepper holds ``b * k`` rows)."""
-    scores = torch.full((b, k), -math.inf)
-    scores[:, 0] = 0.0  # the k copies of a row start as one live beam
-    history = torch.zeros(b * k, 0, dtype=torch.long)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
     done = [False] * b
     tokens = None
     for t in range(max_new_tokens):
         logp = F.log_softmax(stepper.logits(tokens).float(), dim=-1)
-        vocab = logp.shape[-1]
+        dev, vocab = logp.device, logp.shape[-1]
+        if t == 0:  # on the model's device
+            scores = torch.full((b, k), -math.inf, device=dev)
+            scores[:, 0] = 0.0  # the k copies of a row start as one live beam
+            history = torch.zeros(b * k, 0, dtype=torch.long, device=dev)
         top_s, top_i = (scores.view(-1, 1) + logp).view(b, k * vocab).topk(2 * k, dim=1)
-        src = torch.arange(k).repeat(b, 1)
-        new_tok = torch.full((b, k), pad, dtype=torch.long)
+        src = torch.arange(k, device=dev).repeat(b, 1)
+        new_tok = torch.full((b, k), pad, dtype=torch.long, device=dev)
         new_s = scores.clone()
         norm = (t + 1) ** length_penalty
         for i in range(b):
@@ -262,7 +266,7 @@ def _beam(stepper, b: int, k: int, max_new_tokens: int, pad: int, eos: int,
             finished[i] = sorted(finished[i], key=lambda h: -h[0])[:k]
             if len(finished[i]) == k and new_s[i].max().item() / norm <= finished[i][-1][0]:
                 done[i] = True
-        idx = (torch.arange(b)[:, None] * k + src).view(-1)
+        idx = (torch.arange(b, device=dev)[:, None] * k + src).view(-1)
         history = torch.cat([history[idx], new_tok.view(-1, 1)], 1)
         scores = new_s
         if all(done):
@@ -278,4 +282,5 @@ def _beam(stepper, b: int, k: int, max_new_tokens: int, pad: int, eos: int,
                            for j in range(k) if scores[i, j] > -math.inf]
         out.append(max(hyps, key=lambda h: h[0])[1])
     width = max(map(len, out))
-    return torch.tensor([h + [pad] * (width - len(h)) for h in out], dtype=torch.long)
+    return torch.tensor([h + [pad] * (width - len(h)) for h in out], dtype=torch.long,
+                        device=history.device)

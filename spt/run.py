@@ -109,6 +109,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         log.info("evaluating on the dev split")
         trainer.validate(method, datamodule=datamodule, verbose=False)
     metrics = {k: v for k, v in method.last_val.items() if not k.endswith("_best")}
+    if metric.endswith("_best"):  # a sweep may optimise the best dev value seen while fitting
+        metrics[metric] = method.last_val.get(metric)
     metrics.update({
         "fit_seconds": round(fit_seconds, 1),
         "steps": int(trainer.global_step),

@@ -196,3 +196,19 @@ def test_beam_search_with_one_beam_is_greedy():
     greedy = generate(m, batch, max_new_tokens=5)
     beam = beam_search(m, batch, num_beams=1, max_new_tokens=5)
     assert torch.equal(greedy, beam[:, : greedy.shape[1]])
+
+
+def test_t5_cross_prefix_alone_is_kept_in_the_cache():
+    """A cross-attention prefix with no decoder self-attention prefix: cached decoding keeps
+    it (an empty self-attention half must not drop the cache) and equals the uncached path."""
+    m = _kv_method(PrefixTuning, "t5", cross_attention=True)
+    batch = _plain_batch(m, TEXTS, [2, 0, 1])
+    embeds = m.embed(batch)
+    enc, _, cross = m.kv_prefix(batch)
+    tok = m.base.tokenizer
+    out = []
+    for use_cache in (True, False):
+        stepper = _stepper(m, embeds, batch["attention_mask"], (enc, None, cross), use_cache)
+        out.append(_greedy(stepper, len(embeds), 4, tok.pad_token_id, tok.eos_token_id)[1])
+    for a, b in zip(*out, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

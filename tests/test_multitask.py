@@ -146,3 +146,15 @@ def test_mixture_yaml_builds_through_the_run(data_dir):
     _, dm, m = build(cfg)
     assert dm.task.names == ["sst2", "agnews", "trec"]
     assert m.prompt.weight.shape[0] == 3
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_class_label_init_uses_each_tasks_own_words(family, data_dir):
+    dm = _mixture(data_dir, family)
+    m = PromptTuning(tiny(family, hidden=64, seed=2), dm.task, n_tasks=2, length=3,
+                     init="class_labels")
+    alone = [PromptTuning(tiny(family, hidden=64, seed=2), info, length=3, init="class_labels")
+             for info in dm.task.tasks]
+    for t in range(2):  # row t starts from task t's label words, as if trained alone
+        torch.testing.assert_close(m.prompt.weight[t], alone[t].prompt.weight[0])
+    assert not torch.equal(m.prompt.weight[0], m.prompt.weight[1])

@@ -75,6 +75,7 @@ class MultiTaskDataModule(L.LightningDataModule):
         mixing_temperature: 1 = draw rows in proportion to task sizes; larger flattens towards
             uniform over tasks.
         batch_size / eval_batch_size / num_workers: of the mixture's loaders.
+        seed: seeds the temperature sampler (proportional mixing shuffles with the run seed).
     """
 
     def __init__(self, name: str, tokenizer: Any, arch: str,
@@ -151,7 +152,10 @@ class MultiTaskDataModule(L.LightningDataModule):
                              for p, s, n in zip(parts, share, sizes, strict=True)])
         sampler = None
         if self.mixing_temperature != 1.0:
-            sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True)
+            self._generator = getattr(self, "_generator", None) or torch.Generator().manual_seed(
+                self.seed)  # advances across epochs; one seeded stream per data module
+            sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True,
+                                            generator=self._generator)
         return DataLoader(data, batch_size=self.batch_size, shuffle=sampler is None,
                           sampler=sampler, collate_fn=self._collator(),
                           num_workers=self.num_workers,

@@ -115,12 +115,14 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
                                "method.init=sampled_vocab (or text, uniform, file)")
             if init == "sampled_vocab":
                 vec = inits.sampled_vocab(emb, length, pool, g)
-            else:
-                words = label_tokens(tok, list(self.task.label_words), "decoder").lists() \
-                    if self.base.arch == "encoder" else self.labels.lists()
-                eos = tok.eos_token_id
-                words = [[i for i in w if i != eos] or w for w in words]
-                vec = inits.class_labels(emb, length, words, pool, g)
+            else:  # each task's row from its own label words (a mixture has several)
+                rows = []
+                for t, info in enumerate(self.tasks):
+                    words = label_tokens(tok, list(info.label_words), "decoder").lists() \
+                        if self.base.arch == "encoder" else self.task_labels[t].lists()
+                    words = [[i for i in w if i != tok.eos_token_id] or w for w in words]
+                    rows.append(inits.class_labels(emb, length, words, pool, g))
+                vec = torch.stack(rows) if self.multitask else rows[0]
         with torch.no_grad():
             self.prompt.weight.copy_(vec.expand_as(self.prompt.weight))
 
