@@ -6,7 +6,10 @@ each other.
 Text-to-text tasks (a :class:`~spt.data.generation.GenerationTaskInfo`, e.g. ``data=e2e``)
 take the same steps in generation mode: training minimises the target text's token
 cross-entropy (:func:`~spt.core.scoring.lm_loss`), validation generates with
-:func:`spt.generate.generate` and scores BLEU / ROUGE-L through the data module."""
+:func:`spt.generate.generate` and scores BLEU / ROUGE-L through the data module.
+
+Methods whose prompt is input vectors mix in :class:`SoftPromptScoring`, which scores a batch
+with substituted prompt vectors."""
 
 from __future__ import annotations
 
@@ -259,6 +262,20 @@ class ClassificationMixin:
                     "label_words": {t.name: list(t.label_words) for t in self.tasks}}
         return {"loss": self.loss_kind, "label_names": list(self.task.label_names),
                 "label_words": list(self.task.label_words)}
+
+
+class SoftPromptScoring:
+    """For methods whose prompt is a sequence of input vectors at the batch's soft slots (prompt,
+    ptuning, mpt). The method defines ``soft_prompts(task_ids [B]) -> [B, N, d]`` (its own
+    vectors for each row's task) and ``embed(batch, prompts=None)``; this adds the class scores
+    with other vectors in their place (e.g. to probe corrupted prompts)."""
+
+    def scores_with_prompts(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` class scores with ``prompts [B, N, d]`` at the soft slots instead of the
+        method's own vectors (``scores_with_prompts(b, soft_prompts(b["task_ids"]))`` equals
+        ``forward(b)``)."""
+        return self.class_scores(self.embed(batch, prompts), batch["attention_mask"],
+                                 task_ids=batch["task_ids"])
 
 
 def _select_rows(prefix, rows: torch.Tensor):

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from spt.backbones import Backbone
 from spt.core import inits
 from spt.core.artifact import check_base, load_artifact
-from spt.core.classify import ClassificationMixin
+from spt.core.classify import ClassificationMixin, SoftPromptScoring
 from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
 from spt.core.scoring import insert_soft
@@ -46,7 +46,7 @@ STAGES = ("source", "target")
 SHARED_INITS = ("sampled_vocab", "uniform", "text", "file")
 
 
-class MPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
+class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.LightningModule):
     """Multitask Prompt Tuning (source or target stage).
 
     Args:
@@ -205,10 +205,14 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
     def n_soft_tokens(self) -> int:
         return self.prompts.length
 
+    def soft_prompts(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """Each row's task prompt ``P* ∘ W_k``, ``[B, length, d]``."""
+        return self.prompts(task_ids)
+
     def embed(self, batch: dict, prompts: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.base.input_embeddings(batch["input_ids"])
         if prompts is None:
-            prompts = self.prompts(batch["task_ids"])
+            prompts = self.soft_prompts(batch["task_ids"])
         return insert_soft(embeds, batch["soft_mask"], prompts)
 
     def forward(self, batch: dict) -> torch.Tensor:

@@ -18,7 +18,7 @@ import torch
 from spt.backbones import Backbone
 from spt.core import inits
 from spt.core.artifact import check_base, load_artifact
-from spt.core.classify import ClassificationMixin
+from spt.core.classify import ClassificationMixin, SoftPromptScoring
 from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
 from spt.core.scoring import insert_soft, label_tokens
@@ -29,7 +29,7 @@ from spt.modules import PromptTable
 log = logging.getLogger(__name__)
 
 
-class PromptTuning(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
+class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.LightningModule):
     """Prompt Tuning on encoder-only, decoder-only and encoder-decoder backbones.
 
     Args:
@@ -148,10 +148,18 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         """How many input positions the data module reserves for the soft prompt."""
         return self.prompt.length if self.use_soft_prompt else 0
 
-    def embed(self, batch: dict) -> torch.Tensor:
+    def soft_prompts(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """The prompt vectors of each row's task, ``[B, length, d]``."""
+        return self.prompt(task_ids)
+
+    def embed(self, batch: dict, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings with ``prompts [B, length, d]`` (default: this method's own) at
+        the soft slots."""
         embeds = self.base.input_embeddings(batch["input_ids"])
         if self.use_soft_prompt:
-            embeds = insert_soft(embeds, batch["soft_mask"], self.prompt(batch["task_ids"]))
+            if prompts is None:
+                prompts = self.soft_prompts(batch["task_ids"])
+            embeds = insert_soft(embeds, batch["soft_mask"], prompts)
         return embeds
 
     def forward(self, batch: dict) -> torch.Tensor:

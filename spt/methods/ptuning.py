@@ -16,7 +16,7 @@ import torch
 
 from spt.backbones import Backbone
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
-from spt.core.classify import ClassificationMixin
+from spt.core.classify import ClassificationMixin, SoftPromptScoring
 from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
 from spt.core.scoring import insert_soft
@@ -24,7 +24,7 @@ from spt.core.steps import LOSSES
 from spt.modules.prompt_encoder import PromptEncoder
 
 
-class PTuning(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
+class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.LightningModule):
     """P-Tuning v1 on encoder-only, decoder-only and encoder-decoder backbones.
 
     Args:
@@ -93,9 +93,17 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
     def n_soft_tokens(self) -> int:
         return self.prompt_encoder.length
 
-    def embed(self, batch: dict) -> torch.Tensor:
+    def soft_prompts(self, task_ids: torch.Tensor) -> torch.Tensor:
+        """The encoder's pseudo-token vectors for each row's task, ``[B, length, d]``."""
+        return self.prompt_encoder(task_ids)
+
+    def embed(self, batch: dict, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings with ``prompts [B, length, d]`` (default: the encoder's) at the
+        ``{soft:N}`` slots."""
+        if prompts is None:
+            prompts = self.soft_prompts(batch["task_ids"])
         embeds = self.base.input_embeddings(batch["input_ids"])
-        return insert_soft(embeds, batch["soft_mask"], self.prompt_encoder(batch["task_ids"]))
+        return insert_soft(embeds, batch["soft_mask"], prompts)
 
     def forward(self, batch: dict) -> torch.Tensor:
         return self.class_scores(self.embed(batch), batch["attention_mask"],
