@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from spt import __version__
 from spt.core.artifact import atomic_write_text, save_artifact
 from spt.core.errors import SptError
+from spt.regularizers import attach
 
 log = logging.getLogger("spt.run")
 # The frozen backbone stays in eval mode on purpose (see FrozenBackboneMixin.train).
@@ -36,7 +37,8 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def build(cfg: DictConfig):
-    """Backbone, data module and method from config (no Trainer); used by run and tests."""
+    """Backbone, data module and method (with its regularizer, if any) from config (no
+    Trainer); used by run and tests."""
     log.info("instantiating backbone <%s>", cfg.model._target_)
     backbone = instantiate(cfg.model)
     log.info("instantiating data <%s> (%s)", cfg.data._target_, cfg.data.name)
@@ -50,6 +52,11 @@ def build(cfg: DictConfig):
         extra["datamodule"] = datamodule  # methods that read training examples (CPT's context)
     method = make(backbone=backbone, task=datamodule.task, init_texts=datamodule.train_texts(),
                   **extra)
+    reg = cfg.get("regularizer")
+    if reg and "_target_" in reg:  # regularizer=none composes an empty group
+        log.info("instantiating regularizer <%s>", reg._target_)
+        # a partial, so a bad setting raises its own SptError rather than Hydra's wrapper
+        attach(instantiate(reg, _partial_=True)(), method)  # refuses a method it cannot serve
     if cfg.get("zero_shot"):
         method.use_soft_prompt = False
     datamodule.n_soft = method.n_soft_tokens

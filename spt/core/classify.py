@@ -8,8 +8,9 @@ take the same steps in generation mode: training minimises the target text's tok
 cross-entropy (:func:`~spt.core.scoring.lm_loss`), validation generates with
 :func:`spt.generate.generate` and scores BLEU / ROUGE-L through the data module.
 
-Methods whose prompt is input vectors mix in :class:`SoftPromptScoring`, which scores a batch
-with substituted prompt vectors."""
+A regularizer (``conf/regularizer``, attached by :func:`spt.regularizers.attach` as
+``self.regularizer``) adds its term to the classification training loss; methods whose prompt is
+input vectors mix in :class:`SoftPromptScoring` so a regularizer can score substituted ones."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from spt.core.steps import (
 
 class ClassificationMixin:
     """Needs ``self.base`` and ``self.backbone`` (from the frozen-backbone mixin)."""
+
+    regularizer = None  # e.g. spt.regularizers.nemesis.Nemesis; set by spt.regularizers.attach
 
     def setup_method(self, frame, *, backbone, task, backbone_dropout: bool, supports, loss: str,
                      head_dropout: float, head_lr, task_names, n_tasks: int, optimizer,
@@ -140,14 +143,26 @@ class ClassificationMixin:
             self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         else:
             scores = self(batch)
-            loss = classification_loss(scores, batch["labels"], self.loss_kind)
+            task_loss = classification_loss(scores, batch["labels"], self.loss_kind)
+            loss = task_loss + self.regularize(batch)
             acc = (scores.argmax(-1) == batch["labels"]).float().mean()
             self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True,
                           batch_size=len(batch["labels"]))
+            if self.regularizer is not None:
+                self.log("train/task_loss", task_loss, batch_size=len(batch["labels"]))
         if not torch.isfinite(loss):
             raise SptError(f"non-finite training loss ({loss.item()}) at step "
                            f"{self.global_step}: lower the learning rate (method.optimizer.lr)")
         return loss
+
+    def regularize(self, batch: dict) -> torch.Tensor | float:
+        """The regularizer's term for this training batch (0 without one); logs its parts
+        (``train/reg`` and the regularizer's own, e.g. ``train/pun``)."""
+        if self.regularizer is None:
+            return 0.0
+        term, logs = self.regularizer(self, batch)
+        self.log_dict({"train/reg": term.detach(), **logs}, batch_size=len(batch["labels"]))
+        return term
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         if self.generative:
@@ -268,7 +283,7 @@ class SoftPromptScoring:
     """For methods whose prompt is a sequence of input vectors at the batch's soft slots (prompt,
     ptuning, mpt). The method defines ``soft_prompts(task_ids [B]) -> [B, N, d]`` (its own
     vectors for each row's task) and ``embed(batch, prompts=None)``; this adds the class scores
-    with other vectors in their place (e.g. to probe corrupted prompts)."""
+    with other vectors in their place, which regularizers use to probe corrupted prompts."""
 
     def scores_with_prompts(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
         """``[B, C]`` class scores with ``prompts [B, N, d]`` at the soft slots instead of the

@@ -240,11 +240,12 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
                 self.embed(batch, self.teacher_prompts[batch["task_ids"]]),
                 batch["attention_mask"], task_ids=batch["task_ids"])
         task_loss = classification_loss(scores, batch["labels"], self.loss_kind)
+        reg = self.regularize(batch)
         kl = distill_kl(scores, teacher)
         # task groups are scored in the same order for both, with differently shaped hiddens
         mse = F.mse_loss(torch.cat([h.flatten() for h in student_hidden]).float(),
                          torch.cat([h.flatten() for h in teacher_hidden]).float())
-        loss = task_loss + self.distill_weight * (kl + mse)
+        loss = task_loss + self.distill_weight * (kl + mse) + reg
         acc = (scores.argmax(-1) == batch["labels"]).float().mean()
         self.log_dict({"train/loss": loss, "train/task_loss": task_loss, "train/kl": kl,
                        "train/mse": mse, "train/acc": acc}, prog_bar=True,
