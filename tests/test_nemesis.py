@@ -40,12 +40,7 @@ from tests.test_run import CONF, run_dirs, spt_run
 ADAM = functools.partial(torch.optim.Adam, lr=0.05)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _compose(*overrides: str):

@@ -28,14 +28,7 @@ TEXTS = ["a fine film", "dull", "not bad at all, really"]
 PAD = 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine two OpenMP
-    threads waiting on each other turn each matmul into milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def optimizer():

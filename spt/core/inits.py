@@ -96,3 +96,27 @@ def from_text(embedding: torch.Tensor, length: int, text_ids: list[int]) -> torc
                     length)
     ids = torch.tensor([text_ids[i % len(text_ids)] for i in range(length)])
     return embedding[ids].detach().float().clone()
+
+
+def initial_prompt(init: str, base, length: int, generator: torch.Generator, *,
+                   init_text: str | None = None, top_k: int = 5000,
+                   texts: list[str] | None = None,
+                   label_words: list[list[list[int]]] | None = None) -> torch.Tensor:
+    """A prompt ``[rows, length, d]`` initialised from ``base`` (a :class:`Backbone`) by
+    ``init`` (``uniform`` | ``text`` | ``sampled_vocab`` | ``class_labels``): one row, or for
+    ``class_labels`` one row per task of ``label_words`` (per task, per class, token ids)."""
+    emb = base.input_embeddings.weight.detach().float()
+    tok = base.tokenizer
+    if init == "uniform":
+        return uniform(length, emb.shape[1], generator)[None]
+    if init == "text":
+        return from_text(emb, length, tok(init_text, add_special_tokens=False)["input_ids"])[None]
+    pool = frequent_token_ids(tok, top_k, texts, base.vocab_sorted_by_frequency,
+                              max_id=emb.shape[0])
+    if init == "sampled_vocab":
+        return sampled_vocab(emb, length, pool, generator)[None]
+    if init == "class_labels" and label_words:
+        return torch.stack([class_labels(emb, length, words, pool, generator)
+                            for words in label_words])
+    raise SptError(f"init={init!r} cannot build a prompt here: choose one of "
+                   f"{', '.join(INITS)} (class_labels needs label words)")

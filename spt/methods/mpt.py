@@ -125,19 +125,10 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
 
     # -- initialisation --------------------------------------------------------------------
     def _init_shared(self, init, init_text, top_k, texts, g) -> None:
-        emb = self.base.input_embeddings.weight.detach().float()
-        length, d = self.prompts.shared.shape
-        tok = self.base.tokenizer
-        if init == "uniform":
-            vec = inits.uniform(length, d, g)
-        elif init == "text":
-            vec = inits.from_text(emb, length, tok(init_text, add_special_tokens=False)["input_ids"])
-        else:
-            pool = inits.frequent_token_ids(tok, top_k, texts, self.base.vocab_sorted_by_frequency,
-                                            max_id=emb.shape[0])
-            vec = inits.sampled_vocab(emb, length, pool, g)
+        vec = inits.initial_prompt(init, self.base, self.prompts.length, g, init_text=init_text,
+                                   top_k=top_k, texts=texts)
         with torch.no_grad():
-            self.prompts.shared.copy_(vec)
+            self.prompts.shared.copy_(vec[0])
 
     def _read(self, path, stage: str | None = None) -> dict[str, torch.Tensor]:
         tensors, meta = load_artifact(path)

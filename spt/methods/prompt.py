@@ -95,34 +95,24 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
 
     # -- initialisation --------------------------------------------------------------------
     def _initialise(self, init, init_text, init_file, top_k, texts, seed) -> None:
-        g = torch.Generator().manual_seed(seed)
-        emb = self.base.input_embeddings.weight.detach().float()
-        length, d = self.prompt.length, self.prompt.weight.shape[-1]
-        tok = self.base.tokenizer
         if init == "file":
             self.load_prompt_file(init_file)
             return
-        if init == "uniform":
-            vec = inits.uniform(length, d, g)
-        elif init == "text":
-            vec = inits.from_text(emb, length, tok(init_text, add_special_tokens=False)["input_ids"])
-        else:
-            pool = inits.frequent_token_ids(tok, top_k, texts, self.base.vocab_sorted_by_frequency,
-                                            max_id=emb.shape[0])
-            if init == "class_labels" and self.generative:
-                raise SptError(f"method.init=class_labels needs label words; data="
-                               f"{self.task.name} is a generation task: set "
-                               "method.init=sampled_vocab (or text, uniform, file)")
-            if init == "sampled_vocab":
-                vec = inits.sampled_vocab(emb, length, pool, g)
-            else:  # each task's row from its own label words (a mixture has several)
-                rows = []
-                for t, info in enumerate(self.tasks):
-                    words = label_tokens(tok, list(info.label_words), "decoder").lists() \
-                        if self.base.arch == "encoder" else self.task_labels[t].lists()
-                    words = [[i for i in w if i != tok.eos_token_id] or w for w in words]
-                    rows.append(inits.class_labels(emb, length, words, pool, g))
-                vec = torch.stack(rows) if self.multitask else rows[0]
+        if init == "class_labels" and self.generative:
+            raise SptError(f"method.init=class_labels needs label words; data={self.task.name} "
+                           "is a generation task: set method.init=sampled_vocab (or text, "
+                           "uniform, file)")
+        words = None
+        if init == "class_labels":  # each task's row from its own label words
+            tok = self.base.tokenizer
+            words = []
+            for t, info in enumerate(self.tasks):
+                ids = label_tokens(tok, list(info.label_words), "decoder").lists() \
+                    if self.base.arch == "encoder" else self.task_labels[t].lists()
+                words.append([[i for i in w if i != tok.eos_token_id] or w for w in ids])
+        vec = inits.initial_prompt(init, self.base, self.prompt.length,
+                                   torch.Generator().manual_seed(seed), init_text=init_text,
+                                   top_k=top_k, texts=texts, label_words=words)
         with torch.no_grad():
             self.prompt.weight.copy_(vec.expand_as(self.prompt.weight))
 
