@@ -110,6 +110,8 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
+        # the temperature sampler's stream: advances across epochs, seeded once per data module
+        self._generator = torch.Generator().manual_seed(seed)
         self.pad_id = self.children[0].pad_id
 
     # ------------------------------------------------------------------ public API
@@ -147,13 +149,11 @@ class MultiTaskDataModule(L.LightningDataModule):
         sizes = torch.tensor([len(p) for p in parts], dtype=torch.double)
         if any(sizes == 0):
             raise SptError(f"data={self.name}: a task has no training rows")
-        share = sizes ** (1 / self.mixing_temperature)  # per task; then spread over its rows
-        weights = torch.cat([torch.full((len(p),), float(s / n))
-                             for p, s, n in zip(parts, share, sizes, strict=True)])
         sampler = None
-        if self.mixing_temperature != 1.0:
-            self._generator = getattr(self, "_generator", None) or torch.Generator().manual_seed(
-                self.seed)  # advances across epochs; one seeded stream per data module
+        if self.mixing_temperature != 1.0:  # else a plain shuffle is proportional already
+            share = sizes ** (1 / self.mixing_temperature)  # per task, spread over its rows
+            weights = torch.cat([torch.full((len(p),), float(s / n))
+                                 for p, s, n in zip(parts, share, sizes, strict=True)])
             sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True,
                                             generator=self._generator)
         return DataLoader(data, batch_size=self.batch_size, shuffle=sampler is None,

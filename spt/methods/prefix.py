@@ -48,7 +48,6 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
 
     method_name = "prefix"
     served_tensors = ("prefix", "head.")  # the materialised prefixes, not the MLP
-    supported_archs = ("encoder", "decoder", "encoder-decoder")
 
     def __init__(
         self,

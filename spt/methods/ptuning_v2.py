@@ -35,7 +35,6 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
 
     method_name = "ptuning_v2"
     served_tensors = ("prefix", "head.")  # the materialised prefixes, not the MLP
-    supported_archs = ("encoder", "decoder", "encoder-decoder")
 
     def __init__(
         self,
