@@ -24,6 +24,7 @@ from spt.core.errors import SptError
 from spt.data import TextClassificationDataModule
 from spt.methods.cpt import CPT, FORMAT, INPUT, LABEL, SPECIAL
 from spt.methods.prompt import PromptTuning
+from tests.test_prompt import _manual_decoder  # the one-sequence reference scorer
 
 REPO = Path(__file__).resolve().parents[1]
 SST2_LOCAL = {
@@ -75,15 +76,6 @@ def fit(m: CPT, dm, steps: int, tmp_path) -> L.Trainer:
 
 
 # -- a reference: the context and the query as ONE sequence, no cache -----------------------
-def _manual_decoder(model, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """Sum of log p(label token j | x, label[:j]) on one unpadded sequence ``x [n, d]``."""
-    y = model.get_input_embeddings()(torch.tensor(ids))
-    logits = model(inputs_embeds=torch.cat([x, y]).unsqueeze(0)).logits[0]
-    logp = F.log_softmax(logits.float(), -1)
-    n = x.shape[0]
-    return sum(logp[n - 1 + j, t] for j, t in enumerate(ids))
-
-
 def reference_scores(m: CPT, batch: dict) -> torch.Tensor:
     """``[context + delta; query without its BOS]`` per row, each label word scored by hand."""
     rows = []

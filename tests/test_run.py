@@ -246,13 +246,29 @@ def test_class_label_init_on_generation_data_names_the_fix(data_dir):
         build(cfg)
 
 
+def _fit_changes_only_own_state(m, dm, **trainer_kw) -> dict:
+    """Fit with a Lightning Trainer; assert the backbone is untouched and that some of the
+    method's own (trainable) state changed. Returns the method's state before fitting."""
+    import lightning as L
+
+    frozen = {k: v.clone() for k, v in m.backbone.state_dict().items()}
+    own = {k: v.clone() for k, v in m.state_dict().items()}
+    assert own, "the method has trainable state"
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", **trainer_kw)
+    trainer.fit(m, datamodule=dm)
+    assert all(torch.equal(v, frozen[k]) for k, v in m.backbone.state_dict().items())
+    changed = [k for k, v in m.state_dict().items() if not torch.equal(v, own[k])]
+    assert changed, "fitting changed none of the method's parameters"
+    return own
+
+
 @pytest.mark.parametrize("method,model",
                          list(itertools.product(METHODS, ["tiny-llama", "tiny-t5"])))
 def test_every_method_trains_and_scores_text_to_text(method, model, data_dir):
     """Two optimizer steps on E2E per method x tiny decoder: the target's LM loss drives only
     the method's parameters, and validation generates and scores BLEU / ROUGE-L. Methods that
     only classify, or architectures a YAML leaves out, are refused by name."""
-    import lightning as L
 
     cfg = _compose(f"method={method}", f"model={model}", "data=e2e", f"data.root={data_dir}",
                    "data.train_limit=8", "data.dev_limit=3", "data.batch_size=4",
@@ -265,14 +281,8 @@ def test_every_method_trains_and_scores_text_to_text(method, model, data_dir):
             build(cfg)
         return
     _, dm, m = build(cfg)
-    frozen = {k: v.clone() for k, v in m.backbone.state_dict().items()}
-    own = {k: v.clone() for k, v in m.state_dict().items()}
-    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", val_check_interval=2, num_sanity_val_steps=0)
-    trainer.fit(m, datamodule=dm)
-    assert all(torch.equal(v, frozen[k]) for k, v in m.backbone.state_dict().items())
-    assert any(not torch.equal(v, own[k]) for k, v in m.state_dict().items())
+    _fit_changes_only_own_state(m, dm, max_steps=2, val_check_interval=2,
+                                num_sanity_val_steps=0)
     assert set(m.last_val) == {"val/bleu", "val/rougeL", "val/bleu_best", "val/rougeL_best"}
     assert [p["ref_index"] for p in m.last_predictions] == [0, 1, 2]
 
@@ -281,7 +291,6 @@ def test_every_method_trains_and_scores_text_to_text(method, model, data_dir):
 def test_every_method_trains_one_step_on_every_supported_tiny_arch(method, model, data_dir):
     """One real optimizer step per method YAML x tiny architecture: only the method's own
     parameters change; architectures a YAML leaves out are refused by name."""
-    import lightning as L
 
     cfg = _compose(f"method={method}", f"model={model}", "data=sst2", f"data.root={data_dir}",
                    "data.train_limit=8", "data.dev_limit=8", "data.batch_size=4")
@@ -291,14 +300,5 @@ def test_every_method_trains_one_step_on_every_supported_tiny_arch(method, model
             build(cfg)
         return
     _, dm, m = build(cfg)
-    frozen = {k: v.clone() for k, v in m.backbone.state_dict().items()}
-    own = {k: v.clone() for k, v in m.state_dict().items()}
-    assert own, "the method has trainable state"
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", limit_val_batches=0)
-    trainer.fit(m, datamodule=dm)
-    assert all(torch.equal(v, frozen[k]) for k, v in m.backbone.state_dict().items())
-    changed = [k for k, v in m.state_dict().items() if not torch.equal(v, own[k])]
-    assert changed, "one step changed none of the method's parameters"
+    own = _fit_changes_only_own_state(m, dm, max_steps=1, limit_val_batches=0)
     assert all(p.requires_grad for n, p in m.named_parameters() if n in own)
