@@ -36,6 +36,18 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+def _lookup(table, key):
+    """``${spt.lookup:${table},${key}}``: ``table[key]``, for settings that follow another one
+    (e.g. CoOp's epochs per shot count)."""
+    if key not in table:
+        raise SptError(f"no entry for {key!r} in {dict(table)}: use one of {list(table)} or "
+                       "set the dependent key directly")
+    return table[key]
+
+
+OmegaConf.register_new_resolver("spt.lookup", _lookup, replace=True)
+
+
 def build(cfg: DictConfig):
     """Backbone, data module and method (with its regularizer, if any) from config (no
     Trainer); used by run and tests."""
@@ -43,8 +55,11 @@ def build(cfg: DictConfig):
     backbone = instantiate(cfg.model)
     log.info("instantiating data <%s> (%s)", cfg.data._target_, cfg.data.name)
     # Objects go in through a partial: instantiate() would turn dataclass kwargs into configs.
+    data_extra = {}
+    if "image_processor" in inspect.signature(get_class(cfg.data._target_)).parameters:
+        data_extra["image_processor"] = backbone.image_processor  # image data (CLIP)
     datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=backbone.tokenizer,
-                                                       arch=backbone.arch)
+                                                       arch=backbone.arch, **data_extra)
     log.info("instantiating method <%s>", cfg.method._target_)
     make = instantiate(cfg.method, _partial_=True)
     extra = {}
@@ -89,12 +104,13 @@ def _callbacks(cfg: DictConfig, fit: bool, metric: str) -> list:
 def train(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.select not in ("last", "best"):  # checked before hours of training, not after
         raise SptError(f"select={cfg.select!r}: choose last or best")
+    # Every interpolation resolves (or fails, naming the key) before the model loads.
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(cfg.seed, workers=True)
     backbone, datamodule, method = build(cfg)
     metric = optimized_metric(cfg, datamodule.task)
     fit = bool(cfg.train) and not cfg.zero_shot
     loggers = _loggers(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
         lg.log_hyperparams(resolved)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,

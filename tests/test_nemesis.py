@@ -240,13 +240,13 @@ def test_default_run_has_no_regularizer(data_dir):
 def test_methods_without_prompt_vectors_are_refused_by_name(method, data_dir):
     cfg = _compose(f"method={method}", "model=tiny-llama", "regularizer=nemesis",
                    f"data.root={data_dir}", "data.train_limit=8", "data.dev_limit=8")
-    with pytest.raises(SptError, match=rf"method={method} has none.*method=mpt \| prompt \| "
-                                       r"ptuning.*regularizer=none"):
+    with pytest.raises(SptError, match=rf"method={method} has none.*method=coop \| mpt \| "
+                                       r"prompt \| ptuning.*regularizer=none"):
         build(cfg)
 
 
 def test_the_methods_with_prompt_vectors_are_found_by_capability():
-    assert methods_providing(Nemesis.requires) == ["mpt", "prompt", "ptuning"]
+    assert methods_providing(Nemesis.requires) == ["coop", "mpt", "prompt", "ptuning"]
 
 
 @pytest.mark.parametrize("overrides,needle", [

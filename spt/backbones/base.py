@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-ARCHS = ("encoder", "decoder", "encoder-decoder")
+ARCHS = ("encoder", "decoder", "encoder-decoder", "clip")
 
 # Config keys that change with how a model was loaded, not with what it is.
 _VOLATILE_CONFIG_KEYS = {
@@ -33,6 +33,8 @@ class Backbone:
             ``mean`` (over real tokens), ``cls`` (first token) or ``pooler`` (the model's pooler).
         vocab_sorted_by_frequency: whether low token ids are the frequent ones (true for
             SentencePiece and byte-level BPE vocabularies, false for WordPiece).
+        image_processor: for ``clip``, the processor that turns PIL images into the vision
+            tower's ``pixel_values``; None for text backbones.
     """
 
     model: nn.Module
@@ -41,6 +43,7 @@ class Backbone:
     name: str
     pooling: str = "mean"
     vocab_sorted_by_frequency: bool = True
+    image_processor: object | None = None
     _identity: dict | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -57,6 +60,9 @@ class Backbone:
 
     @property
     def input_embeddings(self) -> nn.Embedding:
+        """The token embedding table (of the text tower, for CLIP)."""
+        if self.arch == "clip":  # CLIPModel does not implement get_input_embeddings
+            return self.model.text_model.get_input_embeddings()
         return self.model.get_input_embeddings()
 
     def identity(self) -> dict:

@@ -25,16 +25,17 @@ from spt.core.hub import offline_reason
 
 log = logging.getLogger(__name__)
 
-OFFLINE_MODELS = "model=minilm, model=smollm2-135m, model=tiny-bert, model=tiny-llama, model=tiny-t5"
+OFFLINE_MODELS = ("model=minilm, model=smollm2-135m, model=tiny-bert, model=tiny-llama, "
+                  "model=tiny-t5, model=tiny-clip")
 
 
 def _auto_class(arch: str):
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, CLIPModel
 
     if arch not in ARCHS:
         raise SptError(f"model.arch={arch!r} is not one of {ARCHS}")
     return {"encoder": AutoModel, "decoder": AutoModelForCausalLM,
-            "encoder-decoder": AutoModelForSeq2SeqLM}[arch]
+            "encoder-decoder": AutoModelForSeq2SeqLM, "clip": CLIPModel}[arch]
 
 
 def _dtype(dtype: str | None):
@@ -53,16 +54,29 @@ def _load_dir_or_hub(source: str, arch: str, dtype, local_only: bool, **kw):
     model = _auto_class(arch).from_pretrained(source, dtype=dtype, local_files_only=local_only,
                                               **kw)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **kw)
+    if arch == "clip":
+        tokenizer = (tokenizer, image_processor(source, local_only, **kw))
     return model, tokenizer
 
 
+def image_processor(source: str, local_only: bool, **kw):
+    """CLIP's image processor from a hub name or directory. The PIL backend: the default one
+    needs torchvision, which spt does not depend on."""
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil.from_pretrained(source, local_files_only=local_only, **kw)
+
+
 def _finish(model, tokenizer, arch: str, name: str, pooling: str, sorted_vocab: bool) -> Backbone:
+    processor = None
+    if isinstance(tokenizer, tuple):  # CLIP: (tokenizer, image processor)
+        tokenizer, processor = tokenizer
     if tokenizer.pad_token is None:
         # Decoder-only tokenizers often have no pad token; pad positions are masked anyway.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval()
     return Backbone(model=model, tokenizer=tokenizer, arch=arch, name=name, pooling=pooling,
-                    vocab_sorted_by_frequency=sorted_vocab)
+                    vocab_sorted_by_frequency=sorted_vocab, image_processor=processor)
 
 
 def from_pretrained(
@@ -227,11 +241,19 @@ def _save_dequantised(model, out: Path) -> None:
 
 def tiny(family: str, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
          pooling: str = "mean") -> Backbone:
-    """A tiny random model of ``family`` (bert | llama | t5) with a byte-level tokenizer."""
-    from spt.backbones.tiny_models import TINY_ARCHS, tiny_model, tiny_tokenizer
+    """A tiny random model of ``family`` (bert | llama | t5 | clip) with a byte-level tokenizer
+    (and, for clip, a 32x32 image processor)."""
+    from spt.backbones.tiny_models import (
+        TINY_ARCHS,
+        tiny_image_processor,
+        tiny_model,
+        tiny_tokenizer,
+    )
 
     if family not in TINY_ARCHS:
         raise SptError(f"unknown tiny family {family!r}: choose one of {sorted(TINY_ARCHS)}")
     model = tiny_model(family, seed=seed, hidden=hidden, layers=layers, heads=heads)
-    return _finish(model, tiny_tokenizer(family), TINY_ARCHS[family], f"tiny-{family}", pooling,
-                   True)
+    tok = tiny_tokenizer(family)
+    if family == "clip":
+        tok = (tok, tiny_image_processor(model.config.vision_config.image_size))
+    return _finish(model, tok, TINY_ARCHS[family], f"tiny-{family}", pooling, True)

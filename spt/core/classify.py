@@ -74,7 +74,9 @@ class ClassificationMixin:
             self.val_best = best_trackers(task.metrics)
             self.val_outputs: list[tuple[int, str]] = []
             return
-        if self.base.arch == "encoder":
+        if self.base.arch == "clip":
+            pass  # CLIP scores images against prompted class names (spt.methods.coop)
+        elif self.base.arch == "encoder":
             heads = [nn.Sequential(nn.Dropout(head_dropout),
                                    nn.Linear(self.base.hidden_size, t.num_classes))
                      for t in self.tasks]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from spt.core.errors import SptError
+
 METRICS = ("acc", "f1_macro")
 
 
@@ -21,3 +23,11 @@ class TaskInfo:
     label_words: tuple[str, ...]
     metrics: tuple[str, ...]
     num_classes: int
+
+
+def refuse_image_backbone(data: str, arch: str | None) -> None:
+    """A text data module's refusal of a CLIP backbone, with the fix."""
+    if arch == "clip":
+        raise SptError(f"data={data} is a text task and the model is CLIP (arch=clip), which "
+                       "scores images: use method=coop with image data (data=cifar10_subset or "
+                       "a coop_* dataset), or a text model")

@@ -40,7 +40,7 @@ from spt.data.readers import (
     read_local,
     to_plain,
 )
-from spt.data.task import METRICS, TaskInfo
+from spt.data.task import METRICS, TaskInfo, refuse_image_backbone
 from spt.data.template import Encoded, TemplateEncoder, mark_soft
 
 log = logging.getLogger("spt.data")
@@ -151,6 +151,7 @@ class TextClassificationDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=["tokenizer"])
         self.name = str(name)
         self.tokenizer = tokenizer
+        refuse_image_backbone(name, arch)
         if arch not in ARCHS:
             raise SptError(f"arch must be one of {ARCHS}, got {arch!r}.")
         self.arch = arch

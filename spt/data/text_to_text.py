@@ -61,6 +61,7 @@ from spt.data.tables import (
     read_hub_entries,
     read_local_entries,
 )
+from spt.data.task import refuse_image_backbone
 from spt.data.template import TemplateEncoder, mark_soft
 
 __all__ = ["GenerationTaskInfo", "TextToTextDataModule", "generation_metrics"]
@@ -206,6 +207,7 @@ class TextToTextDataModule(L.LightningDataModule):
             raise SptError(f"{self.name}: text-to-text generation needs a decoder, but the "
                            "backbone is encoder-only (arch='encoder'). Use a decoder-only or "
                            "encoder-decoder model.")
+        refuse_image_backbone(name, arch)
         if arch not in ARCHS:
             raise SptError(f"arch must be one of {ARCHS}, got {arch!r}.")
         self.arch = arch

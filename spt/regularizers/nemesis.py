@@ -81,18 +81,20 @@ def sample_positions(n_positions: int, k: int, generator: torch.Generator | None
 
 def corrupted_prompts(prompts: torch.Tensor, positions: torch.Tensor,
                       weight: float) -> torch.Tensor:
-    """``prompts [B, N, d]`` -> ``[(K + 1) * B, N, d]``: the prompts unchanged, then one copy per
-    position in ``positions [K]`` with that position's vector times ``weight`` (variant-major,
-    as :func:`stack_batch` repeats the batch)."""
-    k, (b, n, d) = len(positions), prompts.shape
+    """``prompts [B, ..., N, d]`` -> ``[(K + 1) * B, ..., N, d]``: the prompts unchanged, then one
+    copy per position in ``positions [K]`` with that position's vector times ``weight``
+    (variant-major, as :func:`stack_batch` repeats the batch). Middle axes (e.g. CoOp's
+    class-specific contexts ``[B, C, N, d]``) are corrupted alike."""
+    k, n = len(positions), prompts.shape[-2]
     scale = torch.ones(k + 1, n, dtype=prompts.dtype, device=prompts.device)
     scale[torch.arange(1, k + 1, device=prompts.device), positions.to(prompts.device)] = weight
-    return (prompts.unsqueeze(0) * scale[:, None, :, None]).reshape((k + 1) * b, n, d)
+    scale = scale.reshape(k + 1, *([1] * (prompts.dim() - 2)), n, 1)
+    return (prompts.unsqueeze(0) * scale).flatten(0, 1)
 
 
 def stack_batch(batch: dict, copies: int) -> dict:
     """The batch repeated ``copies`` times along the batch axis (block after block)."""
-    b = len(batch["input_ids"])
+    b = len(batch["labels"])
     out = {}
     for key, value in batch.items():
         if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == b:
@@ -111,7 +113,7 @@ def probe_scores(module, batch: dict, positions: torch.Tensor, weight: float) ->
     copies = len(positions) + 1
     scores = module.scores_with_prompts(stack_batch(batch, copies),
                                         corrupted_prompts(prompts, positions, weight))
-    return scores.reshape(copies, len(batch["input_ids"]), -1)
+    return scores.reshape(copies, len(batch["labels"]), -1)
 
 
 def omega(epoch: float, total_epochs: float, growth: float = 0.2) -> float:
@@ -153,8 +155,9 @@ class Nemesis:
 
     ``module`` provides ``soft_prompts(task_ids [B]) -> [B, N, d]`` and
     ``scores_with_prompts(batch, prompts [B', N, d]) -> [B', C]`` (see
-    :class:`spt.core.classify.SoftPromptScoring`); ``batch`` holds ``input_ids``, ``labels``,
-    ``task_ids`` and whatever the module's scoring reads. ``term`` is a scalar to add to the task
+    :class:`spt.core.classify.SoftPromptScoring`; CoOp's class-specific contexts add a class axis,
+    ``[B, C, N, d]``); ``batch`` holds ``labels``, ``task_ids`` and whatever the module's scoring
+    reads (``input_ids`` or ``pixel_values``). ``term`` is a scalar to add to the task
     loss; ``logs`` holds ``train/pun``, ``train/pan`` (when ``beta < 1``),
     ``train/pan_positions`` (how many positions PAN penalised), ``train/omega`` and
     ``train/prompt_norm/<i>`` per position. ``epoch`` / ``total_epochs`` default to the
