@@ -3,8 +3,10 @@
 Every run directory below the given roots that holds a ``metrics.json`` (written by
 ``spt.run``) becomes a row: method, model, data, its dev metrics, the trainable parameters
 (count and percentage of the whole model), the parameters a served prompt needs (the
-materialised prefix for reparameterised prefixes, from ``prompt.json``), steps, fit time and
-artifact size. Prints a Markdown table; ``--csv`` also writes every column.
+materialised prefix for reparameterised prefixes, from ``prompt.json``), steps, fit time,
+artifact size, the seed, the regularizer (from the run's ``config.yaml``) and, for input-vector
+prompts, ``prompt_norm``: the mean L2 norm of the saved prompt's vectors (what Nemesis
+penalises). Prints a Markdown table; ``--csv`` also writes every column.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pathlib import Path
 
 from spt.core.errors import SptError
 
-FIXED = ["run", "data", "model", "method", "steps", "trainable", "trainable_pct",
-         "served_params", "served_pct", "fit_seconds", "artifact_bytes"]
+FIXED = ["run", "data", "model", "method", "regularizer", "seed", "steps", "trainable",
+         "trainable_pct", "served_params", "served_pct", "prompt_norm", "fit_seconds",
+         "artifact_bytes"]
 
 
 def collect(roots: list[Path]) -> list[dict]:
@@ -55,9 +58,37 @@ def _row(path: Path) -> dict:
         "trainable_pct": round(m.get("params/trainable_pct", 0.0), 4),
         "served_params": served, "served_pct": round(100 * served / total, 4) if total else 0,
         "fit_seconds": m.get("fit_seconds", 0), "artifact_bytes": m.get("artifact_bytes", 0),
+        "seed": m.get("seed"), "regularizer": _regularizer(path.parent),
+        "prompt_norm": _prompt_norm(path.parent),
     }
     row.update({k: v for k, v in m.items() if k.startswith("val/") and not k.endswith("_best")})
     return row
+
+
+def _regularizer(run: Path) -> str:
+    """The run's regularizer group (``none`` without one), from its resolved ``config.yaml``."""
+    config = run / "config.yaml"
+    if not config.exists():
+        return ""
+    from omegaconf import OmegaConf
+
+    target = (OmegaConf.load(config).get("regularizer") or {}).get("_target_")
+    return target.rsplit(".", 1)[-1].lower() if target else "none"
+
+
+def _prompt_norm(run: Path) -> float | None:
+    """Mean L2 norm over the vectors of the artifact's ``prompt`` tensor (``[..., N, d]``),
+    None without one (e.g. a prefix)."""
+    artifact = run / "prompt.safetensors"
+    if not artifact.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(artifact), "pt") as f:
+        if "prompt" not in f.keys():
+            return None
+        prompt = f.get_tensor("prompt").float()
+    return round(float(prompt.norm(dim=-1).mean()), 4)
 
 
 def _served_from_artifact(run: Path, default: int) -> int:

@@ -84,3 +84,22 @@ def test_older_runs_count_served_parameters_from_the_artifact(tmp_path):
                    tmp_path / "old" / "config.yaml")
     (row,) = collect([tmp_path])
     assert row["served_params"] == m.prefix.table().numel() < row["trainable"]
+
+
+def test_rows_name_seed_regularizer_and_the_prompts_mean_norm(tmp_path):
+    from omegaconf import OmegaConf
+
+    from spt.core.artifact import save_artifact
+
+    m = PromptTuning(tiny("llama", hidden=64), TASK, length=4, init="uniform")
+    for name, reg in (("plain", None), ("nem", "spt.regularizers.nemesis.Nemesis")):
+        _fake_run(tmp_path, name, "prompt", 0.7, 256)
+        save_artifact(tmp_path / name / "prompt.safetensors", m.artifact_tensors(),
+                      {"method": "prompt"})
+        OmegaConf.save({"method": {"_target_": "spt.methods.prompt.PromptTuning"},
+                        "regularizer": {"_target_": reg} if reg else {}},
+                       tmp_path / name / "config.yaml")
+    rows = {r["run"].rsplit("/", 1)[-1]: r for r in collect([tmp_path])}
+    assert rows["plain"]["regularizer"] == "none" and rows["nem"]["regularizer"] == "nemesis"
+    want = m.prompt.weight.detach().norm(dim=-1).mean().item()
+    assert rows["nem"]["prompt_norm"] == pytest.approx(want, abs=1e-4)
