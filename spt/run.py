@@ -223,6 +223,8 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     finally:
         _finish_wandb()
+    if "optimized_metric" not in metrics:  # a non-zero rank of a distributed run: rank 0 reports
+        return None
     value = metrics.get(metrics.get("optimized_metric"))
     summary = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items()
                         if k.startswith("val/"))
