@@ -8,7 +8,7 @@ import json
 import pytest
 
 from spt.backbones import tiny
-from spt.compare import collect, main
+from spt.compare import aggregate, collect, main, plot
 from spt.core.errors import SptError
 from spt.data.task import TaskInfo
 from spt.methods.mpt import MPT
@@ -34,16 +34,22 @@ def test_served_parameters_are_the_materialised_prompt_and_head(cls, kw, family)
     assert m.served_parameters(tensors) == table.numel() + head
 
 
-def _fake_run(root, name, method, acc, trainable, backbone=1000, meta=None):
+def _fake_run(root, name, method, acc, trainable, backbone=1000, meta=None, config=None,
+              seed=None, fit_seconds=1.5):
     d = root / name
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({
         "val/acc": acc, "val/acc_best": 0.99, "method": method, "model": "m", "data": "sst2",
-        "steps": 10, "fit_seconds": 1.5, "params/trainable": trainable,
+        "steps": 10, "fit_seconds": fit_seconds, "params/trainable": trainable,
         "params/backbone": backbone, "params/trainable_pct": 100 * trainable / (backbone + trainable),
+        **({"seed": seed} if seed is not None else {}),
     }))
     if meta is not None:
         (d / "prompt.json").write_text(json.dumps(meta))
+    if config is not None:
+        from omegaconf import OmegaConf
+
+        OmegaConf.save(config, d / "config.yaml")
 
 
 def test_compare_tabulates_runs_and_writes_csv(tmp_path, capsys):
@@ -103,3 +109,177 @@ def test_rows_name_seed_regularizer_and_the_prompts_mean_norm(tmp_path):
     assert rows["plain"]["regularizer"] == "none" and rows["nem"]["regularizer"] == "nemesis"
     want = m.prompt.weight.detach().norm(dim=-1).mean().item()
     assert rows["nem"]["prompt_norm"] == pytest.approx(want, abs=1e-4)
+
+
+def _config(method="prompt", length=20, init="class_labels", shots=None, seed=0):
+    return {"method": {"_target_": f"spt.methods.{method}.X", "length": length, "init": init},
+            "data": {"name": "sst2", "shots": shots}, "model": {"name": "m"},
+            "regularizer": {}, "seed": seed}
+
+
+def _seeds(root, lengths=(4,), accs=((0.80, 0.82, 0.84),), method="prompt"):
+    """Three seeds per prompt length, each a finished run with a config.yaml."""
+    for length, by_seed in zip(lengths, accs, strict=True):
+        for seed, acc in enumerate(by_seed):
+            _fake_run(root, f"{method}-{length}/{seed}", method, acc, 20, seed=seed,
+                      fit_seconds=10.0 + seed, config=_config(method, length, seed=seed))
+
+
+def test_config_values_become_columns(tmp_path, capsys):
+    _fake_run(tmp_path, "a", "prompt", 0.8, 20, config=_config(length=20, shots=16))
+    _fake_run(tmp_path, "b", "prompt", 0.7, 20, config={"method": {"length": 5}})
+    _fake_run(tmp_path, "c", "prompt", 0.6, 20)  # no config.yaml at all
+    rows = {r["run"].rsplit("/", 1)[-1]: r
+            for r in collect([tmp_path], keys=["method.length", "method.init", "data.shots"])}
+    assert rows["a"]["method.length"] == 20 and rows["a"]["method.init"] == "class_labels"
+    assert rows["a"]["data.shots"] == 16
+    assert rows["b"]["method.length"] == 5 and rows["b"]["method.init"] is None
+    assert rows["c"]["method.length"] is None
+    assert main([str(tmp_path), "--keys", "method.length,data.shots",
+                 "--csv", str(tmp_path / "t.csv")]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "| regularizer | method.length | data.shots | seed |" in header
+    with open(tmp_path / "t.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["method.length"] for r in table] == ["20", "5", ""]
+    assert all(r["status"] == "done" for r in table)
+
+
+def test_a_config_key_no_run_has_is_named_with_what_exists(tmp_path, capsys):
+    _fake_run(tmp_path, "a", "prompt", 0.8, 20, config=_config())
+    with pytest.raises(SptError, match=r"'method\.lenght'.*top-level keys are method, data"):
+        collect([tmp_path], keys=["method.lenght"])
+    assert main([str(tmp_path), "--keys", "method.lenght"]) == 2
+    assert "method.lenght" in capsys.readouterr().err
+
+
+def test_mean_std_and_n_over_seeds(tmp_path, capsys):
+    _seeds(tmp_path, lengths=(4, 8), accs=((0.80, 0.82, 0.84), (0.9,)))
+    agg = aggregate(collect([tmp_path]), ["method", "method.length"])
+    assert [(g["method"], g["method.length"], g["n"]) for g in agg] == [
+        ("prompt", 4, 3), ("prompt", 8, 1)]
+    assert agg[0]["val/acc_mean"] == pytest.approx(0.82)
+    assert agg[0]["val/acc_std"] == pytest.approx(0.02)  # sample std (ddof=1)
+    assert agg[0]["fit_seconds_mean"] == pytest.approx(11.0)
+    assert agg[0]["fit_seconds_std"] == pytest.approx(1.0)
+    assert agg[1]["val/acc_mean"] == pytest.approx(0.9) and agg[1]["val/acc_std"] is None
+    assert agg[0]["prompt_norm_n"] == 0 and agg[0]["prompt_norm_mean"] is None
+
+    assert main([str(tmp_path), "--mean", "--keys", "method.length",
+                 "--csv", str(tmp_path / "mean.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "| sst2 | m | prompt | none | 4 | done | 0.8200 ± 0.0200 (n=3) |" in out
+    assert "| 0.9000 (n=1) |" in out
+    with open(tmp_path / "mean.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0])[:9] == ["data", "model", "method", "regularizer", "method.length",
+                                  "status", "n", "val/acc_mean", "val/acc_std"]
+    assert table[0]["n"] == "3" and float(table[0]["val/acc_std"]) == pytest.approx(0.02)
+    assert table[1]["val/acc_std"] == ""
+
+
+def test_group_by_implies_mean_and_names_an_unknown_column(tmp_path, capsys):
+    _seeds(tmp_path)
+    assert main([str(tmp_path), "--group-by", "method.length"]) == 0
+    assert "| 4 | 0.8200 ± 0.0200 (n=3) |" in capsys.readouterr().out
+    with pytest.raises(SptError, match=r"'method\.width' is neither a column .* config key"):
+        aggregate(collect([tmp_path]), ["data", "method.width"])
+    assert main([str(tmp_path), "--mean", "--group-by", "data,method.width"]) == 2
+    assert "method.width" in capsys.readouterr().err
+
+
+def test_plot_writes_a_png_with_a_log_axis_for_wide_lengths(tmp_path):
+    from PIL import Image
+
+    lengths = (1, 5, 20, 100, 150)
+    _seeds(tmp_path / "p", lengths, [(0.6 + i / 20, 0.62 + i / 20) for i in range(5)])
+    _seeds(tmp_path / "q", lengths, [(0.7,)] * 5, method="prefix")
+    rows = collect([tmp_path])
+    fig = plot(rows, "method.length", "val/acc", hue="method", out=tmp_path / "plot.png")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert ax.get_xlabel().startswith("method.length") and "val/acc" in ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["method=prefix",
+                                                                  "method=prompt"]
+    assert len(ax.get_lines()) >= 2
+    with Image.open(tmp_path / "plot.png") as image:
+        assert image.format == "PNG" and image.size[0] > 100
+    narrow = plot([r for r in rows if r["method.length"] in (5, 20, 100)], "method.length",
+                  "val/acc", hue="method")
+    assert narrow.axes[0].get_xscale() == "linear"  # 100 / 5 = 20: not wider than 20x
+    categorical = plot(rows, "method", "val/acc", hue="method.length")
+    assert [t.get_text() for t in categorical.axes[0].get_xticklabels()] == ["prefix", "prompt"]
+
+
+def test_plot_refuses_an_absent_metric_and_mixed_runs(tmp_path, capsys):
+    _seeds(tmp_path / "p", (4, 8), [(0.8, 0.82), (0.9, 0.91)])
+    _seeds(tmp_path / "q", (4,), [(0.7,)], method="prefix")
+    rows = collect([tmp_path])
+    with pytest.raises(SptError, match=r"no run reports 'val/f1': choose one of val/acc"):
+        plot(rows, "method.length", "val/f1")
+    with pytest.raises(SptError, match=r"differ in method .*--hue method"):
+        plot(rows, "method.length", "val/acc")  # prompt and prefix at length 4
+    out = tmp_path / "cli.png"
+    assert main([str(tmp_path), "--plot", "method.length", "--metric", "val/acc",
+                 "--hue", "method", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and "wrote" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--plot", "method.length"])  # --metric and --out missing
+
+
+def _crashed_run(root, name, version=None):
+    """A run killed while fitting: Hydra's config and the CSVLogger's file, no metrics.json."""
+    from omegaconf import OmegaConf
+
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    OmegaConf.save(_config(length=8, seed=3), d / ".hydra" / "config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"choices": {"method": "prompt", "model": "tiny"}}}},
+                   d / ".hydra" / "hydra.yaml")
+    logs = d / "csv" / (version or "")
+    logs.mkdir(parents=True)
+    (logs / "metrics.csv").write_text(
+        "epoch,params/trainable,step,train/loss,val/acc,val/acc_best,val/f1\n"
+        ",20,0,,,,\n"
+        "0,,19,0.6,,,\n"
+        "0,,49,,0.61,0.61,0.5\n"
+        "1,,79,0.4,,,\n"
+        "1,,99,,0.65,0.65,\n"
+        "2,,119,0.3,,,\n")
+    return d
+
+
+def test_an_unfinished_run_is_a_row_with_its_last_logged_values(tmp_path, capsys):
+    _fake_run(tmp_path, "done", "prompt", 0.8, 20, config=_config())
+    _crashed_run(tmp_path, "crashed")
+    _crashed_run(tmp_path, "resumed", version="version_1")
+    rows = {r["run"].rsplit("/", 1)[-1]: r for r in collect([tmp_path], keys=["method.length"])}
+    assert rows["done"]["status"] == "done"
+    for name in ("crashed", "resumed"):
+        row = rows[name]
+        assert row["status"] == "incomplete"
+        assert (row["data"], row["model"], row["method"], row["seed"]) == ("sst2", "m", "prompt", 3)
+        assert row["val/acc"] == pytest.approx(0.65) and row["val/f1"] == pytest.approx(0.5)
+        assert "val/acc_best" not in row and "train/loss" not in row
+        assert row["steps"] == 119 and row["trainable"] == 20 and row["method.length"] == 8
+        assert row["fit_seconds"] is None
+    # the mean never averages a half-trained run with finished ones
+    agg = aggregate(list(rows.values()))
+    assert [(g["method.length"], g["status"], g["n"]) for g in agg] == [
+        (8, "incomplete", 2), (20, "done", 1)]  # groups sorted by value, numbers numerically
+    assert agg[0]["fit_seconds_n"] == 0
+
+    assert main([str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("| incomplete |") == 2
+
+
+def test_done_only_drops_unfinished_runs(tmp_path, capsys):
+    _fake_run(tmp_path, "done", "prompt", 0.8, 20)
+    _crashed_run(tmp_path, "crashed")
+    assert [r["status"] for r in collect([tmp_path], done_only=True)] == ["done"]
+    assert main([str(tmp_path), "--done-only", "--csv", str(tmp_path / "t.csv")]) == 0
+    assert "incomplete" not in capsys.readouterr().out
+    with open(tmp_path / "t.csv") as f:
+        assert [r["status"] for r in csv.DictReader(f)] == ["done"]
+    with pytest.raises(SptError, match="no metrics.json"):
+        collect([tmp_path / "crashed"], done_only=True)
