@@ -80,9 +80,12 @@ def test_every_yaml_combination_composes(method):
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
 def test_every_experiment_composes(experiment):
+    """... and names its study (the W&B group) and tags, which the main config's own keys do
+    not override."""
     cfg = _compose(f"experiment={experiment}")
     for group in ("method", "model", "data"):
         OmegaConf.to_container(cfg[group], resolve=True)
+    assert cfg.tags and "/" not in cfg.study and cfg.logger.wandb.group == cfg.study
 
 
 TINY_CASES = sorted({*itertools.product(METHODS, TINY, ["sst2", "cifar10_subset"]),
