@@ -22,6 +22,22 @@ def test_notebook_runs(path, tmp_path, monkeypatch, data_dir):
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                       for o in c.get("outputs", []))
-    assert "reloaded dev accuracy" in outputs
-    assert (tmp_path / "prompt.safetensors").is_file()
     assert os.environ.get("SPT_NOTEBOOK_MODEL") == "tiny-bert"
+    CHECKS[path.stem](outputs, tmp_path)
+
+
+def _quickstart(outputs: str, out) -> None:
+    assert "reloaded dev accuracy" in outputs
+    assert (out / "prompt.safetensors").is_file()
+
+
+def _compare_runs(outputs: str, out) -> None:
+    assert "runs compared: 4" in outputs
+    assert (out / "acc_vs_length.png").is_file()
+
+
+CHECKS = {"quickstart": _quickstart, "compare_runs": _compare_runs}  # one per notebook
+
+
+def test_every_notebook_is_checked():
+    assert sorted(CHECKS) == [p.stem for p in NOTEBOOKS]
