@@ -104,6 +104,7 @@ def _callbacks(cfg: DictConfig, fit: bool, metric: str) -> list:
 def train(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.select not in ("last", "best"):  # checked before hours of training, not after
         raise SptError(f"select={cfg.select!r}: choose last or best")
+    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir)
     # Every interpolation resolves (or fails, naming the key) before the model loads.
     resolved = OmegaConf.to_container(cfg, resolve=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -118,7 +119,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     start = time.perf_counter()
     if fit:
         log.info("fitting")
-        trainer.fit(method, datamodule=datamodule)
+        trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path)
         if cfg.select == "best":
             ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback \
                 else ""
@@ -169,6 +170,20 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def resume_checkpoint(resume: str | None, out_dir: Path) -> str | None:
+    """The checkpoint ``resume`` names (``last`` = this run directory's ``last.ckpt``), checked
+    before any model loads; None to start afresh."""
+    if not resume:
+        return None
+    path = out_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+    if not path.is_file():
+        where = ("this run directory has none: pass hydra.run.dir=<the killed run's directory> "
+                 "(or, for a sweep job, hydra.sweep.dir=<the sweep's directory>)"
+                 if resume == "last" else "check the path")
+        raise SptError(f"resume={resume}: no checkpoint at {path}; {where}")
+    return str(path)
 
 
 def optimized_metric(cfg: DictConfig, task) -> str:

@@ -22,6 +22,7 @@ from transformers import PreTrainedTokenizerFast
 from spt.backbones.tiny_models import tiny_tokenizer
 from spt.core.errors import SptError
 from spt.data import TaskInfo, TextClassificationDataModule
+from spt.data.loaders import EpochShuffle
 from spt.data.template import TemplateEncoder, fit_lengths, space_mode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -382,7 +383,7 @@ def test_task_info_and_loaders():
         task.name = "x"  # type: ignore[misc]
     assert dm.label_reserve == max(len(x) for x in dm.label_word_ids()) == len(" positive")
     dm.setup("fit")
-    assert isinstance(dm.train_dataloader().sampler, torch.utils.data.RandomSampler)
+    assert isinstance(dm.train_dataloader().sampler, EpochShuffle)  # shuffled, resumable
     assert isinstance(dm.val_dataloader().sampler, torch.utils.data.SequentialSampler)
     val, test = first_batch(dm, "val"), first_batch(dm, "test")
     assert all(torch.equal(val[k], test[k]) for k in val)
@@ -393,3 +394,20 @@ def test_task_info_and_loaders():
         L.seed_everything(seed, verbose=False)
         orders.append(torch.cat([b["labels"] for b in dm.train_dataloader()]).tolist())
     assert orders[0] == orders[1] != orders[2]
+
+
+def test_epoch_shuffle_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
+    """Each epoch a new permutation drawn from (seed, epoch) alone; an iterator restored from
+    its state continues that epoch, and the next iteration is the next epoch."""
+    s = EpochShuffle(10, seed=3)
+    first, second = list(s), list(s)
+    assert sorted(first) == list(range(10)) and first != second
+    assert list(EpochShuffle(10, seed=3)) == first and list(EpochShuffle(10, seed=4)) != first
+    it = iter(s)  # epoch 2
+    head = [next(it) for _ in range(4)]
+    state = it.state_dict()
+    fresh = EpochShuffle(10, seed=3)
+    resumed = iter(fresh)
+    resumed.load_state_dict(state)
+    assert head + list(resumed) == s.permutation(2)
+    assert list(fresh) == s.permutation(3)

@@ -104,6 +104,25 @@ class FrozenBackboneMixin:
         result = super().load_state_dict(own, strict=False, assign=assign)
         return result
 
+    # -- checkpoints carry the RNG, so a resumed run draws the same dropout masks -----------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["spt_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["spt_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Restored just before the next training batch: setting up the resumed fit in between
+        # may draw from the global RNG, which the interrupted run did not.
+        self._rng_to_restore = checkpoint.get("spt_rng")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        rng = getattr(self, "_rng_to_restore", None)
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._rng_to_restore = None
+
     # -- modes and fit hooks ---------------------------------------------------------------
     def train(self, mode: bool = True):
         super().train(mode)

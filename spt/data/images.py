@@ -48,6 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from spt.core.errors import SptError
+from spt.data.loaders import make_loader
 from spt.data.readers import ROOT_HINT, _offline_as_env_says, check_root, hub_source, to_plain
 from spt.data.task import METRICS, TaskInfo
 
@@ -528,14 +529,10 @@ class FewShotImageDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            ImageDataset(self._split(split)),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=ImageCollator(self.image_processor, self.task_index),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(ImageDataset(self._split(split)), batch_size=batch_size,
+                           shuffle=shuffle,
+                           collate_fn=ImageCollator(self.image_processor, self.task_index),
+                           num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
 from spt.core.errors import SptError
+from spt.data.loaders import make_loader
 from spt.data.task import TaskInfo
 from spt.data.text_classification import Collator
 
@@ -156,15 +157,13 @@ class MultiTaskDataModule(L.LightningDataModule):
                                  for p, s, n in zip(parts, share, sizes, strict=True)])
             sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True,
                                             generator=self._generator)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=sampler is None,
-                          sampler=sampler, collate_fn=self._collator(),
-                          num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return make_loader(data, batch_size=self.batch_size, shuffle=True, sampler=sampler,
+                           collate_fn=self._collator(), num_workers=self.num_workers)
 
     def _eval_loaders(self) -> list[DataLoader]:
-        return [DataLoader(_Tagged(c._dataset("dev"), i), batch_size=self.eval_batch_size,
-                           shuffle=False, collate_fn=self._collator(),
-                           num_workers=self.num_workers)
+        return [make_loader(_Tagged(c._dataset("dev"), i), batch_size=self.eval_batch_size,
+                            shuffle=False, collate_fn=self._collator(),
+                            num_workers=self.num_workers)
                 for i, c in enumerate(self.children)]
 
     def val_dataloader(self) -> list[DataLoader]:

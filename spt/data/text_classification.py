@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from spt.core.errors import SptError
+from spt.data.loaders import make_loader
 from spt.data.readers import (
     HUB_KEYS,
     LOCAL_KEYS,
@@ -287,14 +288,8 @@ class TextClassificationDataModule(L.LightningDataModule):
         return Collator(self.pad_id, left=self.arch == "decoder", task_index=self.task_index)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self._dataset(split),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=self._collator(),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(self._dataset(split), batch_size=batch_size, shuffle=shuffle,
+                           collate_fn=self._collator(), num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

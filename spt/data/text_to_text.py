@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spt.core.errors import SptError
 from spt.data.generation import GENERATION_METRICS, GenerationTaskInfo, generation_metrics
+from spt.data.loaders import make_loader
 from spt.data.readers import ROOT_HINT, check_root, to_plain
 from spt.data.tables import (
     HUB_KEYS,
@@ -434,16 +435,11 @@ class TextToTextDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self._dataset(split),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            collate_fn=TextToTextCollator(self.pad_id, left=self.arch == "decoder",
-                                          labels_aligned=self.arch == "decoder",
-                                          task_index=self.task_index),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        collate = TextToTextCollator(self.pad_id, left=self.arch == "decoder",
+                                     labels_aligned=self.arch == "decoder",
+                                     task_index=self.task_index)
+        return make_loader(self._dataset(split), batch_size=batch_size, shuffle=shuffle,
+                           collate_fn=collate, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, shuffle=True)

@@ -1,0 +1,86 @@
+"""DataLoaders for every data module: torchdata's ``StatefulDataLoader`` (a drop-in
+``torch.utils.data.DataLoader``) whose position, sampler and RNG state Lightning saves in each
+checkpoint and restores on resume, so a run killed mid-epoch continues with the very next batch
+(``resume=last``) rather than replaying or skipping part of the epoch.
+
+Two choices make the resumed order exact:
+
+- each epoch's order is a pure function of (run seed, epoch), and the sampler's iterator saves
+  which epoch it is in and how far it got (:class:`EpochShuffle`). A generator-based shuffle is
+  advanced again when the resumed fit re-creates its iterators, and Lightning's ``set_epoch``
+  passes the wrong epoch when the checkpoint was taken on an epoch's last batch, so either would
+  shuffle the epochs after a resume differently. (Under DDP the sampler is left to Lightning,
+  which injects ``DistributedSampler``, one shard per process.)
+- nothing draws from torch's global RNG, which the checkpoint restores for dropout: the loader
+  has its own generator for its worker seeds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, collate_fn: Callable,
+                num_workers: int = 0, sampler: Sampler | None = None) -> StatefulDataLoader:
+    """A stateful loader over ``dataset``; ``sampler`` (e.g. a weighted mixture) replaces the
+    shuffle."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if shuffle and sampler is None and not distributed:
+        sampler = EpochShuffle(len(dataset), run_seed())
+    return StatefulDataLoader(dataset, batch_size=batch_size,
+                              shuffle=shuffle if sampler is None else None, sampler=sampler,
+                              collate_fn=collate_fn, num_workers=num_workers,
+                              persistent_workers=num_workers > 0,
+                              generator=torch.Generator().manual_seed(run_seed()))
+
+
+def run_seed() -> int:
+    """The run's seed (``lightning.seed_everything`` exports it), else torch's initial seed."""
+    return int(os.environ.get("PL_GLOBAL_SEED", torch.initial_seed())) % 2**63
+
+
+class EpochShuffle(Sampler[int]):
+    """A new permutation of ``range(n)`` each epoch, drawn from ``(seed, epoch)`` alone; the
+    epoch counts the iterations started. Its iterators save ``{epoch, yielded}``, so a
+    ``StatefulDataLoader`` restored mid-epoch continues that epoch and the next ones in order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return _EpochShuffleIterator(self)
+
+    def permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2**63)
+        return torch.randperm(self.n, generator=generator).tolist()
+
+
+class _EpochShuffleIterator(Iterator[int]):
+    def __init__(self, sampler: EpochShuffle):
+        self.sampler = sampler
+        self._start(sampler.epoch, 0)
+
+    def _start(self, epoch: int, yielded: int) -> None:
+        self.epoch, self.yielded = epoch, yielded
+        self.sampler.epoch = epoch + 1  # the next iteration is the next epoch
+        self.order = self.sampler.permutation(epoch)
+
+    def __next__(self) -> int:
+        if self.yielded >= len(self.order):
+            raise StopIteration
+        self.yielded += 1
+        return self.order[self.yielded - 1]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._start(int(state["epoch"]), int(state["yielded"]))

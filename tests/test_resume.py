@@ -1,0 +1,111 @@
+"""Resume after a kill: a training subprocess is SIGKILLed mid-epoch, resumed from its last
+checkpoint (``resume=last``), and ends with exactly the prompt of an uninterrupted run (CPU,
+same seed): model, optimizer, data position and RNG all come back. Also through a Hydra
+multirun job, and the clear refusals around it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.test_run import REPO, run_dirs, spt_run
+
+STEPS = 300  # tiny-bert: a few ms a step, so the kill lands well before the end
+# 8 batches per epoch: the kill lands mid-epoch; dropout (head_dropout 0.1) draws from the RNG
+COMMON = ("model=tiny-bert", "data.train_limit=32", "data.dev_limit=16", "data.batch_size=4",
+          f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS}", "logger=csv",
+          "callbacks.last_checkpoint.every_n_train_steps=20", "seed=7")
+
+
+def _env(out: Path) -> dict:
+    return {**os.environ, "SPT_OUTPUT_DIR": str(out), "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1"}
+
+
+def _step(ckpt: Path) -> int:
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"]
+    except Exception:  # not there yet
+        return -1
+
+
+def _start_and_kill(args: list[str], out: Path, ckpt_glob: str, min_step: int = 40) -> Path:
+    """Start ``spt.run`` with ``args``, SIGKILL it once a checkpoint of step >= ``min_step``
+    exists; return that checkpoint."""
+    proc = subprocess.Popen([sys.executable, "-m", "spt.run", *args], cwd=REPO, env=_env(out),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = sorted(out.glob(ckpt_glob))
+            if found and _step(found[0]) >= min_step:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None and time.monotonic() >= deadline:
+            proc.kill()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"not killed mid-run ({proc.returncode}): {err}"
+    (ckpt,) = out.glob(ckpt_glob)
+    assert 0 < _step(ckpt) < STEPS
+    return ckpt
+
+
+def _prompt(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "prompt.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data_dir):
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference")
+    r = spt_run(*COMMON, out=out, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = run_dirs(out)
+    return run
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
+    run_dir = tmp_path / "run"
+    ckpt = _start_and_kill([*COMMON, f"hydra.run.dir={run_dir}"], tmp_path,
+                           "run/checkpoints/last.ckpt")
+    killed_at = _step(ckpt)
+    assert not (run_dir / "metrics.json").exists()
+    r = spt_run(*COMMON, f"hydra.run.dir={run_dir}", "resume=last", out=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == STEPS and killed_at % 20 == 0
+    want, got = _prompt(reference), _prompt(run_dir)
+    assert want.keys() == got.keys()
+    assert all(torch.equal(want[k], got[k]) for k in want), "resumed prompt differs"
+    assert metrics["val/acc"] == json.loads((reference / "metrics.json").read_text())["val/acc"]
+
+
+def test_killed_sweep_job_resumes_by_rerunning_the_sweep(reference, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *COMMON, f"hydra.sweep.dir={sweep}"]
+    _start_and_kill(args, tmp_path, "sweep/0/checkpoints/last.ckpt")
+    r = spt_run(*args, "resume=last", out=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got, want = _prompt(sweep / "0"), _prompt(reference)
+    assert all(torch.equal(want[k], got[k]) for k in want), "resumed sweep job differs"
+
+
+def test_resume_without_a_checkpoint_names_the_fix(tmp_path):
+    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", "resume=last", out=tmp_path)
+    assert r.returncode == 2
+    assert "no checkpoint at" in r.stderr and "hydra.run.dir=<the killed run" in r.stderr
+    assert run_dirs(tmp_path) == []  # nothing half-written left behind
+    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", f"resume={tmp_path}/x.ckpt",
+                out=tmp_path)
+    assert r.returncode == 2 and "check the path" in r.stderr
