@@ -109,3 +109,24 @@ def test_resume_without_a_checkpoint_names_the_fix(tmp_path):
     r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", f"resume={tmp_path}/x.ckpt",
                 out=tmp_path)
     assert r.returncode == 2 and "check the path" in r.stderr
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tmp_path, data_dir):
+    """SGD at lr 1e30 blows the prompt up after one step: the run stops at the NaN loss with one
+    clear line naming the step, exit status 2, the checkpoint from before that step intact and
+    loadable, and no artifact of a diverged prompt."""
+    run_dir = tmp_path / "run"
+    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", f"hydra.run.dir={run_dir}",
+                "callbacks.last_checkpoint.every_n_train_steps=1",
+                "method.optimizer._target_=torch.optim.SGD", "~method.optimizer.scale_parameter",
+                "~method.optimizer.relative_step", "~method.optimizer.warmup_init",
+                "~method.optimizer.clip_threshold", "method.optimizer.lr=1e30", out=tmp_path)
+    assert r.returncode == 2
+    (line,) = [s for s in r.stderr.splitlines() if s.startswith("spt: error:")]
+    assert "non-finite training loss (nan) at step 1" in line and "method.optimizer.lr" in line
+    assert "Traceback" not in r.stderr
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert _step(ckpt) == 1  # saved after step 0's update, before the failing step 1
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+    assert not (run_dir / "prompt.safetensors").exists()  # no artifact from a diverged prompt

@@ -21,6 +21,7 @@ from spt.core.errors import SptError
 from spt.core.scoring import decoder_scores, label_tokens, lm_loss, pooled, seq2seq_scores
 from spt.core.steps import (
     best_trackers,
+    check_finite,
     classification_loss,
     classification_metrics,
     log_epoch_metrics,
@@ -152,10 +153,7 @@ class ClassificationMixin:
                           batch_size=len(batch["labels"]))
             if self.regularizer is not None:
                 self.log("train/task_loss", task_loss, batch_size=len(batch["labels"]))
-        if not torch.isfinite(loss):
-            raise SptError(f"non-finite training loss ({loss.item()}) at step "
-                           f"{self.global_step}: lower the learning rate (method.optimizer.lr)")
-        return loss
+        return check_finite(loss, self.global_step)
 
     def regularize(self, batch: dict) -> torch.Tensor | float:
         """The regularizer's term for this training batch (0 without one); logs its parts

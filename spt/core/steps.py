@@ -59,3 +59,14 @@ def log_metric_values(module, values: dict[str, torch.Tensor], best: nn.ModuleDi
             out[f"{stage}/{name}_best"] = best[name].compute()
     module.log_dict(out, prog_bar=True)
     return {k: float(v) for k, v in out.items()}
+
+
+def check_finite(loss: torch.Tensor, step: int) -> torch.Tensor:
+    """``loss``, or an SptError naming the step when it is NaN or infinite: training stops before
+    the optimizer step, so the last checkpoint (``checkpoints/last.ckpt``) is from before it."""
+    if not torch.isfinite(loss):
+        raise SptError(f"non-finite training loss ({loss.item()}) at step {step}: lower the "
+                       "learning rate (method.optimizer.lr) and train again. Training stopped "
+                       "before this step's update; the run directory keeps its checkpoints "
+                       "(checkpoints/last.ckpt is from before this step)")
+    return loss

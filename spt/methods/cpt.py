@@ -43,7 +43,7 @@ from spt.core.artifact import check_base, load_artifact
 from spt.core.classify import ClassificationMixin
 from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
-from spt.core.steps import LOSSES, classification_loss
+from spt.core.steps import LOSSES, check_finite, classification_loss
 from spt.data.task import TaskInfo
 from spt.data.template import special_affixes
 from spt.modules import PromptTable
@@ -330,10 +330,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         if "context_nll" in terms:
             logged["train/context_nll"] = terms["context_nll"].mean()
         self.log_dict(logged, prog_bar=True, batch_size=len(batch["labels"]))
-        if not torch.isfinite(loss):
-            raise SptError(f"non-finite training loss ({loss.item()}) at step "
-                           f"{self.global_step}: lower the learning rate (method.optimizer.lr)")
-        return loss
+        return check_finite(loss, self.global_step)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """A checkpoint carries its own context: when its tokens differ from the sampled ones

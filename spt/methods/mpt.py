@@ -37,7 +37,7 @@ from spt.core.classify import ClassificationMixin, SoftPromptScoring
 from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
 from spt.core.scoring import insert_soft
-from spt.core.steps import LOSSES, classification_loss
+from spt.core.steps import LOSSES, check_finite, classification_loss
 from spt.modules.low_rank_prompts import LowRankTaskPrompts
 
 log = logging.getLogger(__name__)
@@ -241,10 +241,7 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         self.log_dict({"train/loss": loss, "train/task_loss": task_loss, "train/kl": kl,
                        "train/mse": mse, "train/acc": acc}, prog_bar=True,
                       batch_size=len(batch["labels"]))
-        if not torch.isfinite(loss):
-            raise SptError(f"non-finite training loss ({loss.item()}) at step "
-                           f"{self.global_step}: lower the learning rate (method.optimizer.lr)")
-        return loss
+        return check_finite(loss, self.global_step)
 
     def param_groups(self) -> list[dict]:
         own = [p for p in self.prompts.parameters() if p.requires_grad]
