@@ -1,0 +1,600 @@
+"""Hugging Face PEFT adapters <-> spt prompt artifacts, both directions.
+
+``python -m spt.interop.peft export RUN_OR_ARTIFACT OUT_DIR [--task 0] [--base-model NAME]``
+writes a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) that
+``PeftModel.from_pretrained(base_model, OUT_DIR)`` loads;
+``python -m spt.interop.peft import ADAPTER_DIR OUT.safetensors --model tiny-llama [--set k=v]``
+writes an spt artifact that ``method.init=file method.init_file=OUT.safetensors`` loads.
+
+PEFT's on-disk format (read from PEFT 0.21's source): ``adapter_config.json`` holds the
+config (``peft_type``, ``task_type``, ``num_virtual_tokens``, ``token_dim``, ``num_layers``,
+``num_attention_heads``, ``num_transformer_submodules``, ...); ``adapter_model.safetensors``
+holds one tensor, ``prompt_embeddings``, for every prompt-learning type:
+
+- prompt tuning: ``[num_virtual_tokens * num_transformer_submodules, token_dim]``; PEFT
+  concatenates the first ``num_virtual_tokens`` rows in front of the input embeddings (the
+  encoder's, on seq2seq models: the other rows are never read);
+- P-tuning: the same shape, the *materialised* output of PEFT's prompt encoder (the encoder's
+  weights are not saved; a saved P-tuning adapter is for inference only);
+- prefix tuning: ``[num_virtual_tokens, num_layers * 2 * token_dim]``, the materialised
+  per-layer keys/values (also with ``prefix_projection``: the MLP is not saved), viewed per
+  virtual token as ``[layers, key|value, heads, head_dim]``. For grouped-query attention PEFT
+  sets ``num_attention_heads = num_key_value_heads`` and ``token_dim = kv_heads * head_dim``
+  (the export writes both explicitly, so PEFT versions that derive them differently, or not at
+  all, still read the right sizes).
+  That is exactly the layout of spt's ``prefix`` table ``[n_tasks, P, layers * 2 * kv_dim]``
+  (:class:`spt.modules.prefix_encoder.PrefixEncoder`), so a row moves over unchanged.
+
+What converts, and what does not (and why):
+
+- spt ``prompt`` / ``ptuning`` / ``mpt`` -> PEFT prompt tuning (``CAUSAL_LM`` for decoder-only,
+  ``SEQ_2_SEQ_LM`` with ``num_transformer_submodules=1`` for T5, ``FEATURE_EXTRACTION`` for
+  encoder-only models): one row of the task table, materialised. P-tuning's LSTM/MLP encoder and
+  MPT's shared prompt and task factors are not exported (PEFT's P-tuning encoder is another
+  network, and its saved adapters keep only the materialised prompt too); neither is an
+  encoder-only model's classification head (PEFT's prompt tuning has no place for it).
+- spt ``prefix`` / ``ptuning_v2`` on decoder-only models -> PEFT prefix tuning
+  (``prefix_projection=False``, the materialised prefix; the reparameterisation MLP stays in
+  spt). Not on T5: PEFT puts one prefix into both decoder self- and cross-attention and none into
+  the encoder, while spt's T5 prefix has separate encoder, decoder and cross-attention blocks.
+  Not on encoder-only models: PEFT shifts the inputs' positions by the prefix length there,
+  spt keeps them at 0..L-1.
+- PEFT prompt tuning and P-tuning -> spt ``method=prompt``; PEFT prefix tuning (with or without
+  projection) on decoder-only models -> spt ``method=prefix method.reparam=false``. Not onto
+  encoder-only backbones: spt's prompt tuning there needs its classification head, which a PEFT
+  prompt adapter does not have. LoRA and every other PEFT type change or add model weights,
+  which spt keeps frozen: refused.
+
+Placement: PEFT puts the virtual tokens in front of *every* input token, the tokenizer's leading
+special token (BOS / CLS) included, and drops ``position_ids`` for prompt tuning; spt's
+templates put the soft slots after that token. With the soft slots first (T5 has no leading
+token; the tests build such batches for Llama and BERT) and unpadded decoder inputs, PEFT and
+spt compute the same logits; otherwise a prompt moved between them sees a slightly different
+context. Prefixes have no such difference: both offset the inputs' positions by the prefix
+length (pass PEFT ``position_ids`` that skip left padding, as spt does, for padded batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from spt.core.artifact import load_artifact, save_artifact
+from spt.core.errors import SptError
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_NAME = "adapter_model.bin"
+WEIGHT_KEY = "prompt_embeddings"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+PROMPT_METHODS = ("prompt", "ptuning", "mpt")  # a materialised ``prompt`` table at the input
+KV_METHODS = ("prefix", "ptuning_v2")  # a materialised ``prefix`` table in every layer
+TASK_TYPES = {"decoder": "CAUSAL_LM", "encoder-decoder": "SEQ_2_SEQ_LM",
+              "encoder": "FEATURE_EXTRACTION"}
+IMPORTABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
+# PEFT task types that fit each backbone family (``None``: a base PeftModel, no check)
+ARCH_TASK_TYPES = {"decoder": ("CAUSAL_LM",), "encoder-decoder": ("SEQ_2_SEQ_LM",),
+                   "encoder": ("FEATURE_EXTRACTION", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")}
+
+
+@dataclass(frozen=True)
+class Converted:
+    """What an export or import wrote: ``path``, a one-line ``summary``, how to ``load`` it,
+    and ``notes`` on what did not carry over."""
+
+    path: Path
+    summary: str
+    load: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def lines(self) -> list[str]:
+        return [f"spt: {self.summary}", *(f"spt: note: {n}" for n in self.notes),
+                f"spt: load it with {self.load}"]
+
+
+# -- spt -> PEFT -------------------------------------------------------------------------------
+def export_peft(artifact_path: str | os.PathLike, out_dir: str | os.PathLike,
+                base_model_name_or_path: str | None = None, task: int = 0) -> Converted:
+    """Write row ``task`` of an spt artifact as a PEFT adapter directory ``out_dir``.
+
+    ``artifact_path`` is a run directory (its ``prompt.safetensors``) or an artifact file.
+    ``base_model_name_or_path`` goes into ``adapter_config.json`` (default: the artifact's base
+    model name). Method ``prompt`` / ``ptuning`` / ``mpt`` become PEFT prompt tuning, ``prefix``
+    / ``ptuning_v2`` on decoder-only models PEFT prefix tuning (see the module docstring for
+    what is left out and why: e.g. an encoder-only model's classification head, P-tuning's
+    encoder). Raises :class:`SptError` for what PEFT cannot represent.
+    """
+    path = _artifact_path(artifact_path)
+    tensors, meta = load_artifact(path)
+    method = meta.get("method")
+    base = meta.get("base") or {}
+    arch = base.get("arch")
+    if method in PROMPT_METHODS:
+        name = "prompt"
+    elif method in KV_METHODS:
+        name = "prefix"
+    else:
+        raise SptError(_unsupported_method(method, path))
+    if arch not in TASK_TYPES:
+        raise SptError(f"{path} was trained on a {arch or 'unknown'} backbone "
+                       f"({base.get('name')!r}): PEFT prompt adapters cover decoder-only, "
+                       "encoder-decoder and encoder-only language models; export a run on one "
+                       "of those")
+    table = tensors.get(name)
+    if table is None or table.dim() != 3:
+        raise SptError(f"{path}: a method={method} artifact should hold a '{name}' table "
+                       f"[n_tasks, length, width], it has {sorted(tensors)}: re-save it with "
+                       "python -m spt.run (method.init=file, train=false)")
+    row, notes = _task_row(table, task, meta, path)
+    base_name = base_model_name_or_path or base.get("name")
+    provenance = {"exported_from": str(path), "method": method, "task": task,
+                  "task_name": _task_names(meta, table.shape[0])[task], "base": base,
+                  **{k: meta[k] for k in ("label_names", "label_words", "loss") if k in meta}}
+    if name == "prompt":
+        config, more = _prompt_config(method, arch, row, base, base_name)
+    else:
+        config, more = _prefix_config(method, arch, row, meta, base, path, base_name)
+    out = _write_adapter(out_dir, config, {WEIGHT_KEY: row}, provenance)
+    return Converted(
+        path=out,
+        summary=(f"wrote a PEFT {_plain(config.peft_type)} adapter ({_plain(config.task_type)}, "
+                 f"{row.shape[0]} virtual tokens) from method={method} task row {task} of {path} "
+                 f"to {out}"),
+        load=f"PeftModel.from_pretrained(<{base.get('name')} model>, {str(out)!r})",
+        notes=tuple(notes + more))
+
+
+def _plain(value) -> str:
+    """An enum's value (PEFT's PeftType / TaskType), or the string itself."""
+    return str(getattr(value, "value", value))
+
+
+def _artifact_path(source) -> Path:
+    p = Path(source).expanduser()
+    if p.is_dir():
+        art = p / "prompt.safetensors"
+        if not art.is_file():
+            raise SptError(f"{p} holds no prompt.safetensors: give the directory of a finished "
+                           "python -m spt.run run (not its parent), or the artifact file itself")
+        return art
+    if not p.exists():
+        raise SptError(f"{p} does not exist: give a run directory or a prompt .safetensors file")
+    return p
+
+
+def _unsupported_method(method, path) -> str:
+    why = {
+        "cpt": "CPT's prompt is a context of real examples with token-type offsets, a layout "
+               "PEFT's prompt and prefix tuning adapters cannot hold",
+        "coop": "CoOp's context vectors live in CLIP's text tower around class names; PEFT "
+                "has no CLIP prompt learner",
+    }.get(method, f"spt has no PEFT mapping for method={method!r}")
+    return (f"cannot export {path} to PEFT: {why}. Exportable methods: "
+            f"{', '.join(PROMPT_METHODS + KV_METHODS)}")
+
+
+def _task_names(meta: dict, n: int) -> list[str]:
+    names = meta.get("task_names")
+    return list(names) if isinstance(names, list) and len(names) == n else [f"task{i}"
+                                                                           for i in range(n)]
+
+
+def _task_row(table: torch.Tensor, task, meta: dict, path) -> tuple[torch.Tensor, list[str]]:
+    n = table.shape[0]
+    names = _task_names(meta, n)
+    if not isinstance(task, int) or isinstance(task, bool) or not 0 <= task < n:
+        listing = ", ".join(f"{i}={t}" for i, t in enumerate(names))
+        raise SptError(f"--task {task!r}: {path} holds {n} task row(s) ({listing}); PEFT holds "
+                       f"one prompt per adapter: pick one with --task 0..{n - 1}")
+    notes = []
+    if n > 1:
+        notes.append(f"exported task row {task} ({names[task]}) of {n}; export the others "
+                     "with --task into separate adapter directories")
+    return table[task].detach().float().contiguous(), notes
+
+
+def _peft():
+    try:
+        import peft
+    except ImportError:
+        raise SptError("exporting to PEFT needs the peft package: pip install 'peft>=0.13'") \
+            from None
+    return peft
+
+
+def _prompt_config(method, arch, row, base, base_name):
+    peft = _peft()
+    length, d = row.shape
+    if base.get("hidden_size") not in (None, d):
+        raise SptError(f"the prompt's width {d} differs from the base model's hidden size "
+                       f"{base.get('hidden_size')} in its own metadata: the artifact is damaged")
+    config = peft.PromptTuningConfig(
+        task_type=TASK_TYPES[arch], num_virtual_tokens=length, token_dim=d,
+        num_transformer_submodules=1,  # encoder input only, as spt does (also on T5)
+        prompt_tuning_init="RANDOM", base_model_name_or_path=base_name, inference_mode=True)
+    notes = []
+    if method == "ptuning":
+        notes.append("P-tuning's LSTM/MLP prompt encoder is not exported, only the prompt it "
+                     "produces (PEFT's P-tuning encoder is another network, and PEFT's saved "
+                     "P-tuning adapters keep only that prompt too); it becomes PEFT prompt "
+                     "tuning, all vectors in one block in front of the input even if the spt "
+                     "template spread them over several {soft:N} slots")
+    if method == "mpt":
+        notes.append("MPT's shared prompt and task factors are not exported, only this task's "
+                     "materialised prompt (as PEFT prompt tuning)")
+    if arch == "encoder":
+        notes.append("the classification head (head.*) is not exported: a PEFT "
+                     "FEATURE_EXTRACTION adapter returns the prompted hidden states; put a "
+                     "classifier on them")
+    if arch in ("decoder", "encoder"):
+        notes.append("PEFT puts the virtual tokens in front of the tokenizer's leading special "
+                     "token (BOS/CLS); spt's templates put them after it, so scores under PEFT "
+                     "differ somewhat from spt's (they are equal for the same placement)")
+    return config, notes
+
+
+def _prefix_config(method, arch, row, meta, base, path, base_name):
+    if arch != "decoder":
+        why = ("PEFT puts one prefix into both the decoder's self- and cross-attention and none "
+               "into the encoder, while spt's T5 prefixes are separate encoder, decoder and "
+               "cross-attention blocks" if arch == "encoder-decoder" else
+               "PEFT shifts the input positions by the prefix length on encoder-only models, "
+               "spt keeps them at 0..L-1, so the same prefix would compute something else")
+        raise SptError(f"cannot export {path} (method={method} on {base.get('name')}, "
+                       f"{arch}) as a PEFT prefix-tuning adapter: {why}. Prefix export covers "
+                       "decoder-only models; for this model train method=prompt and export that")
+    peft = _peft()
+    try:
+        layers, kv_heads, head_dim = (int(meta[k]) for k in ("n_layers", "n_kv_heads", "head_dim"))
+    except (KeyError, TypeError, ValueError):
+        raise SptError(f"{path}: the metadata lacks the attention sizes (n_layers, n_kv_heads, "
+                       "head_dim) a prefix export needs: re-save the artifact with this spt "
+                       "version (python -m spt.run method.init=file train=false)") from None
+    kv_dim = kv_heads * head_dim
+    if row.shape[1] != layers * 2 * kv_dim:
+        raise SptError(f"{path}: the prefix rows are {row.shape[1]} wide, not layers x 2 x "
+                       f"kv_heads x head_dim = {layers} x 2 x {kv_heads} x {head_dim}: the "
+                       "artifact is damaged")
+    config = peft.PrefixTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=row.shape[0], token_dim=kv_dim,
+        num_layers=layers, num_attention_heads=kv_heads, num_transformer_submodules=1,
+        encoder_hidden_size=kv_dim, prefix_projection=False, base_model_name_or_path=base_name,
+        inference_mode=True)
+    notes = []
+    if meta.get("reparam"):
+        notes.append("the reparameterisation MLP is not exported, only the prefix it produces "
+                     "(PEFT's saved prefix adapters hold only that too)")
+    if method == "ptuning_v2":
+        notes.append("P-Tuning v2's deep prompts on a decoder-only model are key/value prefixes: "
+                     "exported as PEFT prefix tuning (importing it back gives method=prefix)")
+    return config, notes
+
+
+def _write_adapter(out_dir, config, weights: dict[str, torch.Tensor], provenance: dict) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SptError(f"{out} is a file: give a directory for the PEFT adapter")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".spt-export-"))
+    try:  # both files are complete before either replaces an older one
+        config.save_pretrained(str(tmp))
+        save_file(weights, str(tmp / WEIGHTS_NAME),
+                  metadata={"format": "pt", "spt": json.dumps(provenance, sort_keys=True,
+                                                              default=str)})
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            os.chmod(tmp / name, 0o666 & ~umask)  # the usual file mode, shareable
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# -- PEFT -> spt -------------------------------------------------------------------------------
+def import_peft(adapter_dir: str | os.PathLike, backbone, out_path: str | os.PathLike,
+                task_name: str | None = None) -> Converted:
+    """Write a PEFT prompt-tuning, P-tuning or prefix-tuning adapter as an spt artifact for
+    ``backbone`` (a :class:`spt.backbones.Backbone`; its identity goes into the artifact).
+
+    Prompt tuning and P-tuning (its saved, materialised prompt) become ``method=prompt``;
+    prefix tuning on a decoder-only model becomes ``method=prefix`` with ``reparam=false``.
+    ``task_name`` names the single task row (default: the adapter directory's name). Every
+    mismatch (another PEFT type, another hidden size or layer layout, a task type for another
+    model family, missing or pickled files) raises :class:`SptError` naming the fix.
+    """
+    adir = Path(adapter_dir).expanduser()
+    config = _read_config(adir)
+    peft_type = str(config.get("peft_type") or "").upper()
+    if peft_type not in IMPORTABLE:
+        raise SptError(_unsupported_peft_type(peft_type, adir))
+    weights, provenance = _read_weights(adir)
+    identity = backbone.identity()
+    src_base = provenance.get("base") or {}
+    if src_base.get("fingerprint") not in (None, identity.get("fingerprint")):
+        raise SptError(f"{adir} was exported by spt from a prompt trained on "
+                       f"{src_base.get('name')!r} (fingerprint {src_base.get('fingerprint')}), "
+                       f"but the backbone is {identity.get('name')!r} (fingerprint "
+                       f"{identity.get('fingerprint')}): import it with the model it was "
+                       "trained on (--model ...)")
+    arch = backbone.arch
+    task_type = config.get("task_type")
+    if arch not in ARCH_TASK_TYPES:
+        raise SptError(f"cannot import a PEFT adapter onto {backbone.name} ({arch}): spt imports "
+                       "PEFT prompts for decoder-only and encoder-decoder language models")
+    if arch == "encoder":
+        raise SptError(f"cannot import {adir} onto the encoder-only {backbone.name}: spt's "
+                       "prompt tuning on encoder-only models scores classes with its own trained "
+                       "head, which a PEFT prompt adapter does not hold. Use a decoder-only or "
+                       "encoder-decoder model, or train method=prompt on this one")
+    if task_type is not None and task_type not in ARCH_TASK_TYPES[arch]:
+        raise SptError(f"{adir} is a PEFT {task_type} adapter, but {backbone.name} is "
+                       f"{arch} (PEFT task type {' or '.join(ARCH_TASK_TYPES[arch])}): the "
+                       f"adapter was made for another kind of model "
+                       f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
+                       "import it with that model (--model ...)")
+    emb = weights.get(WEIGHT_KEY)
+    if emb is None or emb.dim() != 2:
+        found = {k: list(v.shape) for k, v in weights.items()}
+        raise SptError(f"{adir / WEIGHTS_NAME} should hold '{WEIGHT_KEY}' [tokens, width] for a "
+                       f"PEFT {peft_type} adapter, it holds {found}: re-save the adapter with "
+                       "PeftModel.save_pretrained")
+    extra = sorted(k for k in weights if k != WEIGHT_KEY)
+    name = task_name or provenance.get("task_name") or adir.resolve().name
+    source = {"format": "peft", "adapter_dir": str(adir.resolve()), "peft_type": peft_type,
+              "task_type": task_type, "peft_version": config.get("peft_version"),
+              "base_model_name_or_path": config.get("base_model_name_or_path")}
+    carried = {k: provenance[k] for k in ("label_names", "label_words", "loss") if k in provenance}
+    if peft_type == "PREFIX_TUNING":
+        tensors, meta, notes = _prefix_artifact(config, emb, backbone, adir)
+        load = (f"method=prefix method.reparam=false method.length={meta['length']} "
+                f"method.init=file method.init_file=")
+    else:
+        tensors, meta, notes = _prompt_artifact(config, emb, backbone, adir, peft_type)
+        load = f"method=prompt method.length={meta['length']} method.init=file method.init_file="
+    if extra:
+        notes.append(f"ignored tensors that are not the prompt ({', '.join(extra[:4])}"
+                     f"{', ...' if len(extra) > 4 else ''}): spt keeps the model's weights frozen")
+    meta.update({"n_tasks": 1, "task_names": [name], "init": "peft", "base": identity,
+                 "source": source, **carried})
+    out = save_artifact(out_path, tensors, meta)
+    return Converted(path=out,
+                     summary=(f"wrote method={meta['method']} artifact ({meta['length']} "
+                              f"{'prefix positions' if meta['method'] == 'prefix' else 'vectors'}"
+                              f", base {identity['name']}) from the PEFT {peft_type} adapter "
+                              f"{adir} to {out}"),
+                     load=load + str(out), notes=tuple(notes))
+
+
+def _read_config(adir: Path) -> dict:
+    if not adir.exists():
+        raise SptError(f"adapter directory {adir} does not exist: give the directory PEFT's "
+                       "save_pretrained wrote")
+    if adir.is_file():
+        raise SptError(f"{adir} is a file: give the adapter directory that holds it "
+                       f"({adir.parent})")
+    path = adir / CONFIG_NAME
+    if not path.is_file():
+        inner = sorted(str(p.parent.relative_to(adir)) for p in adir.glob(f"*/{CONFIG_NAME}"))
+        hint = (f"; adapters were found in {', '.join(inner[:5])}: pass one of those directories"
+                if inner else "; give the directory PeftModel.save_pretrained wrote (it holds "
+                f"{CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise SptError(f"no {CONFIG_NAME} in {adir}: it is not a PEFT adapter directory{hint}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise SptError(f"{path} is not a readable JSON adapter config: {err}") from None
+    return config
+
+
+def _unsupported_peft_type(peft_type: str, adir: Path) -> str:
+    if not peft_type:
+        return (f"{adir / CONFIG_NAME} names no peft_type: it is not a PEFT adapter config "
+                "(re-save the adapter with PeftModel.save_pretrained)")
+    why = ("it adds or changes model weights, which spt keeps frozen; load it with PEFT "
+           "instead" if peft_type not in ("MULTITASK_PROMPT_TUNING", "CPT", "ADAPTION_PROMPT")
+           else "its prompts need PEFT's own task and context machinery")
+    return (f"{adir} is a PEFT {peft_type} adapter, which spt cannot import: {why}. spt imports "
+            f"soft prompts only: {', '.join(IMPORTABLE)} (prefix tuning with or without "
+            "prefix_projection, on decoder-only models)")
+
+
+def _read_weights(adir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = adir / WEIGHTS_NAME
+    if not path.is_file():
+        if (adir / PICKLE_NAME).is_file():
+            raise SptError(f"{adir} holds {PICKLE_NAME}, a pickle, which spt does not load (it "
+                           "can run code): re-save the adapter as safetensors with "
+                           "PeftModel.from_pretrained(model, dir).save_pretrained(dir, "
+                           "safe_serialization=True)")
+        raise SptError(f"no {WEIGHTS_NAME} in {adir}: copy the adapter's weights file next to "
+                       f"its {CONFIG_NAME} (PeftModel.save_pretrained writes both)")
+    try:
+        weights = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            header = (f.metadata() or {}).get("spt")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise SptError(f"{path} is not a readable safetensors file: {err}") from None
+    try:
+        provenance = json.loads(header) if header else {}
+    except ValueError:
+        provenance = {}
+    return weights, provenance if isinstance(provenance, dict) else {}
+
+
+def _n_virtual(config: dict, rows: int, per: int, adir: Path) -> int:
+    n = config.get("num_virtual_tokens")
+    if n is None:
+        n = rows // per
+    if not isinstance(n, int) or n < 1 or rows != n * per:
+        raise SptError(f"{adir}: {WEIGHT_KEY} has {rows} rows, but num_virtual_tokens={n} x "
+                       f"num_transformer_submodules={per} says {n * per if isinstance(n, int) else '?'}"
+                       ": the config and weights do not belong together; re-save the adapter "
+                       "with PeftModel.save_pretrained")
+    return n
+
+
+def _prompt_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path, peft_type: str):
+    d = backbone.hidden_size
+    token_dim = config.get("token_dim")
+    if token_dim not in (None, d) or emb.shape[1] != d:
+        width = token_dim if token_dim is not None else emb.shape[1]
+        raise SptError(f"{adir} holds a prompt of token_dim={width}, but {backbone.name} has "
+                       f"hidden size {d}: the adapter was trained for another base model "
+                       f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
+                       "import it with that model (--model ...)")
+    per = config.get("num_transformer_submodules") or 1
+    n = _n_virtual(config, emb.shape[0], per, adir)
+    notes = []
+    if per > 1:
+        notes.append(f"the adapter holds {n * per} rows (num_transformer_submodules={per}); "
+                     f"PEFT's prompt tuning puts only the first {n} in front of the encoder "
+                     "input and never reads the others: the first ones were imported")
+    if peft_type == "P_TUNING":
+        notes.append("a saved PEFT P-tuning adapter holds only the prompt its encoder produced "
+                     "(not the encoder): imported as method=prompt")
+    if backbone.arch == "decoder":
+        notes.append("PEFT trained these vectors in front of the BOS token; spt's templates put "
+                     "the soft slots after it, so scores in spt differ somewhat from PEFT's")
+    prompt = emb[:n].detach().float().unsqueeze(0)
+    meta = {"method": "prompt", "length": n, "init_text": None,
+            "trainable_parameters": prompt.numel()}
+    return {"prompt": prompt}, meta, notes
+
+
+def _prefix_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path):
+    from spt.core.kv_prompts import attention_sizes
+
+    if backbone.arch != "decoder":
+        raise SptError(f"cannot import the PEFT prefix-tuning adapter {adir} onto "
+                       f"{backbone.name} ({backbone.arch}): PEFT's T5 prefixes go into the "
+                       "decoder's self- and cross-attention as one tensor, which spt's separate "
+                       "encoder/decoder/cross-attention prefixes do not represent. Prefix import "
+                       "covers decoder-only models")
+    sizes = attention_sizes(backbone.config)
+    layers, kv_heads, head_dim = sizes["n_layers"], sizes["n_kv_heads"], sizes["head_dim"]
+    kv_dim = kv_heads * head_dim
+    got = {"num_layers": config.get("num_layers"),
+           "num_attention_heads": config.get("num_attention_heads"),
+           "token_dim": config.get("token_dim")}
+    want = {"num_layers": layers, "num_attention_heads": kv_heads, "token_dim": kv_dim}
+    bad = [k for k in want if got[k] is not None and got[k] != want[k]]
+    width = layers * 2 * kv_dim
+    if bad or emb.shape[1] != width:
+        detail = ", ".join(f"{k}={got[k]} (the backbone needs {want[k]})" for k in bad) or \
+            f"{WEIGHT_KEY} is {emb.shape[1]} wide (the backbone needs {width})"
+        raise SptError(
+            f"{adir} does not fit {backbone.name} ({layers} layers, {kv_heads} KV heads of "
+            f"dim {head_dim}): {detail}. Import it with the model it was trained for "
+            f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); adapters saved "
+            "by PEFT versions that sized grouped-query prefixes by query heads do not run on "
+            "this model in PEFT either")
+    n = _n_virtual(config, emb.shape[0], 1, adir)
+    notes = []
+    if config.get("prefix_projection"):
+        notes.append("the adapter was trained with prefix_projection; PEFT saved the prefix its "
+                     "MLP produced (not the MLP): imported as method=prefix reparam=false")
+    table = emb.detach().float().unsqueeze(0)  # [1, P, layers * 2 * kv_dim], PEFT == spt layout
+    meta = {"method": "prefix", "length": n, "reparam": False, "cross_attention": False,
+            **sizes, "trainable_parameters": table.numel(), "prefix_parameters": table.numel()}
+    return {"prefix": table, "prefix_encoder.weight": table}, meta, notes
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def build_backbone(model: str, overrides: list[str] | tuple[str, ...] = ()):
+    """The backbone of ``conf/model/<model>.yaml`` (or of a model YAML file), instantiated
+    as ``spt.run`` does; ``overrides`` are Hydra overrides of its keys (``dtype=bfloat16``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from hydra.utils import instantiate
+    from omegaconf.errors import OmegaConfBaseException
+
+    p = Path(model).expanduser()
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise SptError(f"--model {model}: no such file")
+        conf_dir, name = p.resolve().parent, p.stem
+    else:
+        conf_dir, name = CONF_DIR / "model", model
+        if not (conf_dir / f"{name}.yaml").is_file():
+            known = sorted(q.stem for q in conf_dir.glob("*.yaml"))
+            raise SptError(f"--model {model}: there is no conf/model/{model}.yaml; choose one of "
+                           f"{', '.join(known) or '(none found)'} or give a model YAML file")
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        msg = " ".join(str(err).split())
+        raise SptError(f"--model {model} with --set {' '.join(overrides)}: {msg}") from None
+    return instantiate(cfg)
+
+
+def _user_error(exc: BaseException) -> SptError | None:
+    """The SptError behind ``exc`` (Hydra's instantiate wraps the errors it meets)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, SptError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m spt.interop.peft",
+        description="Convert spt prompt artifacts to PEFT adapters and back.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("export", help="spt artifact -> PEFT adapter directory")
+    ex.add_argument("source", help="a run directory (with prompt.safetensors) or an artifact file")
+    ex.add_argument("out_dir", help="the PEFT adapter directory to write")
+    ex.add_argument("--task", type=int, default=0,
+                    help="row of a multi-task prompt table to export (default: 0)")
+    ex.add_argument("--base-model", default=None,
+                    help="base_model_name_or_path for adapter_config.json (default: the "
+                         "artifact's base model name)")
+    im = sub.add_parser("import", help="PEFT adapter directory -> spt artifact")
+    im.add_argument("adapter_dir", help="a directory written by PeftModel.save_pretrained")
+    im.add_argument("out", help="the spt artifact to write (.safetensors, plus its .json)")
+    im.add_argument("--model", required=True,
+                    help="the backbone: a conf/model name (tiny-llama, smollm2-135m, t5-small, "
+                         "...) or a model YAML file")
+    im.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the model config (repeatable), e.g. dtype=bfloat16")
+    im.add_argument("--task-name", default=None,
+                    help="name of the imported task row (default: the adapter directory's name)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "export":
+            result = export_peft(args.source, args.out_dir, args.base_model, args.task)
+        else:
+            backbone = build_backbone(args.model, args.set)
+            result = import_peft(args.adapter_dir, backbone, args.out, args.task_name)
+    except Exception as exc:
+        err = _user_error(exc)
+        if err is None:
+            raise
+        print(f"spt: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+        return 2
+    print("\n".join(result.lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
