@@ -131,21 +131,28 @@ def decoder_scores(model, inputs_embeds: torch.Tensor, attention_mask: torch.Ten
                     past_key_values=prefix_cache(prefix))
         logp = F.log_softmax(out.logits[:, -1].float(), dim=-1)
         return logp[:, ids[:, 0]]
-    # Multi-token: every row followed by every label, as B*C sequences.
-    y = model.get_input_embeddings()(ids).to(inputs_embeds.dtype)  # [C, M, d]
-    x = inputs_embeds.unsqueeze(1).expand(b, c, length, -1)
-    seq = torch.cat([x, y.unsqueeze(0).expand(b, c, m, -1)], dim=2).reshape(b * c, length + m, -1)
-    am = torch.cat([attention_mask.unsqueeze(1).expand(b, c, length),
-                    mask.unsqueeze(0).expand(b, c, m).to(attention_mask.dtype)], dim=2)
-    am = am.reshape(b * c, length + m)
-    pfx = prefix.repeat_interleave(c, dim=0) if prefix is not None else None
-    full, p = _prefixed(am, pfx)
-    out = model(inputs_embeds=seq, attention_mask=full, position_ids=position_ids(am) + p,
-                use_cache=False, logits_to_keep=m + 1,
-                past_key_values=prefix_cache(pfx))
-    logits = out.logits[:, :m]  # position L-1+j predicts label token j
-    scores = _gather_logprobs(logits, ids.repeat(b, 1), mask.repeat(b, 1))
-    return scores.view(b, c)
+    # Multi-token: the input once, its keys/values cached (after the prefix's, if any); the
+    # cache repeated per label and every label's tokens but the last scored after it. Compute
+    # is L + C*(M-1) positions a row instead of C*(L+M).
+    from transformers.cache_utils import DynamicCache
+
+    am, p = _prefixed(attention_mask, prefix)
+    pos = position_ids(attention_mask) + p
+    out = model(inputs_embeds=inputs_embeds, attention_mask=am, position_ids=pos,
+                use_cache=True, logits_to_keep=1,
+                past_key_values=prefix_cache(prefix) or DynamicCache())
+    first = F.log_softmax(out.logits[:, -1].float(), dim=-1)[:, ids[:, 0]]  # [B, C]
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(c)  # row-major: row i's C labels are rows i*C .. i*C+C-1
+    y = model.get_input_embeddings()(ids[:, :-1]).to(inputs_embeds.dtype)  # [C, M-1, d]
+    seq = y.unsqueeze(0).expand(b, c, m - 1, -1).reshape(b * c, m - 1, -1)
+    ymask = mask[:, :-1].unsqueeze(0).expand(b, c, m - 1).reshape(b * c, m - 1)
+    full = torch.cat([am.repeat_interleave(c, dim=0), ymask.to(am.dtype)], dim=1)
+    ypos = pos[:, -1:].repeat_interleave(c, dim=0) + 1 + torch.arange(m - 1, device=pos.device)
+    rest = model(inputs_embeds=seq, attention_mask=full, position_ids=ypos, use_cache=False,
+                 past_key_values=cache).logits  # position j predicts label token j + 1
+    later = _gather_logprobs(rest, ids[:, 1:].repeat(b, 1), mask[:, 1:].repeat(b, 1))
+    return first + later.view(b, c)
 
 
 def encode(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
