@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from spt.core.errors import SptError
+from spt.core.errors import SptError, cli_error
 from spt.regularizers.nemesis import corrupted_prompts, eval_mode, position_norms, stack_batch
 
 MODES = ("replace", "rescale")
@@ -290,14 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         analyse(args)
-    except Exception as exc:
-        from spt.run import _user_error  # Hydra's instantiate wraps the SptErrors it meets
-
-        err = _user_error(exc)
-        if err is None:
-            raise
-        print(f"spt: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # Hydra's instantiate wraps the SptErrors it meets
+        return cli_error(exc)
     return 0
 
 

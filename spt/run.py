@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from spt import __version__
 from spt.core.artifact import atomic_write_text, save_artifact
-from spt.core.errors import SptError
+from spt.core.errors import SptError, user_error
 from spt.regularizers import attach
 
 log = logging.getLogger("spt.run")
@@ -202,15 +202,7 @@ def _has_results(out_dir: Path) -> bool:
                                                  "metrics.json"))
 
 
-def _user_error(exc: BaseException) -> SptError | None:
-    """The SptError behind ``exc``: Hydra's instantiate and Lightning wrap what they call."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, SptError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
+_user_error = user_error  # TEMP alias while spt/serve.py is being written
 
 
 def _finish_wandb() -> None:
@@ -227,7 +219,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg, out_dir)
     except Exception as exc:
-        err = _user_error(exc)
+        err = user_error(exc)
         if err is None:
             raise
         _finish_wandb()

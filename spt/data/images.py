@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spt.core.errors import SptError
 from spt.data.loaders import make_loader
-from spt.data.readers import ROOT_HINT, _offline_as_env_says, check_root, hub_source, to_plain
+from spt.data.readers import ROOT_HINT, check_root, hub_source, load_hub_split, to_plain
 from spt.data.task import METRICS, TaskInfo
 
 log = logging.getLogger("spt.data")
@@ -546,29 +546,13 @@ class FewShotImageDataModule(L.LightningDataModule):
 
 
 def load_hub_images(name: str, spec: Mapping):
-    """``datasets.load_dataset`` for one hub split spec, offline as the environment says now
-    (:func:`spt.core.hub.offline_reason`); any failure becomes an SptError with the fix."""
-    offline = None
-    try:
-        import datasets
-
-        with _offline_as_env_says() as offline:
-            kwargs = {"revision": spec["revision"]} if spec.get("revision") else {}
-            return datasets.load_dataset(spec["path"], spec.get("name"),
-                                         split=spec.get("split", "train"), **kwargs)
-    except Exception as e:  # any hub failure has the same fixes
-        summary = (str(e).strip().splitlines() or [""])[0]
-        note = f" (offline mode, {offline}: only the local HF cache was tried)" if offline else ""
-        gated = any(w in str(e).lower() for w in ("gated", "401", "403", "unauthorized"))
-        raise SptError(
-            f"data={name}: could not load {hub_source(spec)}{note}: {type(e).__name__}: "
-            f"{summary}. Fix: run once where the Hub is reachable (the dataset is then cached "
-            f"and later offline runs use the cache)"
-            + ("; this dataset is gated: accept its terms on huggingface.co and set HF_TOKEN"
-               if gated else "")
-            + "; or use a local copy: data.root=/path/to/data plus data.local train/dev files "
-            "listing image paths and class indices (see conf/data/cifar10_subset.yaml)."
-        ) from None
+    """One hub split of an image dataset (:func:`spt.data.readers.load_hub_split`), whose fix
+    names the image data's own local format."""
+    return load_hub_split(spec, fix=(
+        f"Fix for data={name}: run once where the Hub is reachable (the dataset is then cached "
+        "and later offline runs use the cache), or use a local copy: data.root=/path/to/data "
+        "plus data.local train/dev files listing image paths and class indices (see "
+        "conf/data/cifar10_subset.yaml)."))
 
 
 def _is_int(value: Any) -> bool:

@@ -223,9 +223,11 @@ def hub_source(spec: Mapping) -> str:
     return source + f" split {spec.get('split', 'train')!r} (Hugging Face Hub)"
 
 
-def load_hub_split(spec: Mapping):
+def load_hub_split(spec: Mapping, fix: str | None = None):
     """``datasets.load_dataset`` for one split spec (path, name, split, optional revision),
-    offline as the environment says now; any failure becomes an SptError with the fix."""
+    offline as the environment says now; any failure becomes an SptError naming the source,
+    the cause and ``fix`` (default: point data.root at local files). A gated dataset's
+    refusal also says how to get access."""
     offline = None
     try:
         import datasets
@@ -237,10 +239,13 @@ def load_hub_split(spec: Mapping):
     except Exception as e:  # any hub failure has the same fix
         summary = (str(e).strip().splitlines() or [""])[0]
         note = f" (offline mode, {offline}: only the local HF cache was tried)" if offline else ""
+        gated = any(w in str(e).lower() for w in ("gated", "401", "403", "unauthorized"))
+        access = ("This dataset is gated: accept its terms on huggingface.co and set HF_TOKEN. "
+                  if gated else "")
+        fix = fix or f"To use a local copy instead, {ROOT_HINT[0].lower()}{ROOT_HINT[1:]}"
         raise SptError(
             f"data.root is null, so {hub_source(spec)} was loaded from the Hub, and that "
-            f"failed{note}: {type(e).__name__}: {summary}. To use a local copy instead, "
-            f"{ROOT_HINT[0].lower()}{ROOT_HINT[1:]}"
+            f"failed{note}: {type(e).__name__}: {summary}. {access}{fix}"
         ) from None
 
 

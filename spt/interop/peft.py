@@ -68,7 +68,7 @@ from pathlib import Path
 import torch
 
 from spt.core.artifact import load_artifact, save_artifact
-from spt.core.errors import SptError
+from spt.core.errors import SptError, cli_error
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -545,17 +545,6 @@ def build_backbone(model: str, overrides: list[str] | tuple[str, ...] = ()):
     return instantiate(cfg)
 
 
-def _user_error(exc: BaseException) -> SptError | None:
-    """The SptError behind ``exc`` (Hydra's instantiate wraps the errors it meets)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, SptError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m spt.interop.peft",
@@ -586,12 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             backbone = build_backbone(args.model, args.set)
             result = import_peft(args.adapter_dir, backbone, args.out, args.task_name)
-    except Exception as exc:
-        err = _user_error(exc)
-        if err is None:
-            raise
-        print(f"spt: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # Hydra's instantiate wraps the SptErrors it meets
+        return cli_error(exc)
     print("\n".join(result.lines()))
     return 0
 
