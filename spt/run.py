@@ -202,9 +202,6 @@ def _has_results(out_dir: Path) -> bool:
                                                  "metrics.json"))
 
 
-_user_error = user_error  # TEMP alias while spt/serve.py is being written
-
-
 def _finish_wandb() -> None:
     if "wandb" in sys.modules:
         import wandb

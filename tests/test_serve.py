@@ -1,0 +1,298 @@
+"""Multi-prompt serving (spt.serve): prompts of several runs on one tiny backbone score a mixed
+batch exactly as each run scores its rows alone; bad runs and rows are refused by name; the
+HTTP server answers, merges concurrent requests into one forward and survives a load test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from spt.core.artifact import save_artifact
+from spt.core.errors import SptError
+from spt.run import build
+from spt.serve import PromptServer, create_app, load_test, main
+from tests.test_run import _compose, run_dirs, spt_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+N_ROWS = 3  # dev rows per task in the mixed batch
+
+
+def _fake_run(root: Path, name: str, *overrides: str, seed: int = 0) -> Path:
+    """A run directory as spt.run writes it (config.yaml with model/data/method, and the
+    artifact), from an untrained method whose trainable weights are randomised so that every
+    task's prompt visibly matters; seconds instead of a training run."""
+    cfg = _compose(*overrides, f"seed={seed}", "data.dev_limit=8", "data.train_limit=16")
+    _, _, method = build(cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _, p in method.trainable_named_parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    run = root / name
+    meta = {**method.artifact_meta(), "data": cfg.data.name, "template": cfg.data.template}
+    save_artifact(run / "prompt.safetensors", method.artifact_tensors(), meta)
+    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data",
+                                                                          "method")}
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    return run
+
+
+def _alone(run: Path, n: int) -> list[tuple[dict, list[float]]]:
+    """The run's own method (its config, ``method.init=file``) scoring each of its first
+    ``n`` dev rows in a batch of one: (the row as served, its scores)."""
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.method.init = "file"
+    cfg.method.init_file = str(run / "prompt.safetensors")
+    _, dm, method = build(cfg)
+    method.eval()
+    raw, encoded = dm._rows("dev"), dm._dataset("dev")
+    out = []
+    with torch.no_grad():
+        for i in range(n):
+            scores = method(dm._collator()([encoded[i]]))[0].tolist()
+            row = {"text": {f: raw.texts[f][i] for f in dm.text_fields}}
+            out.append((row, scores))
+    return out
+
+
+@pytest.fixture(scope="module")
+def bert_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """tiny-bert: a real spt.run (prompt, sst2) plus in-process runs of other tasks and
+    methods: prompt on trec (6 classes, same table as sst2), ptuning on sst2 (another prompt
+    length: a second table), prefix on rte and ptuning_v2 (CLS pooling) on cb."""
+    root = tmp_path_factory.mktemp("bert")
+    r = spt_run("model=tiny-bert", "data=sst2", "debug=fast", "logger=csv", out=root / "real",
+                env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    (real,) = run_dirs(root / "real")
+    return {
+        "sst2": real,
+        "trec": _fake_run(root, "trec", "model=tiny-bert", "data=trec", seed=1),
+        "sst2_pt": _fake_run(root, "sst2_pt", "model=tiny-bert", "data=sst2", "method=ptuning",
+                             seed=2),
+        "rte": _fake_run(root, "rte", "model=tiny-bert", "data=rte", "method=prefix", seed=3),
+        "cb": _fake_run(root, "cb", "model=tiny-bert", "data=cb", "method=ptuning_v2", seed=4),
+    }
+
+
+@pytest.fixture(scope="module")
+def llama_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """tiny-llama: prompt on sst2 and rte (two-token label word), prefix on sst2."""
+    root = tmp_path_factory.mktemp("llama")
+    return {
+        "sst2": _fake_run(root, "sst2", "model=tiny-llama", "data=sst2", seed=5),
+        "rte": _fake_run(root, "rte", "model=tiny-llama", "data=rte", seed=6),
+        "sst2_prefix": _fake_run(root, "sst2_prefix", "model=tiny-llama", "data=sst2",
+                                 "method=prefix", seed=7),
+    }
+
+
+@pytest.fixture(scope="module")
+def t5_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """tiny-t5: prompt on sst2 and trec, prefix (with cross-attention prefixes) on rte."""
+    root = tmp_path_factory.mktemp("t5")
+    return {
+        "sst2": _fake_run(root, "sst2", "model=tiny-t5", "data=sst2", seed=8),
+        "trec": _fake_run(root, "trec", "model=tiny-t5", "data=trec", seed=9),
+        "rte": _fake_run(root, "rte", "model=tiny-t5", "data=rte", "method=prefix",
+                         "method.cross_attention=true", seed=10),
+    }
+
+
+@pytest.fixture(scope="module")
+def bert_server(bert_runs) -> PromptServer:
+    return PromptServer.from_runs(bert_runs)
+
+
+def _mixed_rows(runs: dict[str, Path]) -> tuple[list[dict], list[list[float]]]:
+    """Rows of every task, interleaved, with each row's scores from its own run alone."""
+    per_task = {name: _alone(run, N_ROWS) for name, run in runs.items()}
+    rows, expected = [], []
+    for i in range(N_ROWS):
+        for name, alone in per_task.items():
+            row, scores = alone[i]
+            rows.append({"task": name, **row})
+            expected.append(scores)
+    return rows, expected
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "t5"])
+def test_mixed_batch_equals_each_run_alone(family, request):
+    runs = request.getfixturevalue(f"{family}_runs")
+    server = request.getfixturevalue("bert_server") if family == "bert" \
+        else PromptServer.from_runs(runs)
+    rows, expected = _mixed_rows(runs)
+    forwards = []
+    for group in server._groups:
+        group.module.register_forward_hook(lambda m, a, o: forwards.append(len(o)))
+    preds = server.predict(rows)
+    # one forward per prompt table, each serving all of its tasks' rows
+    assert sorted(forwards) == sorted(N_ROWS * len(g.tasks) for g in server._groups)
+    assert len(server._groups) == {"bert": 4, "llama": 2, "t5": 2}[family]
+    for row, pred, want in zip(rows, preds, expected, strict=True):
+        labels = server.tasks[row["task"]]["labels"]
+        assert pred["task"] == row["task"] and list(pred["scores"]) == labels
+        got = torch.tensor(list(pred["scores"].values()))
+        torch.testing.assert_close(got, torch.tensor(want), atol=1e-5, rtol=1e-5)
+        assert pred["label"] == labels[int(torch.tensor(want).argmax())]
+    assert {p["task"] for p in preds} == set(runs)
+
+
+def test_task_names_default_to_the_data(bert_runs):
+    server = PromptServer.from_runs([bert_runs["sst2"], bert_runs["rte"]])
+    assert set(server.tasks) == {"sst2", "rte"}
+    assert server.tasks["rte"]["fields"] == ["premise", "hypothesis"]
+    assert server.describe()["backbone"] == "tiny-bert"
+
+
+def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
+    with pytest.raises(SptError, match=r"tiny-llama.*tiny-bert|tiny-bert.*tiny-llama"):
+        PromptServer.from_runs([bert_runs["sst2"], llama_runs["rte"]])
+    with pytest.raises(SptError, match=r"task name\(s\) \['sst2'\].*name each run"):
+        PromptServer.from_runs([bert_runs["sst2"], bert_runs["sst2_pt"]])
+    with pytest.raises(SptError, match="unknown task 'nope'.*'rte', 'sst2'"):
+        bert_server.predict([{"task": "nope", "text": {"sentence": "x"}}])
+    with pytest.raises(SptError, match=r"row 1: task 'rte' needs text field\(s\) "
+                                       r"\['hypothesis'\].*Premise: \{premise\}"):
+        bert_server.predict([{"task": "sst2", "text": {"sentence": "fine"}},
+                             {"task": "rte", "text": {"premise": "p"}}])
+    with pytest.raises(SptError, match="must be strings"):
+        bert_server.predict([{"task": "sst2", "text": {"sentence": 3}}])
+    with pytest.raises(SptError, match="no config.yaml"):
+        PromptServer.from_runs([tmp_path])
+    # a method the server does not serve, and a text-to-text run (their metadata edited)
+    for edit, message in (({"method": "cpt"}, "method=cpt.*serves method=prompt, ptuning"),
+                          ({"task_kind": "text-to-text"}, "text-to-text run")):
+        run = tmp_path / next(iter(edit.values()))
+        shutil.copytree(bert_runs["trec"], run)
+        meta = json.loads((run / "prompt.json").read_text())
+        (run / "prompt.json").write_text(json.dumps({**meta, **edit}))
+        with pytest.raises(SptError, match=message):
+            PromptServer.from_runs({"x": run})
+
+
+def test_refuses_another_fingerprint_of_the_same_name(bert_runs, tmp_path, data_dir):
+    other = _fake_run(tmp_path, "seed1", "model=tiny-bert", "model.seed=1", "data=rte")
+    with pytest.raises(SptError, match=r"'tiny-bert' \(fingerprint \w+\) but .* 'tiny-bert' "
+                                       r"\(fingerprint \w+\)"):
+        PromptServer.from_runs({"sst2": bert_runs["sst2"], "rte": other})
+
+
+def test_cli_predict(bert_runs, tmp_path, capsys):
+    rows = [{"task": "sst2", "text": {"sentence": "a gem"}},
+            {"task": "rte", "text": {"premise": "a cat sat", "hypothesis": "an animal sat"}}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(["predict", "--run", f"sst2={bert_runs['sst2']}", "--run", str(bert_runs["rte"]),
+                 "--input", str(path), "--batch-size", "1"])
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and [p["task"] for p in out] == ["sst2", "rte"]
+    path.write_text(json.dumps({"task": "sst2", "text": {}}) + "\n")
+    assert main(["predict", "--run", str(bert_runs["sst2"]), "--input", str(path)]) == 2
+    assert "needs text field(s) ['sentence']" in capsys.readouterr().err
+
+
+def test_http_endpoints(bert_server):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(bert_server, max_batch=8, max_wait_ms=1)) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "ok" and health["backbone"] == "tiny-bert"
+        assert set(health["tasks"]) == {"sst2", "trec", "sst2_pt", "rte", "cb"}
+        rows = [{"task": "sst2", "text": {"sentence": "a gem"}},
+                {"task": "trec", "text": {"question": "Who wrote it?"}}]
+        r = client.post("/predict", json={"rows": rows})
+        assert r.status_code == 200
+        assert r.json()["predictions"] == bert_server.predict(rows)
+        assert client.get("/stats").json()["rows"] == 2
+        bad = [({"rows": [{"task": "nope", "text": {"sentence": "x"}}]}, 400, "unknown task"),
+               ({"rows": [{"task": "rte", "text": {"premise": "x"}}]}, 400, "hypothesis"),
+               ({"rows": [{"task": "sst2"}]}, 422, "text"),
+               ({"rows": [{"task": "sst2", "text": {"sentence": 1}}]}, 422, "string"),
+               ({"items": []}, 422, "rows")]
+        for body, status, needle in bad:
+            r = client.post("/predict", json=body)
+            assert r.status_code == status and needle in json.dumps(r.json()), r.text
+        r = client.post("/predict", content=b"{not json", headers={"content-type":
+                                                                    "application/json"})
+        assert r.status_code == 422 and "JSON" in r.text
+        assert client.post("/predict", json={"rows": []}).json() == {"predictions": []}
+
+
+@pytest.fixture
+def live_server(bert_server):
+    """uvicorn on a free local port in a background thread; yields its URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app(bert_server, max_batch=32, max_wait_ms=20)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def test_dynamic_batching_and_load_test(live_server):
+    rows = [{"task": "sst2", "text": {"sentence": "a gem of a film"}},
+            {"task": "rte", "text": {"premise": "A cat sat.", "hypothesis": "An animal sat."}},
+            {"task": "trec", "text": {"question": "Where is Rome?"}},
+            {"task": "cb", "text": {"premise": "It rained.", "hypothesis": "It was dry."}}]
+    result = load_test(live_server, rows, concurrency=8, duration_s=2.0)
+    print("load test:", json.dumps(result))
+    assert result["errors"] == 0 and result["requests"] > 8
+    assert result["rows_per_batch_mean"] > 1, "concurrent requests were not merged"
+    assert result["p50_ms"] <= result["p99_ms"]
+
+
+def test_batcher_merges_caps_and_isolates_failures():
+    """Requests queued together share one predict call up to max_batch rows (the overflow
+    opens the next batch), and a failing request does not fail the others merged with it."""
+    import asyncio
+
+    from spt.serve import Batcher
+
+    calls = []
+
+    def predict(rows):
+        calls.append(len(rows))
+        if "bad" in rows:
+            raise ValueError("bad row")
+        return [r.upper() for r in rows]
+
+    async def scenario():
+        batcher = Batcher(predict, max_batch=4, max_wait_ms=50)
+        await batcher.start()
+        try:
+            ok = await asyncio.gather(*(batcher.submit(r) for r in (["a", "b"], ["c"], ["d"],
+                                                                     ["e", "f"])))
+            mixed = await asyncio.gather(batcher.submit(["g"]), batcher.submit(["bad"]),
+                                         return_exceptions=True)
+        finally:
+            await batcher.stop()
+        return ok, mixed, batcher.stats()
+
+    ok, mixed, stats = asyncio.run(scenario())
+    assert ok == [["A", "B"], ["C"], ["D"], ["E", "F"]]
+    assert calls[:2] == [4, 2]  # 2 + 1 + 1 rows, then the carried request of 2
+    assert mixed[0] == ["G"] and isinstance(mixed[1], ValueError)
+    assert stats["batches"] == 3 and stats["rows"] == 7 and stats["max_rows"] == 4
+    with pytest.raises(SptError, match="max_batch"):
+        Batcher(predict, max_batch=0)
