@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from spt.core.errors import SptError
-from spt.core.scoring import decoder_scores, label_tokens, lm_loss, pooled, seq2seq_scores
+from spt.core.scoring import (
+    LabelTokens,
+    decoder_scores,
+    label_tokens,
+    lm_loss,
+    pooled,
+    seq2seq_scores,
+)
 from spt.core.steps import (
     best_trackers,
     check_finite,
@@ -117,11 +124,33 @@ class ClassificationMixin:
             raise SptError("scoring a task mixture needs the batch's task_ids")
         width = max(t.num_classes for t in self.tasks)
         out = torch.full((embeds.shape[0], width), -torch.inf, device=embeds.device)
+        shared = self._shared_pass(embeds, mask, prefix)
         for t in task_ids.unique().tolist():
             rows = (task_ids == t).nonzero().squeeze(1)
-            scores = self._task_scores(embeds[rows], mask[rows], _select_rows(prefix, rows), t)
+            if shared is not None:
+                scores = shared(rows, t)
+            else:
+                scores = self._task_scores(embeds[rows], mask[rows], _select_rows(prefix, rows),
+                                           t)
             out[rows, : scores.shape[1]] = scores.float()
         return out
+
+    def _shared_pass(self, embeds, mask, prefix):
+        """In a mixture, one backbone pass for every row when the tasks differ only after it:
+        encoder heads on the pooled output, or decoder label words of one token each (scored
+        as one union of label ids). Returns ``(rows, task) -> scores``, or None where each
+        task needs its own pass (multi-token label words, T5)."""
+        if self.base.arch == "encoder":
+            pooling = getattr(self, "pooling", None) or self.base.pooling
+            hidden = pooled(self.backbone, embeds, mask, pooling, prefix).float()
+            return lambda rows, t: self.head[t](hidden[rows])
+        if self.base.arch == "decoder" and all(lt.single_token for lt in self.task_labels):
+            union = LabelTokens(torch.cat([lt.ids for lt in self.task_labels]),
+                                torch.cat([lt.mask for lt in self.task_labels]))
+            scores = decoder_scores(self.backbone, embeds, mask, union, prefix)
+            ends = torch.tensor([t.num_classes for t in self.tasks]).cumsum(0).tolist()
+            return lambda rows, t: scores[rows, ends[t] - self.tasks[t].num_classes: ends[t]]
+        return None
 
     def _task_scores(self, embeds, mask, prefix, t: int) -> torch.Tensor:
         if self.base.arch == "encoder":
