@@ -130,3 +130,26 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tmp_pat
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values())
     assert not (run_dir / "prompt.safetensors").exists()  # no artifact from a diverged prompt
+
+
+def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one(tmp_path, monkeypatch):
+    """Lightning writes checkpoints inside an fsspec transaction (a temporary file moved into
+    place on success): a write that fails half way leaves the previous last.ckpt loadable."""
+    import fsspec.implementations.local as local
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    io = TorchCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+    real_write = local.LocalFileOpener.write
+
+    def dies_midway(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(local.LocalFileOpener, "write", dies_midway)
+    with pytest.raises(OSError, match="disk gone"):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert _step(path) == 1
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
