@@ -411,3 +411,15 @@ def test_epoch_shuffle_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
     resumed.load_state_dict(state)
     assert head + list(resumed) == s.permutation(2)
     assert list(fresh) == s.permutation(3)
+
+
+def test_weighted_epoch_shuffle_draws_by_weight_and_resumes():
+    weights = torch.tensor([0.0, 1.0, 3.0])
+    s = EpochShuffle(3000, seed=1, weights=weights.repeat_interleave(1000))
+    draws = torch.tensor(list(s))
+    assert not (draws < 1000).any()  # weight 0 never drawn
+    share = (draws >= 2000).float().mean().item()
+    assert 0.70 < share < 0.80  # 3/4 expected
+    it = iter(EpochShuffle(3000, seed=1, weights=weights.repeat_interleave(1000)))
+    it.load_state_dict({"epoch": 0, "yielded": 10})
+    assert list(it) == draws.tolist()[10:]

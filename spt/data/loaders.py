@@ -47,10 +47,13 @@ def run_seed() -> int:
 class EpochShuffle(Sampler[int]):
     """A new permutation of ``range(n)`` each epoch, drawn from ``(seed, epoch)`` alone; the
     epoch counts the iterations started. Its iterators save ``{epoch, yielded}``, so a
-    ``StatefulDataLoader`` restored mid-epoch continues that epoch and the next ones in order."""
+    ``StatefulDataLoader`` restored mid-epoch continues that epoch and the next ones in order.
+    With ``weights [n]`` an epoch is ``n`` draws with replacement in proportion to them (a
+    task mixture's temperature sampling) instead of a permutation."""
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
         self.n, self.seed, self.epoch = n, seed, 0
+        self.weights = weights
 
     def __len__(self) -> int:
         return self.n
@@ -60,6 +63,9 @@ class EpochShuffle(Sampler[int]):
 
     def permutation(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2**63)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.n, replacement=True,
+                                     generator=generator).tolist()
         return torch.randperm(self.n, generator=generator).tolist()
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from spt.core.errors import SptError
-from spt.data.loaders import make_loader
+from spt.data.loaders import EpochShuffle, make_loader
 from spt.data.task import TaskInfo
 from spt.data.text_classification import Collator
 
@@ -111,8 +111,6 @@ class MultiTaskDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.seed = seed
-        # the temperature sampler's stream: advances across epochs, seeded once per data module
-        self._generator = torch.Generator().manual_seed(seed)
         self.pad_id = self.children[0].pad_id
 
     # ------------------------------------------------------------------ public API
@@ -155,8 +153,7 @@ class MultiTaskDataModule(L.LightningDataModule):
             share = sizes ** (1 / self.mixing_temperature)  # per task, spread over its rows
             weights = torch.cat([torch.full((len(p),), float(s / n))
                                  for p, s, n in zip(parts, share, sizes, strict=True)])
-            sampler = WeightedRandomSampler(weights, num_samples=len(data), replacement=True,
-                                            generator=self._generator)
+            sampler = EpochShuffle(len(data), self.seed, weights=weights)  # resumable
         return make_loader(data, batch_size=self.batch_size, shuffle=True, sampler=sampler,
                            collate_fn=self._collator(), num_workers=self.num_workers)
 
