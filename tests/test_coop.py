@@ -261,3 +261,20 @@ def test_a_shot_count_without_a_schedule_is_named(tmp_path):
     r = spt_run("experiment=coop_fewshot", "data.shots=3", out=tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "no entry for 3" in r.stderr and "[1, 2, 4, 8, 16]" in r.stderr
+
+
+def test_hub_code_path_loads_a_saved_clip_directory(clip, tmp_path):
+    """model=clip-vit-b16's loader (from_pretrained, arch=clip) on a tiny CLIP saved the way a
+    hub snapshot is laid out: same weights (fingerprint), tokenizer and image processor."""
+    from spt.backbones import from_pretrained
+
+    clip.model.save_pretrained(tmp_path)
+    clip.tokenizer.save_pretrained(tmp_path)
+    clip.image_processor.save_pretrained(tmp_path)
+    loaded = from_pretrained(str(tmp_path), arch="clip")
+    assert loaded.arch == "clip" and loaded.image_processor is not None
+    assert loaded.identity()["fingerprint"] == clip.identity()["fingerprint"]
+    m, again = _coop(clip), _coop(loaded)
+    batch = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch), m(batch))

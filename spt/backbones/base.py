@@ -76,7 +76,7 @@ class Backbone:
             weight = self.input_embeddings.weight.detach()
             h.update(str(tuple(weight.shape)).encode())
             h.update(weight.to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
-            cfg = {k: v for k, v in self.config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+            cfg = _stable(self.config.to_dict())
             h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
             self._identity = {
                 "name": self.name,
@@ -86,3 +86,10 @@ class Backbone:
                 "fingerprint": h.hexdigest()[:16],
             }
         return dict(self._identity)
+
+
+def _stable(config: dict) -> dict:
+    """The config without the keys that change with how it was loaded, at every depth
+    (composite configs such as CLIP's carry ``dtype`` in their text and vision parts)."""
+    return {k: _stable(v) if isinstance(v, dict) else v for k, v in config.items()
+            if k not in _VOLATILE_CONFIG_KEYS}
