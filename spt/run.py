@@ -119,7 +119,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     start = time.perf_counter()
     if fit:
         log.info("fitting")
-        trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only: a checkpoint someone hands over runs no pickled code when resumed
+        trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if cfg.select == "best":
             ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback \
                 else ""
@@ -183,6 +184,13 @@ def resume_checkpoint(resume: str | None, out_dir: Path) -> str | None:
                  "(or, for a sweep job, hydra.sweep.dir=<the sweep's directory>)"
                  if resume == "last" else "check the path")
         raise SptError(f"resume={resume}: no checkpoint at {path}; {where}")
+    try:  # checked now, before the model loads; weights_only: no pickled code ever runs
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise SptError(f"resume={resume}: {path} is not a checkpoint spt can load safely "
+                       f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Checkpoints "
+                       "load with weights_only=True, so one holding other Python objects is "
+                       "refused: resume from a checkpoint spt wrote") from None
     return str(path)
 
 

@@ -153,3 +153,25 @@ def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one(tmp_path, m
     monkeypatch.undo()
     assert _step(path) == 1
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_pickled_code(tmp_path, data_dir):
+    """resume= loads with weights_only=True: a checkpoint carrying an arbitrary Python object
+    is refused, and its code never runs."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(str(marker))}, evil)
+    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", f"resume={evil}", out=tmp_path)
+    assert r.returncode == 2 and not marker.exists()
+    assert "is not a checkpoint spt can load safely" in r.stderr and "Traceback" not in r.stderr
+    assert run_dirs(tmp_path) == []
+
+
+class _Payload:
+    """Pickles to a call that would create ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
