@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from tests.test_run import REPO, run_dirs, spt_run
 
-STEPS = 300  # tiny-bert: a few ms a step, so the kill lands well before the end
+STEPS = 150  # tiny-bert: a few ms a step, so the kill lands well before the end
 # 8 batches per epoch: the kill lands mid-epoch; dropout (head_dropout 0.1) draws from the RNG
 COMMON = ("model=tiny-bert", "data.train_limit=32", "data.dev_limit=16", "data.batch_size=4",
           f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS}", "logger=csv",
