@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from spt.core.errors import SptError
-from spt.data.loaders import make_loader
+from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import ROOT_HINT, check_root, hub_source, load_hub_split, to_plain
 from spt.data.task import METRICS, TaskInfo
 
@@ -158,7 +158,7 @@ class ImageCollator:
         }
 
 
-class FewShotImageDataModule(L.LightningDataModule):
+class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
     """k-shot training images and a full evaluation split, for CLIP prompt learning (CoOp).
 
     Args:
@@ -534,15 +534,6 @@ class FewShotImageDataModule(L.LightningDataModule):
                            collate_fn=ImageCollator(self.image_processor, self.task_index),
                            num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("dev", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The dev split (CoOp evaluates on each dataset's test split, which ``dev`` names)."""
-        return self._loader("dev", self.eval_batch_size, shuffle=False)
 
 
 def load_hub_images(name: str, spec: Mapping):

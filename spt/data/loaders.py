@@ -90,3 +90,20 @@ class _EpochShuffleIterator(Iterator[int]):
 
     def load_state_dict(self, state: dict) -> None:
         self._start(int(state["epoch"]), int(state["yielded"]))
+
+
+class SplitLoaders:
+    """Mix into a data module that defines ``_loader(split, batch_size, shuffle)``, plus
+    ``batch_size``, ``eval_batch_size`` and ``test_split``: shuffled train batches, and the dev
+    and test splits in order."""
+
+    test_split = "dev"  # the benchmarks' test labels are not public: test reads dev
+
+    def train_dataloader(self):
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("dev", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_split, self.eval_batch_size, shuffle=False)

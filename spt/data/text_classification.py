@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from spt.core.errors import SptError
-from spt.data.loaders import make_loader
+from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import (
     HUB_KEYS,
     LOCAL_KEYS,
@@ -96,7 +96,7 @@ class Collator:
         }
 
 
-class TextClassificationDataModule(L.LightningDataModule):
+class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
     """Prompted text classification from local files or the Hub.
 
     Args:
@@ -291,15 +291,6 @@ class TextClassificationDataModule(L.LightningDataModule):
         return make_loader(self._dataset(split), batch_size=batch_size, shuffle=shuffle,
                            collate_fn=self._collator(), num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("dev", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The dev split: these benchmarks' test labels are not public."""
-        return self._loader("dev", self.eval_batch_size, shuffle=False)
 
     # ------------------------------------------------------------------ in-context examples
     def context_examples(self, k: int, seed: int = 0, balanced: bool = True) -> list[dict]:

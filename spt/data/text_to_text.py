@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spt.core.errors import SptError
 from spt.data.generation import GENERATION_METRICS, GenerationTaskInfo, generation_metrics
-from spt.data.loaders import make_loader
+from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import ROOT_HINT, check_root, to_plain
 from spt.data.tables import (
     HUB_KEYS,
@@ -142,7 +142,7 @@ class TextToTextCollator:
         return batch
 
 
-class TextToTextDataModule(L.LightningDataModule):
+class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
     """Table-to-text generation from local files or the Hub.
 
     Args:
@@ -441,14 +441,8 @@ class TextToTextDataModule(L.LightningDataModule):
         return make_loader(self._dataset(split), batch_size=batch_size, shuffle=shuffle,
                            collate_fn=collate, num_workers=self.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("dev", self.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, shuffle=False)
+    test_split = "test"  # E2E and WebNLG have references for their test splits
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", self.eval_batch_size, shuffle=False)
