@@ -63,6 +63,7 @@ from pydantic import BaseModel, Field
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
 from spt.core.errors import SptError, cli_error
 from spt.data.multitask import MixCollator, MultiTaskInfo
+from spt.data.text_classification import EncodedDataset
 
 log = logging.getLogger("spt.serve")
 
@@ -386,10 +387,10 @@ class PromptServer:
             task = self._tasks[name]
             dm = task.data
             texts = {f: [rows[i][1][f] for i in idx] for f in task.fields}
-            enc = dm.encoder.encode(texts, dm.n_soft, dm.max_length, dm.label_reserve)
-            for j, i in enumerate(idx):
-                encoded[i] = {"input_ids": enc.ids[j], "soft_start": enc.soft_start[j],
-                              "soft_counts": enc.soft_counts, "label": 0, "task": task.row}
+            enc = EncodedDataset(dm.encoder.encode(texts, dm.n_soft, dm.max_length,
+                                                   dm.label_reserve), [0] * len(idx))
+            for j, i in enumerate(idx):  # the data module's own row layout, plus the task
+                encoded[i] = {**enc[j], "task": task.row}
         batch = group.collator(encoded)
         return {k: v.to(self._device) for k, v in batch.items()}
 

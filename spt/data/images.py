@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from spt.core.errors import SptError
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import ROOT_HINT, check_root, hub_source, load_hub_split, to_plain
+from spt.data.tables import check_split_spec
 from spt.data.task import METRICS, TaskInfo
 
 log = logging.getLogger("spt.data")
@@ -303,17 +304,9 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         out = {}
         for split in SPLITS:
             where = f"data.{key}.{split}"
-            spec = specs[split]
-            if not isinstance(spec, Mapping):
-                raise SptError(f"{where} must be a mapping with keys {sorted(allowed)}, "
-                               f"got {spec!r}.")
-            spec = dict(spec)
-            extra = set(spec) - allowed
-            if extra:
-                raise SptError(f"{where} has unknown keys {sorted(extra)}; "
-                               f"allowed: {sorted(allowed)}.")
-            if not spec.get("path"):
-                raise SptError(f"{where}.path is required.")
+            if specs[split] is None:  # image data needs both splits
+                raise SptError(f"{where} must be a mapping with keys {sorted(allowed)}, got None.")
+            spec = check_split_spec(specs[split], where, allowed)
             spec.setdefault("image", "image" if key == "hub" else "path")
             spec.setdefault("label", "label")
             if key == "local":
