@@ -200,7 +200,6 @@ def run(model: str, batch_size: int, repeats: int) -> dict:
     results: dict = {"model": backbone.name, "batch_size": batch_size, "repeats": repeats,
                      "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "machine": platform.machine(), "train": {}, "infer": {}}
-    floor = None
     for kind in ("prompt", "prefix", "ptuning"):
         template = ("{soft:3}Review: {sentence}{soft:3} Sentiment:" if kind == "ptuning"
                     else None)
@@ -212,11 +211,7 @@ def run(model: str, batch_size: int, repeats: int) -> dict:
                       f"peft {kind}": peft_train_step(peft_model(kind, backbone.model), lm)}
         if kind == "prompt":
             contenders["floor"] = floor_step(backbone, batch)
-        res = race(contenders, repeats)
-        floor = res.pop("floor", None) or floor
-        results["train"].update(res)
-        if floor:
-            results["train"]["floor"] = floor
+        results["train"].update(race(contenders, repeats))
     results["infer"] = inference(backbone, batch_size, repeats)
     results["ratios"] = ratios(results)
     return results

@@ -91,11 +91,13 @@ def _row(path: Path) -> dict:
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     trainable = m.get("params/trainable", 0)
     total = trainable + m.get("params/backbone", 0)
+    cfg = _config(run)  # read once for every field below that needs it
     served = m.get("params/served", meta.get("served_parameters"))
     if served is None:  # runs from before spt recorded it: count from the artifact itself
-        served = _served_from_artifact(run, trainable)
+        served = _served_from_artifact(run, cfg, trainable)
     # Older metrics.json files lack the identity: take it from the run's config then.
-    ident = _identity(run) if not all(m.get(k) for k in ("data", "model", "method")) else {}
+    ident = _identity(run, cfg) if not all(m.get(k) for k in ("data", "model", "method")) \
+        else {}
     row = {
         "run": str(run), "data": m.get("data") or ident.get("data", ""),
         "model": m.get("model") or ident.get("model", ""),
@@ -105,7 +107,7 @@ def _row(path: Path) -> dict:
         "trainable_pct": round(m.get("params/trainable_pct", 0.0), 4),
         "served_params": served, "served_pct": round(100 * served / total, 4) if total else 0,
         "fit_seconds": m.get("fit_seconds", 0), "artifact_bytes": m.get("artifact_bytes", 0),
-        "seed": m.get("seed", ident.get("seed")), "regularizer": _regularizer(run),
+        "seed": m.get("seed", ident.get("seed")), "regularizer": _regularizer(cfg),
         "prompt_norm": _prompt_norm(run), "status": "done",
     }
     row.update({k: v for k, v in m.items() if k.startswith("val/") and not k.endswith("_best")})
@@ -149,12 +151,13 @@ def _incomplete_row(run: Path) -> dict:
             number = _number(value)
             if key and number is not None:
                 last[key] = number
-    ident = _identity(run)
+    cfg = _config(run)
+    ident = _identity(run, cfg)
     trainable = last.get("params/trainable")
     row = {
         "run": str(run), "data": ident.get("data", ""), "model": ident.get("model", ""),
         "method": ident.get("method", ""), "seed": ident.get("seed"),
-        "regularizer": _regularizer(run), "status": "incomplete",
+        "regularizer": _regularizer(cfg), "status": "incomplete",
         "steps": int(last["step"]) if "step" in last else None,
         "trainable": int(trainable) if trainable is not None else None,
         "trainable_pct": round(last["params/trainable_pct"], 4)
@@ -203,9 +206,9 @@ def _select(cfg, key: str):
     return value
 
 
-def _identity(run: Path) -> dict:
-    """data, model, method and seed of a run from its config (and Hydra's group choices)."""
-    cfg = _config(run)
+def _identity(run: Path, cfg) -> dict:
+    """data, model, method and seed of a run from its config ``cfg`` (see :func:`_config`)
+    and Hydra's group choices."""
     choices = {}
     hydra_yaml = run / ".hydra" / "hydra.yaml"
     if hydra_yaml.is_file():
@@ -231,9 +234,9 @@ def _identity(run: Path) -> dict:
     }
 
 
-def _regularizer(run: Path) -> str:
-    """The run's regularizer group (``none`` without one), from its resolved ``config.yaml``."""
-    cfg = _config(run)
+def _regularizer(cfg) -> str:
+    """The run's regularizer group (``none`` without one) from its config (``""`` without a
+    config)."""
     if cfg is None:
         return ""
     target = _select(cfg, "regularizer._target_")
@@ -255,17 +258,16 @@ def _prompt_norm(run: Path) -> float | None:
     return round(float(prompt.norm(dim=-1).mean()), 4)
 
 
-def _served_from_artifact(run: Path, default: int) -> int:
-    artifact, config = run / "prompt.safetensors", run / "config.yaml"
-    if not (artifact.exists() and config.exists()):
+def _served_from_artifact(run: Path, cfg, default: int) -> int:
+    artifact = run / "prompt.safetensors"
+    target = _select(cfg, "method._target_")
+    if not artifact.exists() or not isinstance(target, str):
         return default
     from hydra.utils import get_class
-    from omegaconf import OmegaConf
     from safetensors import safe_open
 
     from spt.core.mixin import served_numel
 
-    target = OmegaConf.load(config).method._target_
     with safe_open(str(artifact), "pt") as f:
         sizes = {k: f.get_slice(k).get_shape() for k in f.keys()}
     numel = {k: math.prod(shape) for k, shape in sizes.items()}

@@ -140,7 +140,7 @@ def decoder_scores(model, inputs_embeds: torch.Tensor, attention_mask: torch.Ten
     pos = position_ids(attention_mask) + p
     out = model(inputs_embeds=inputs_embeds, attention_mask=am, position_ids=pos,
                 use_cache=True, logits_to_keep=1,
-                past_key_values=prefix_cache(prefix) or DynamicCache())
+                past_key_values=DynamicCache() if prefix is None else prefix_cache(prefix))
     first = F.log_softmax(out.logits[:, -1].float(), dim=-1)[:, ids[:, 0]]  # [B, C]
     cache = out.past_key_values
     cache.batch_repeat_interleave(c)  # row-major: row i's C labels are rows i*C .. i*C+C-1

@@ -198,17 +198,18 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         """``[B, C]`` logits with each row's context ``prompts [B, length, d]`` (or
         ``[B, C, length, d]``); rows sharing a context share one text-tower pass."""
         variants, which = torch.unique(prompts.flatten(1), dim=0, return_inverse=True)
-        text = self.text_features(variants.view(-1, *prompts.shape[1:]))  # [V, C, p]
-        image = self.image_features(batch["pixel_values"])                # [B, p]
-        scale = self.backbone.logit_scale.exp().float()
-        return scale * torch.einsum("bp,bcp->bc", image, text[which])
+        return self._logits(batch, variants.view(-1, *prompts.shape[1:]), which)
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Logits ``[B, C]`` for a batch of images (``pixel_values``, ``task_ids``)."""
         tasks, which = batch["task_ids"].unique(return_inverse=True)
-        contexts = self.prompt.index_select(0, tasks)
-        text = self.text_features(contexts if self.class_specific else contexts.squeeze(1))
-        image = self.image_features(batch["pixel_values"])
+        return self._logits(batch, self.soft_prompts(tasks), which)
+
+    def _logits(self, batch: dict, contexts: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """CLIP's scaled cosine logits ``[B, C]`` of each image against the class texts of its
+        context ``contexts[which[b]]``."""
+        text = self.text_features(contexts)                   # [V, C, p]
+        image = self.image_features(batch["pixel_values"])  # [B, p]
         scale = self.backbone.logit_scale.exp().float()
         return scale * torch.einsum("bp,bcp->bc", image, text[which])
 
