@@ -13,22 +13,39 @@ them alike. Contenders:
   activations (no weight gradients) at the same token count, with one output position, the
   least work any prompt method has to do;
 - **inference**: a batch mixing 8 tasks' prompts in one spt forward, the same batch with one
-  task, and PEFT with 8 adapters, which runs one adapter at a time (a forward per task group).
+  task, and PEFT with 8 adapters, which runs one adapter at a time (a forward per task group);
+- **peak memory** of each training contender: each runs alone in a forked child; after one
+  warm-up step, the child's peak resident memory over two more steps is measured above what it
+  held before them (Linux ``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``),
+  so model loading does not count and contenders cannot hide in each other's freed heap;
+- **time to accuracy** (encoder-only, MiniLM by default): spt's default recipe for
+  ``method=prompt`` (its optimizer, learning rates, initialisation, head and pooling, through
+  its own data module) against PEFT's ``PromptTuningConfig(task_type="SEQ_CLS")`` trained by a
+  plain loop at the same hyper-parameters (optimizer, learning rates, batch, the same initial
+  prompt, the same batches in the same order). The two train in lockstep, one step each in
+  alternating order, and are evaluated on the same dev rows every ``--eval-every`` steps; the
+  time to the target counts training steps only.
 
 It prints a table of medians and the ratios the README's performance section quotes, and
-writes everything to JSON. ``--quick`` uses the tiny Llama built from config (seconds; CI).
+writes everything to JSON. ``--quick`` uses the tiny Llama and tiny BERT built from config
+(seconds; CI). ``--parts`` picks the sections (train, infer, memory, tta).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
 import json
+import multiprocessing
 import platform
+import re
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,27 +61,29 @@ TEXTS = ["a gripping, beautifully acted film", "dull and far too long",
 
 
 # -- set-up --------------------------------------------------------------------------------
-def load_backbone(model: str):
-    """A backbone from ``conf/model/<model>.yaml`` (as ``spt.run`` builds it)."""
+def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="run", overrides=[f"model={model}"])
-    return instantiate(cfg.model)
+        return compose(config_name="run", overrides=overrides)
+
+
+def load_backbone(model: str):
+    """A backbone from ``conf/model/<model>.yaml`` (as ``spt.run`` builds it)."""
+    from hydra.utils import instantiate
+
+    return instantiate(_compose([f"model={model}"]).model)
 
 
 def sst2_batch(backbone, n_soft: int, batch_size: int, template: str | None = None) -> dict:
     """The first training batch of SST-2 through spt's own data module (template, soft slots,
     padding side), ``batch_size`` rows."""
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     over = [f"data.train_limit={batch_size}", f"data.batch_size={batch_size}"]
     if template:
         over.append(f"data.template='{template}'")  # quoted: braces and colons
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="run", overrides=["data=sst2", *over])
+    cfg = _compose(["data=sst2", *over])
     dm = instantiate(cfg.data, _partial_=True)(tokenizer=backbone.tokenizer, arch=backbone.arch)
     dm.n_soft = n_soft
     dm.setup("fit")
@@ -136,8 +155,9 @@ def spt_method(kind: str, backbone, task, n_tasks: int = 1):
     return m.train()
 
 
-def peft_model(kind: str, model, n_adapters: int = 1):
-    """PEFT's equivalent of ``kind`` on a copy of ``model`` (PEFT wraps the model it gets)."""
+def peft_model(kind: str, model, n_adapters: int = 1, copy_model: bool = True):
+    """PEFT's equivalent of ``kind`` on a copy of ``model`` (PEFT wraps the model it gets;
+    ``copy_model=False`` wraps ``model`` itself, for a process that needs it only once)."""
     from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
 
     config = {
@@ -147,7 +167,7 @@ def peft_model(kind: str, model, n_adapters: int = 1):
         "ptuning": lambda: PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=6,
                                                encoder_reparameterization_type="LSTM"),
     }[kind]
-    pm = get_peft_model(copy.deepcopy(model), config())
+    pm = get_peft_model(copy.deepcopy(model) if copy_model else model, config())
     for i in range(1, n_adapters):
         pm.add_adapter(f"task{i}", config())
     return pm
@@ -191,28 +211,57 @@ def floor_step(backbone, batch) -> Callable[[], None]:
 
 
 # -- the benchmark -------------------------------------------------------------------------
-def run(model: str, batch_size: int, repeats: int) -> dict:
-    torch.manual_seed(0)
+KINDS = ("prompt", "prefix", "ptuning")
+TRAIN_CONTENDERS = ("spt prompt", "peft prompt", "floor", "spt prefix", "peft prefix",
+                    "spt ptuning", "peft ptuning")
+
+
+def train_step(name: str, backbone, batch_size: int, copy_model: bool = True):
+    """The training step of contender ``name`` (one of TRAIN_CONTENDERS) on SST-2's first
+    ``batch_size`` training rows; the floor runs at prompt tuning's token count."""
+    who, _, kind = name.partition(" ")
+    kind = kind or "prompt"
+    template = "{soft:3}Review: {sentence}{soft:3} Sentiment:" if kind == "ptuning" else None
+    n_soft = {"prompt": 20, "prefix": 0, "ptuning": 6}[kind]
+    batch, task = sst2_batch(backbone, n_soft, batch_size, template)
+    if who == "floor":
+        return floor_step(backbone, batch)
+    if who == "spt":
+        return spt_train_step(spt_method(kind, backbone, task), batch)
+    lm = peft_lm_batch(batch, backbone, task.label_words)
+    return peft_train_step(peft_model(kind, backbone.model, copy_model=copy_model), lm)
+
+
+def decoder_backbone(model: str):
     backbone = load_backbone(model)
     if backbone.arch != "decoder":
         raise SptError(f"the benchmark compares with PEFT's causal-LM recipe; model={model} is "
                        f"{backbone.arch}: use a decoder-only model (smollm2-135m, tiny-llama)")
-    results: dict = {"model": backbone.name, "batch_size": batch_size, "repeats": repeats,
+    return backbone
+
+
+def run(model: str, batch_size: int, repeats: int, parts=("train", "infer", "memory"),
+        tta: dict | None = None) -> dict:
+    results: dict = {"model": model, "batch_size": batch_size, "repeats": repeats,
                      "torch": torch.__version__, "threads": torch.get_num_threads(),
-                     "machine": platform.machine(), "train": {}, "infer": {}}
-    for kind in ("prompt", "prefix", "ptuning"):
-        template = ("{soft:3}Review: {sentence}{soft:3} Sentiment:" if kind == "ptuning"
-                    else None)
-        n_soft = {"prompt": 20, "prefix": 0, "ptuning": 6}[kind]
-        batch, task = sst2_batch(backbone, n_soft, batch_size, template)
-        method = spt_method(kind, backbone, task)
-        lm = peft_lm_batch(batch, backbone, task.label_words)
-        contenders = {f"spt {kind}": spt_train_step(method, batch),
-                      f"peft {kind}": peft_train_step(peft_model(kind, backbone.model), lm)}
-        if kind == "prompt":
-            contenders["floor"] = floor_step(backbone, batch)
-        results["train"].update(race(contenders, repeats))
-    results["infer"] = inference(backbone, batch_size, repeats)
+                     "machine": platform.machine()}
+    if "memory" in parts:  # first: each child forks from a process holding no model yet
+        results["memory"] = memory(model, batch_size)
+    if "train" in parts or "infer" in parts:
+        torch.manual_seed(0)
+        backbone = decoder_backbone(model)
+        results["model"] = backbone.name
+    if "train" in parts:
+        results["train"] = {}
+        for kind in KINDS:
+            names = [n for n in TRAIN_CONTENDERS if n.endswith(kind) or
+                     (kind == "prompt" and n == "floor")]
+            results["train"].update(race({n: train_step(n, backbone, batch_size)
+                                          for n in names}, repeats))
+    if "infer" in parts:
+        results["infer"] = inference(backbone, batch_size, repeats)
+    if "tta" in parts:
+        results["tta"] = time_to_accuracy(**(tta or {}))
     results["ratios"] = ratios(results)
     return results
 
@@ -242,25 +291,239 @@ def inference(backbone, batch_size: int, repeats: int, n_tasks: int = 8) -> dict
                      "peft 8 adapters": peft_mixed}, repeats)
 
 
+# -- peak memory ---------------------------------------------------------------------------
+def _status_kib(key: str) -> int:
+    """A ``/proc/self/status`` field in KiB (VmRSS: resident now, VmHWM: peak since reset)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1))
+
+
+def _probe_memory(model: str, name: str, batch_size: int, steps: int, conn) -> None:
+    """In a forked child: build contender ``name`` alone, run one warm-up step, return the
+    heap to the system, reset the peak, run ``steps`` more and send the peak above the memory
+    resident before them (the model, the optimizer state)."""
+    try:
+        torch.manual_seed(0)
+        step = train_step(name, decoder_backbone(model), batch_size, copy_model=False)
+        step()  # warm-up: optimizer state and the runtime's one-time buffers stay resident
+        gc.collect()
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed set-up memory out of the heap
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        resident = _status_kib("VmRSS")
+        for _ in range(steps):
+            step()
+        conn.send({"peak_mib": (_status_kib("VmHWM") - resident) / 1024,
+                   "resident_mib": resident / 1024, "steps": steps})
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        conn.send({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        conn.close()
+
+
+def memory(model: str, batch_size: int, steps: int = 2) -> dict:
+    """Peak resident memory of each training step contender, each in its own forked child
+    (one process, one contender: a process's peak cannot be split between two)."""
+    if not Path("/proc/self/clear_refs").exists():
+        raise SptError("the memory benchmark reads Linux's /proc/self/status; on this system "
+                       "run with --parts train,infer,tta")
+    # Imports only (no tensor work, so no OpenMP pool for the forks to inherit): each child
+    # then spends its time on its contender, not on importing transformers again.
+    import peft  # noqa: F401
+    import spt.backbones.tiny_models  # noqa: F401
+    import spt.data.text_classification  # noqa: F401
+    import spt.methods.prefix  # noqa: F401
+    import spt.methods.prompt  # noqa: F401
+    import spt.methods.ptuning  # noqa: F401
+
+    ctx = multiprocessing.get_context("fork")
+    out = {}
+    for name in TRAIN_CONTENDERS:
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_probe_memory, args=(model, name, batch_size, steps, child))
+        proc.start()
+        child.close()
+        got = parent.recv() if parent.poll(1800) else {"error": "no answer in 30 min"}
+        proc.join()
+        if "error" in got:
+            raise SptError(f"memory probe of {name!r} on model={model} failed: {got['error']}")
+        out[name] = got
+    return out
+
+
+# -- time to accuracy ----------------------------------------------------------------------
+def peft_classifier(backbone, num_labels: int, prompt: torch.Tensor, head_lr: float,
+                    optimizer_factory):
+    """PEFT's prompt tuning for sequence classification on a copy of ``backbone``'s weights:
+    ``PromptTuningConfig(task_type="SEQ_CLS")`` (PEFT trains the prompt and the classifier),
+    started from spt's initial ``prompt`` and optimised like spt (prompt at the optimizer's lr,
+    classifier at ``head_lr``)."""
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    config = copy.deepcopy(backbone.model.config)
+    config.num_labels = num_labels
+    model = AutoModelForSequenceClassification.from_config(config)
+    getattr(model, model.base_model_prefix).load_state_dict(backbone.model.state_dict())
+    pm = get_peft_model(model, PromptTuningConfig(task_type="SEQ_CLS",
+                                                  num_virtual_tokens=prompt.shape[0]))
+    embedding = pm.prompt_encoder["default"].embedding
+    with torch.no_grad():
+        embedding.weight.copy_(prompt)
+    head = [p for n, p in pm.named_parameters() if p.requires_grad and "prompt_encoder" not in n]
+    optimizer = optimizer_factory([{"params": [embedding.weight]},
+                                   {"params": head, "lr": head_lr}])
+    return pm, optimizer
+
+
+def peft_cls_batch(batch: dict, pad_id: int) -> dict:
+    """spt's rows for PEFT: the same tokens without spt's soft slots (PEFT prepends its
+    virtual tokens), right-padded as BERT expects."""
+    rows = [ids[keep] for ids, keep in zip(batch["input_ids"], batch["attention_mask"].bool()
+                                           & ~batch["soft_mask"], strict=True)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = r
+        mask[i, : len(r)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": batch["labels"]}
+
+
+def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: int = 32,
+                     eval_every: int = 25, max_steps: int = 600,
+                     dev_limit: int | None = None, train_limit: int | None = None) -> dict:
+    """spt's default prompt-tuning recipe vs PEFT's, trained in lockstep on the same batches
+    (see the module docstring); stops once both reached ``target`` or at ``max_steps``."""
+    from hydra.utils import instantiate
+
+    from spt.run import build
+
+    over = [f"model={model}", "method=prompt", "data=sst2", f"data.batch_size={batch_size}"]
+    over += [f"data.{k}={v}" for k, v in (("dev_limit", dev_limit),
+                                          ("train_limit", train_limit)) if v]
+    cfg = _compose(over)
+    torch.manual_seed(cfg.seed)
+    backbone, dm, method = build(cfg)
+    if backbone.arch != "encoder":
+        raise SptError(f"time to accuracy compares with PEFT's SEQ_CLS recipe; model={model} "
+                       f"is {backbone.arch}: use an encoder-only model (minilm, tiny-bert)")
+    dm.setup("fit")
+    spt_opt = method.configure_optimizers()
+    if not isinstance(spt_opt, torch.optim.Optimizer):
+        raise SptError("time to accuracy runs spt's constant-schedule default; drop the "
+                       "method.scheduler / warmup override")
+    pm, peft_opt = peft_classifier(backbone, dm.task.num_classes,
+                                   method.prompt.weight[0].detach().clone(), method.head_lr,
+                                   instantiate(cfg.method.optimizer))
+    pad = backbone.tokenizer.pad_token_id
+    dev = list(dm.val_dataloader())
+
+    def spt_step(batch, i):
+        method.training_step(batch, i).backward()
+        spt_opt.step()
+        spt_opt.zero_grad(set_to_none=True)
+
+    def peft_step(batch, i):
+        pm(**peft_cls_batch(batch, pad)).loss.backward()
+        peft_opt.step()
+        peft_opt.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def spt_acc():
+        method.eval()
+        right = sum(int((method(b).argmax(-1) == b["labels"]).sum()) for b in dev)
+        method.train()
+        return right / sum(len(b["labels"]) for b in dev)
+
+    @torch.no_grad()
+    def peft_acc():
+        pm.eval()
+        right = sum(int((pm(**peft_cls_batch(b, pad)).logits.argmax(-1) == b["labels"]).sum())
+                    for b in dev)
+        pm.train()
+        return right / sum(len(b["labels"]) for b in dev)
+
+    contenders = {"spt": (spt_step, spt_acc), "peft": (peft_step, peft_acc)}
+    log = {k: {"train_s": 0.0, "steps": 0, "curve": [], "time_to_target_s": None,
+               "steps_to_target": None, "best_acc": 0.0} for k in contenders}
+    method.train()
+    pm.train()
+    batches = iter(dm.train_dataloader())
+    for i in range(max_steps):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(dm.train_dataloader())
+            batch = next(batches)
+        order = list(contenders) if i % 2 == 0 else list(contenders)[::-1]
+        for k in order:
+            log[k]["train_s"] += timed(partial(contenders[k][0], batch, i))
+            log[k]["steps"] += 1
+        if (i + 1) % eval_every:
+            continue
+        for k in contenders:
+            acc = contenders[k][1]()
+            v = log[k]
+            v["curve"].append([i + 1, round(v["train_s"], 3), round(acc, 4)])
+            v["best_acc"] = max(v["best_acc"], acc)
+            if acc >= target and v["time_to_target_s"] is None:
+                v["time_to_target_s"], v["steps_to_target"] = round(v["train_s"], 3), i + 1
+        if all(v["time_to_target_s"] is not None for v in log.values()):
+            break
+    return {"model": backbone.name, "target": target, "batch_size": batch_size,
+            "eval_every": eval_every, "max_steps": max_steps,
+            "dev_rows": sum(len(b["labels"]) for b in dev), **log}
+
+
 def ratios(results: dict) -> dict:
-    t, i = results["train"], results["infer"]
+    out = {}
 
     def r(a, b):
-        return round(a["median_s"] / b["median_s"], 3)
-    out = {f"train {k} spt/peft": r(t[f"spt {k}"], t[f"peft {k}"])
-           for k in ("prompt", "prefix", "ptuning")}
-    out["train prompt spt/floor"] = r(t["spt prompt"], t["floor"])
-    out["infer mixed/single throughput"] = r(i["spt single task"], i["spt mixed 8 tasks"])
-    out["infer spt mixed/peft throughput"] = r(i["peft 8 adapters"], i["spt mixed 8 tasks"])
+        return round(a / b, 3)
+    if "train" in results:
+        t = {k: v["median_s"] for k, v in results["train"].items()}
+        out.update({f"train {k} spt/peft": r(t[f"spt {k}"], t[f"peft {k}"]) for k in KINDS})
+        out["train prompt spt/floor"] = r(t["spt prompt"], t["floor"])
+    if "infer" in results:
+        i = {k: v["median_s"] for k, v in results["infer"].items()}
+        out["infer mixed/single throughput"] = r(i["spt single task"], i["spt mixed 8 tasks"])
+        out["infer spt mixed/peft throughput"] = r(i["peft 8 adapters"], i["spt mixed 8 tasks"])
+    if "memory" in results:
+        m = {k: v["peak_mib"] for k, v in results["memory"].items()}
+        out.update({f"memory {k} spt/peft": r(m[f"spt {k}"], m[f"peft {k}"]) for k in KINDS})
+        out["memory prompt spt/floor"] = r(m["spt prompt"], m["floor"])
+    if "tta" in results:
+        spt_s, peft_s = (results["tta"][k]["time_to_target_s"] for k in ("spt", "peft"))
+        if spt_s is not None and peft_s is not None:
+            out["time to accuracy spt/peft"] = r(spt_s, peft_s)
+        elif spt_s is not None:  # PEFT never got there: its whole run bounds the ratio
+            out["time to accuracy spt/peft (upper bound)"] = r(
+                spt_s, results["tta"]["peft"]["train_s"])
     return out
 
 
 def table(results: dict) -> str:
     lines = ["| contender | median ms | min ms |", "|---|---|---|"]
     for part in ("train", "infer"):
-        for name, v in results[part].items():
+        for name, v in results.get(part, {}).items():
             lines.append(f"| {part}: {name} | {1e3 * v['median_s']:.1f} | "
                          f"{1e3 * v['min_s']:.1f} |")
+    if "memory" in results:
+        lines += ["", "| contender | step peak MiB above resident | resident MiB |",
+                  "|---|---|---|"]
+        lines += [f"| memory: {k} | {v['peak_mib']:.1f} | {v['resident_mib']:.0f} |"
+                  for k, v in results["memory"].items()]
+    if "tta" in results:
+        tta = results["tta"]
+        lines += ["", f"time to dev acc >= {tta['target']} ({tta['model']}, batch "
+                  f"{tta['batch_size']}, eval every {tta['eval_every']} steps):", "",
+                  "| contender | steps to target | train s to target | best acc | "
+                  "s per step |", "|---|---|---|---|---|"]
+        for k in ("spt", "peft"):
+            v = tta[k]
+            lines.append(f"| {k} | {v['steps_to_target']} | {v['time_to_target_s']} | "
+                         f"{v['best_acc']:.4f} | {v['train_s'] / v['steps']:.3f} |")
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in results["ratios"].items()]
     return "\n".join(lines)
@@ -269,16 +532,32 @@ def table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spt.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny Llama, few repeats (CI)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny Llama and tiny BERT, few repeats and steps (CI)")
     parser.add_argument("--model", default="smollm2-135m", help="a conf/model name (decoder)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, help="timed calls per contender (10; quick 5)")
+    parser.add_argument("--parts", default="train,infer,memory,tta",
+                        help="comma-separated sections: train, infer, memory, tta")
+    parser.add_argument("--tta-model", default="minilm",
+                        help="time to accuracy: a conf/model name (encoder-only)")
+    parser.add_argument("--target", type=float, default=0.75, help="SST-2 dev accuracy")
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--max-steps", type=int, default=600)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    unknown = set(parts) - {"train", "infer", "memory", "tta"}
+    if unknown or not parts:
+        parser.error(f"--parts {args.parts!r}: choose from train, infer, memory, tta")
     model = "tiny-llama" if args.quick else args.model
     repeats = args.repeats or (5 if args.quick else 10)
+    tta = ({"model": "tiny-bert", "target": 0.5, "batch_size": 8, "eval_every": 4,
+            "max_steps": 8, "dev_limit": 32, "train_limit": 64} if args.quick else
+           {"model": args.tta_model, "target": args.target, "eval_every": args.eval_every,
+            "max_steps": args.max_steps})
     try:
-        results = run(model, args.batch_size, repeats)
+        results = run(model, args.batch_size, repeats, parts, tta)
     except SptError as exc:
         print(f"spt: error: {exc}", file=sys.stderr)
         return 2

@@ -17,8 +17,27 @@ def test_quick_benchmark_writes_every_contender_and_ratio(tmp_path, data_dir):
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert set(results["train"]) == {"spt prompt", "peft prompt", "floor", "spt prefix",
-                                     "peft prefix", "spt ptuning", "peft ptuning"}
+    contenders = {"spt prompt", "peft prompt", "floor", "spt prefix", "peft prefix",
+                  "spt ptuning", "peft ptuning"}
+    assert set(results["train"]) == contenders
     assert set(results["infer"]) == {"spt mixed 8 tasks", "spt single task", "peft 8 adapters"}
+    # memory: one forked child per contender, a positive step peak over the same model
+    assert set(results["memory"]) == contenders
+    assert all(v["peak_mib"] > 0 and v["resident_mib"] > 0 for v in results["memory"].values())
+    # time to accuracy: both trained in lockstep on the same steps and evaluated alike
+    tta = results["tta"]
+    assert tta["spt"]["steps"] == tta["peft"]["steps"] > 0
+    assert [c[0] for c in tta["spt"]["curve"]] == [c[0] for c in tta["peft"]["curve"]]
+    assert all(0 <= c[2] <= 1 for k in ("spt", "peft") for c in tta[k]["curve"])
     assert all(v > 0 for v in results["ratios"].values())
+    assert {"train prompt spt/peft", "memory prompt spt/peft",
+            "infer mixed/single throughput"} <= set(results["ratios"])
     assert "| train prompt spt/peft |" in r.stdout
+    assert "| memory: spt prompt |" in r.stdout
+
+
+def test_unknown_part_is_refused_with_the_choices():
+    r = subprocess.run([sys.executable, "-m", "spt.bench", "--quick", "--parts", "train,speed"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "choose from train, infer, memory, tta" in r.stderr
