@@ -329,6 +329,7 @@ def memory(model: str, batch_size: int, steps: int = 2) -> dict:
     # Imports only (no tensor work, so no OpenMP pool for the forks to inherit): each child
     # then spends its time on its contender, not on importing transformers again.
     import peft  # noqa: F401
+
     import spt.backbones.tiny_models  # noqa: F401
     import spt.data.text_classification  # noqa: F401
     import spt.methods.prefix  # noqa: F401
@@ -469,6 +470,9 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
             v["best_acc"] = max(v["best_acc"], acc)
             if acc >= target and v["time_to_target_s"] is None:
                 v["time_to_target_s"], v["steps_to_target"] = round(v["train_s"], 3), i + 1
+        print(f"tta step {i + 1}: " + ", ".join(f"{k} acc {v['curve'][-1][2]:.4f} after "
+                                                f"{v['train_s']:.1f} s" for k, v in log.items()),
+              file=sys.stderr, flush=True)
         if all(v["time_to_target_s"] is not None for v in log.values()):
             break
     return {"model": backbone.name, "target": target, "batch_size": batch_size,
