@@ -53,12 +53,13 @@ def first_batch(dm: TextClassificationDataModule, loader: str = "val") -> dict[s
     return next(iter(getattr(dm, f"{loader}_dataloader")()))
 
 
-# ---------------------------------------------------------------- the six YAML configs
+# ---------------------------------------------------------------- the seven YAML configs
 EXPECTED = {  # SOURCE.md: train rows, dev rows, dev label counts by label name
     "sst2": (67349, 872, {"negative": 428, "positive": 444}),
     "rte": (2490, 277, {"entailment": 146, "not_entailment": 131}),
     "cb": (250, 56, {"entailment": 23, "contradiction": 28, "neutral": 5}),
     "boolq": (32, 3270, {"false": 1237, "true": 2033}),
+    "copa": (400, 100, {"choice1": 55, "choice2": 45}),
     "agnews": (10001, 7600, {"World": 1900, "Sports": 1900, "Business": 1900, "Sci/Tech": 1900}),
     "trec": (5452, 500, {"ABBR": 9, "DESC": 138, "ENTY": 94, "HUM": 65, "LOC": 81, "NUM": 113}),
 }
