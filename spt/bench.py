@@ -22,7 +22,8 @@ them alike. Contenders:
   ``method=prompt`` (its optimizer, learning rates, initialisation, head and pooling, through
   its own data module) against PEFT's ``PromptTuningConfig(task_type="SEQ_CLS")`` trained by a
   plain loop at the same hyper-parameters (optimizer, learning rates, batch, the same initial
-  prompt, the same batches in the same order; ``--spt-override data.group_by_length=true``
+  prompt and head weights, the frozen transformer's dropout off on both sides, the same
+  batches in the same order; ``--spt-override data.group_by_length=true``
   gives spt length-grouped batches while PEFT keeps plain shuffled ones). The two train in
   lockstep, one step each in alternating order, and are evaluated on the same dev rows every ``--eval-every`` steps; the
   time to the target counts training steps only.
@@ -199,13 +200,19 @@ def peft_train_step(pm, lm_batch) -> Callable[[], None]:
 def floor_step(backbone, batch) -> Callable[[], None]:
     """The frozen transformer's forward and backward to its input activations at the batch's
     token count, one output position (no LM head over the sequence, no weight gradients)."""
+    from spt.core.scoring import position_ids
+
     body = backbone.model.get_decoder() if backbone.arch == "decoder" else backbone.model
+    body.requires_grad_(False)  # frozen, as under every method: no weight gradients
     b, length = batch["input_ids"].shape
     x = torch.randn(b, length, backbone.hidden_size, requires_grad=True)
     mask = batch["attention_mask"]
 
-    def step():
-        h = body(inputs_embeds=x, attention_mask=mask).last_hidden_state[:, -1]
+    pos = position_ids(mask)
+
+    def step():  # called as spt calls the backbone: no key/value cache, explicit positions
+        h = body(inputs_embeds=x, attention_mask=mask, position_ids=pos,
+                 use_cache=False).last_hidden_state[:, -1]
         h.float().sum().backward()
         x.grad = None
     return step
@@ -344,7 +351,15 @@ def memory(model: str, batch_size: int, steps: int = 2) -> dict:
         proc = ctx.Process(target=_probe_memory, args=(model, name, batch_size, steps, child))
         proc.start()
         child.close()
-        got = parent.recv() if parent.poll(1800) else {"error": "no answer in 30 min"}
+        try:
+            got = parent.recv() if parent.poll(1800) else {"error": "no answer in 30 min"}
+        except EOFError:  # the child died without a word (a signal, e.g. the OOM killer)
+            proc.join()
+            got = {"error": f"the child process died (exit code {proc.exitcode})"}
+        finally:
+            parent.close()
+        if proc.is_alive():
+            proc.kill()
         proc.join()
         if "error" in got:
             raise SptError(f"memory probe of {name!r} on model={model} failed: {got['error']}")
@@ -353,28 +368,33 @@ def memory(model: str, batch_size: int, steps: int = 2) -> dict:
 
 
 # -- time to accuracy ----------------------------------------------------------------------
-def peft_classifier(backbone, num_labels: int, prompt: torch.Tensor, head_lr: float,
+def peft_classifier(backbone, head: torch.nn.Linear, prompt: torch.Tensor, head_lr,
                     optimizer_factory):
     """PEFT's prompt tuning for sequence classification on a copy of ``backbone``'s weights:
     ``PromptTuningConfig(task_type="SEQ_CLS")`` (PEFT trains the prompt and the classifier),
-    started from spt's initial ``prompt`` and optimised like spt (prompt at the optimizer's lr,
-    classifier at ``head_lr``)."""
+    started from spt's initial ``prompt`` and ``head`` weights and optimised like spt (prompt
+    at the optimizer's lr, classifier at ``head_lr``, None = the same lr)."""
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
     config = copy.deepcopy(backbone.model.config)
-    config.num_labels = num_labels
+    config.num_labels = head.out_features
     model = AutoModelForSequenceClassification.from_config(config)
     getattr(model, model.base_model_prefix).load_state_dict(backbone.model.state_dict())
     pm = get_peft_model(model, PromptTuningConfig(task_type="SEQ_CLS",
                                                   num_virtual_tokens=prompt.shape[0]))
     embedding = pm.prompt_encoder["default"].embedding
+    classifier = pm.base_model.classifier.modules_to_save["default"]
     with torch.no_grad():
         embedding.weight.copy_(prompt)
-    head = [p for n, p in pm.named_parameters() if p.requires_grad and "prompt_encoder" not in n]
+        classifier.weight.copy_(head.weight)
+        classifier.bias.copy_(head.bias)
+    head_params = [p for n, p in pm.named_parameters()
+                   if p.requires_grad and "prompt_encoder" not in n]
     optimizer = optimizer_factory([{"params": [embedding.weight]},
-                                   {"params": head, "lr": head_lr}])
+                                   {"params": head_params,
+                                    **({} if head_lr is None else {"lr": head_lr})}])
     return pm, optimizer
 
 
@@ -400,6 +420,7 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
     (see the module docstring); stops once both reached ``target`` or at ``max_steps``.
     ``spt_overrides`` (Hydra overrides) change spt's recipe; with ``data.group_by_length=true``
     PEFT's plain loop keeps the plain shuffled batches of the same rows."""
+    import lightning as L
     from hydra.utils import instantiate
 
     from spt.run import build
@@ -408,7 +429,7 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
     over += [f"data.{k}={v}" for k, v in (("dev_limit", dev_limit),
                                           ("train_limit", train_limit)) if v]
     cfg = _compose(over + list(spt_overrides or []))
-    torch.manual_seed(cfg.seed)
+    L.seed_everything(cfg.seed, verbose=False)  # the weights' init and the loaders' order
     backbone, dm, method = build(cfg)
     if backbone.arch != "encoder":
         raise SptError(f"time to accuracy compares with PEFT's SEQ_CLS recipe; model={model} "
@@ -418,7 +439,7 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
     if not isinstance(spt_opt, torch.optim.Optimizer):
         raise SptError("time to accuracy runs spt's constant-schedule default; drop the "
                        "method.scheduler / warmup override")
-    pm, peft_opt = peft_classifier(backbone, dm.task.num_classes,
+    pm, peft_opt = peft_classifier(backbone, method.head[-1],
                                    method.prompt.weight[0].detach().clone(), method.head_lr,
                                    instantiate(cfg.method.optimizer))
     pad = backbone.tokenizer.pad_token_id
@@ -431,9 +452,9 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
         finally:
             dm.group_by_length = grouped
 
-    def endless(make_loader):
+    def endless(loader):  # epoch after epoch; the loader's sampler draws each one anew
         while True:
-            yield from make_loader()
+            yield from loader
 
     def spt_step(batch, i):
         method.training_step(batch, i).backward()
@@ -441,7 +462,7 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
         spt_opt.zero_grad(set_to_none=True)
 
     def peft_step(batch, i):
-        pm(**peft_cls_batch(batch, pad)).loss.backward()
+        pm(**batch).loss.backward()
         peft_opt.step()
         peft_opt.zero_grad(set_to_none=True)
 
@@ -457,19 +478,25 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
         pm.eval()
         right = sum(int((pm(**peft_cls_batch(b, pad)).logits.argmax(-1) == b["labels"]).sum())
                     for b in dev)
-        pm.train()
+        peft_train()
         return right / sum(len(b["labels"]) for b in dev)
 
     contenders = {"spt": (spt_step, spt_acc), "peft": (peft_step, peft_acc)}
     log = {k: {"train_s": 0.0, "steps": 0, "curve": [], "time_to_target_s": None,
                "steps_to_target": None, "best_acc": 0.0} for k in contenders}
+    def peft_train():  # the frozen transformer's dropout off, as spt keeps it (backbone_dropout)
+        pm.train()
+        getattr(pm.base_model, pm.base_model.base_model_prefix).eval()
+
     method.train()
-    pm.train()
-    batches = {"spt": endless(dm.train_dataloader), "peft": endless(plain_loader)}
+    peft_train()
+    batches = {"spt": endless(dm.train_dataloader()), "peft": endless(plain_loader())}
     for i in range(max_steps):
         order = list(contenders) if i % 2 == 0 else list(contenders)[::-1]
         for k in order:
             batch = next(batches[k])
+            if k == "peft":  # its rows without spt's soft slots, converted outside the timer
+                batch = peft_cls_batch(batch, pad)
             log[k]["train_s"] += timed(partial(contenders[k][0], batch, i))
             log[k]["steps"] += 1
         if (i + 1) % eval_every:

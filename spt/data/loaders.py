@@ -24,12 +24,15 @@ ones to 1.02x.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
+
+log = logging.getLogger(__name__)
 
 
 def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, collate_fn: Callable,
@@ -39,6 +42,10 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, collate_fn:
     shuffle. With ``lengths`` (tokens per row), training batches are grouped by length and
     evaluation (``shuffle=False``) reads the rows longest first."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if shuffle and lengths is not None and distributed:
+        log.warning("data.group_by_length does not group training batches under DDP "
+                    "(Lightning shards the rows with its DistributedSampler); evaluation still "
+                    "reads rows longest first")
     if shuffle and sampler is None and not distributed:
         sampler = EpochShuffle(len(dataset), run_seed(), lengths=lengths, batch_size=batch_size)
     elif not shuffle and sampler is None and lengths is not None:
@@ -92,7 +99,7 @@ class EpochShuffle(Sampler[int]):
             batches += [group[i:i + self.batch_size] for i in range(0, len(group),
                                                                     self.batch_size)]
         # the loader cuts this order every batch_size rows: a short batch can only come last
-        short = batches.pop() if len(batches[-1]) < self.batch_size else []
+        short = batches.pop() if batches and len(batches[-1]) < self.batch_size else []
         shuffled = torch.randperm(len(batches), generator=generator).tolist()
         return [i for b in shuffled for i in batches[b]] + short
 
