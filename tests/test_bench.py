@@ -13,8 +13,8 @@ from tests.test_run import REPO
 def test_quick_benchmark_writes_every_contender_and_ratio(tmp_path, data_dir):
     out = tmp_path / "bench.json"
     r = subprocess.run([sys.executable, "-m", "spt.bench", "--quick", "--repeats", "2",
-                        "--out", str(out)], cwd=REPO, capture_output=True, text=True,
-                       timeout=600)
+                        "--spt-override", "data.group_by_length=true", "--out", str(out)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(out.read_text())
     contenders = {"spt prompt", "peft prompt", "floor", "spt prefix", "peft prefix",
@@ -24,11 +24,14 @@ def test_quick_benchmark_writes_every_contender_and_ratio(tmp_path, data_dir):
     # memory: one forked child per contender, a positive step peak over the same model
     assert set(results["memory"]) == contenders
     assert all(v["peak_mib"] > 0 and v["resident_mib"] > 0 for v in results["memory"].values())
-    # time to accuracy: both trained in lockstep on the same steps and evaluated alike
-    tta = results["tta"]
-    assert tta["spt"]["steps"] == tta["peft"]["steps"] > 0
-    assert [c[0] for c in tta["spt"]["curve"]] == [c[0] for c in tta["peft"]["curve"]]
-    assert all(0 <= c[2] <= 1 for k in ("spt", "peft") for c in tta[k]["curve"])
+    # time to accuracy: spt, spt with grouped batches and PEFT trained in lockstep, evaluated
+    # at the same steps
+    tta = results["tta"]["contenders"]
+    assert set(tta) == {"spt", "spt+", "peft"}
+    assert tta["spt"]["steps"] == tta["spt+"]["steps"] == tta["peft"]["steps"] > 0
+    assert len({tuple(c[0] for c in v["curve"]) for v in tta.values()}) == 1
+    assert all(0 <= c[2] <= 1 for v in tta.values() for c in v["curve"])
+    assert results["tta"]["spt_overrides"] == ["data.group_by_length=true"]
     assert all(v > 0 for v in results["ratios"].values())
     assert {"train prompt spt/peft", "memory prompt spt/peft",
             "infer mixed/single throughput"} <= set(results["ratios"])
