@@ -14,9 +14,9 @@ them alike. Contenders:
   least work any prompt method has to do;
 - **inference**: a batch mixing 8 tasks' prompts in one spt forward, the same batch with one
   task, and PEFT with 8 adapters, which runs one adapter at a time (a forward per task group);
-- **peak memory** of each training contender: each runs alone in a forked child; after one
-  warm-up step, the child's peak resident memory over two more steps is measured above what it
-  held before them (Linux ``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``),
+- **peak memory** of each training contender: each runs alone in a forked child (three per
+  contender, the median reported); after one warm-up step, the child's peak resident memory
+  over two more steps is measured above what it held before them (Linux ``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``),
   so model loading does not count and contenders cannot hide in each other's freed heap;
 - **time to accuracy** (encoder-only, MiniLM by default): spt's default recipe for
   ``method=prompt`` (its optimizer, learning rates, initialisation, head and pooling, through
@@ -249,12 +249,12 @@ def decoder_backbone(model: str):
 
 
 def run(model: str, batch_size: int, repeats: int, parts=("train", "infer", "memory"),
-        tta: dict | None = None) -> dict:
+        tta: dict | None = None, memory_repeats: int = 3) -> dict:
     results: dict = {"model": model, "batch_size": batch_size, "repeats": repeats,
                      "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "machine": platform.machine()}
     if "memory" in parts:  # first: each child forks from a process holding no model yet
-        results["memory"] = memory(model, batch_size)
+        results["memory"] = memory(model, batch_size, repeats=memory_repeats)
     if "train" in parts or "infer" in parts:
         torch.manual_seed(0)
         backbone = decoder_backbone(model)
@@ -328,9 +328,11 @@ def _probe_memory(model: str, name: str, batch_size: int, steps: int, conn) -> N
         conn.close()
 
 
-def memory(model: str, batch_size: int, steps: int = 2) -> dict:
+def memory(model: str, batch_size: int, steps: int = 2, repeats: int = 3) -> dict:
     """Peak resident memory of each training step contender, each in its own forked child
-    (one process, one contender: a process's peak cannot be split between two)."""
+    (one process, one contender: a process's peak cannot be split between two), ``repeats``
+    children per contender in rotating order; the median peak is reported (the C allocator
+    makes single peaks vary by tens of MiB)."""
     if not Path("/proc/self/clear_refs").exists():
         raise SptError("the memory benchmark reads Linux's /proc/self/status; on this system "
                        "run with --parts train,infer,tta")
@@ -344,27 +346,36 @@ def memory(model: str, batch_size: int, steps: int = 2) -> dict:
     import spt.methods.prompt  # noqa: F401
     import spt.methods.ptuning  # noqa: F401
 
+    names = list(TRAIN_CONTENDERS)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            runs[name].append(_memory_child(model, name, batch_size, steps))
+    return {n: {"peak_mib": statistics.median(g["peak_mib"] for g in got),
+                "peaks_mib": [round(g["peak_mib"], 1) for g in got],
+                "resident_mib": statistics.median(g["resident_mib"] for g in got),
+                "steps": steps} for n, got in runs.items()}
+
+
+def _memory_child(model: str, name: str, batch_size: int, steps: int) -> dict:
     ctx = multiprocessing.get_context("fork")
-    out = {}
-    for name in TRAIN_CONTENDERS:
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_probe_memory, args=(model, name, batch_size, steps, child))
-        proc.start()
-        child.close()
-        try:
-            got = parent.recv() if parent.poll(1800) else {"error": "no answer in 30 min"}
-        except EOFError:  # the child died without a word (a signal, e.g. the OOM killer)
-            proc.join()
-            got = {"error": f"the child process died (exit code {proc.exitcode})"}
-        finally:
-            parent.close()
-        if proc.is_alive():
-            proc.kill()
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_probe_memory, args=(model, name, batch_size, steps, child))
+    proc.start()
+    child.close()
+    try:
+        got = parent.recv() if parent.poll(1800) else {"error": "no answer in 30 min"}
+    except EOFError:  # the child died without a word (a signal, e.g. the OOM killer)
         proc.join()
-        if "error" in got:
-            raise SptError(f"memory probe of {name!r} on model={model} failed: {got['error']}")
-        out[name] = got
-    return out
+        got = {"error": f"the child process died (exit code {proc.exitcode})"}
+    finally:
+        parent.close()
+    if proc.is_alive():
+        proc.kill()
+    proc.join()
+    if "error" in got:
+        raise SptError(f"memory probe of {name!r} on model={model} failed: {got['error']}")
+    return got
 
 
 # -- time to accuracy ----------------------------------------------------------------------
@@ -566,10 +577,10 @@ def table(results: dict) -> str:
             lines.append(f"| {part}: {name} | {1e3 * v['median_s']:.1f} | "
                          f"{1e3 * v['min_s']:.1f} |")
     if "memory" in results:
-        lines += ["", "| contender | step peak MiB above resident | resident MiB |",
-                  "|---|---|---|"]
-        lines += [f"| memory: {k} | {v['peak_mib']:.1f} | {v['resident_mib']:.0f} |"
-                  for k, v in results["memory"].items()]
+        lines += ["", "| contender | step peak MiB above resident (median) | each child's "
+                  "| resident MiB |", "|---|---|---|---|"]
+        lines += [f"| memory: {k} | {v['peak_mib']:.1f} | {v['peaks_mib']} | "
+                  f"{v['resident_mib']:.0f} |" for k, v in results["memory"].items()]
     if "tta" in results:
         tta = results["tta"]
         lines += ["", f"time to dev acc >= {tta['target']} ({tta['model']}, batch "
@@ -617,7 +628,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_steps": args.max_steps})
     tta["spt_overrides"] = args.spt_override
     try:
-        results = run(model, args.batch_size, repeats, parts, tta)
+        results = run(model, args.batch_size, repeats, parts, tta,
+                      memory_repeats=1 if args.quick else 3)
     except SptError as exc:
         print(f"spt: error: {exc}", file=sys.stderr)
         return 2
