@@ -135,6 +135,25 @@ def test_tiny_llama_uses_grouped_query_attention():
     assert cfg.num_key_value_heads < cfg.num_attention_heads
 
 
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_lm_head_gets_a_contiguous_input_and_the_same_logits(family):
+    """The LM head's pre-hook turns transformers' logits_to_keep slice into a contiguous
+    input (one GEMM on CPU, not a matmul against the weight expanded per row); logits are
+    unchanged, and wrapping the model again does not stack the hook."""
+    bb = tiny(family)
+    head = bb.model.get_output_embeddings()
+    seen = []
+    head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    Backbone(bb.model, bb.tokenizer, bb.arch, bb.name)  # a second wrapper, same model
+    assert len(head._forward_pre_hooks) == 2  # spt's, once, and this test's
+    hidden = torch.randn(3, 7, bb.hidden_size)
+    sliced = hidden[:, -1:, :]
+    assert not sliced.is_contiguous()
+    assert torch.allclose(head(sliced), hidden[:, -1:, :].contiguous() @ head.weight.T,
+                          atol=1e-6)
+    assert seen == [True]
+
+
 def test_tiny_unknown_family():
     with pytest.raises(SptError, match="gpt9"):
         tiny("gpt9")

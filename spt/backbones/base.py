@@ -19,6 +19,17 @@ _VOLATILE_CONFIG_KEYS = {
 }
 
 
+def contiguous_input(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of the LM head: hand it a contiguous input.
+
+    transformers computes ``logits_to_keep`` logits as ``lm_head(hidden[:, -k:, :])``, a
+    non-contiguous view; on CPU ``F.linear`` then runs a batched matmul against the weight
+    expanded per row (the slow strided path, cf. pytorch/pytorch#19338) instead of one GEMM.
+    For SmolLM2's 49,152 x 576 head at 8 rows that was 244 ms of forward and backward against
+    47 ms once contiguous: 12% of a prompt-tuning step. A no-op for contiguous inputs."""
+    return (args[0].contiguous(), *args[1:])
+
+
 @dataclass
 class Backbone:
     """A pretrained model with what the methods need to know about it.
@@ -49,6 +60,11 @@ class Backbone:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        head = (self.model.get_output_embeddings()
+                if self.arch in ("decoder", "encoder-decoder") else None)
+        if head is not None and not any(h is contiguous_input
+                                        for h in head._forward_pre_hooks.values()):
+            head.register_forward_pre_hook(contiguous_input)
 
     @property
     def config(self):
