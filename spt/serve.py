@@ -762,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per load-test request
     try:
         if args.command == "load-test":
             print(json.dumps(load_test(args.url, _read_jsonl(args.input), args.concurrency,
