@@ -104,9 +104,12 @@ def _callbacks(cfg: DictConfig, fit: bool, metric: str) -> list:
 def train(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.select not in ("last", "best"):  # checked before hours of training, not after
         raise SptError(f"select={cfg.select!r}: choose last or best")
-    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir)
     # Every interpolation resolves (or fails, naming the key) before the model loads.
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    done = finished_run(cfg.get("resume"), out_dir, resolved)
+    if done is not None:
+        return done
+    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir)
     L.seed_everything(cfg.seed, workers=True)
     backbone, datamodule, method = build(cfg)
     metric = optimized_metric(cfg, datamodule.task)
@@ -173,11 +176,46 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
+def finished_run(resume: str | None, out_dir: Path, resolved: dict) -> dict | None:
+    """With ``resume=auto``: the metrics of a run already finished in ``out_dir`` under the
+    same config (a rerun sweep skips it), else None. A finished run with another config is
+    refused, naming the keys that differ, rather than silently kept or overwritten."""
+    done = out_dir / "metrics.json"
+    if resume != "auto" or not done.is_file():
+        return None
+    saved_path = out_dir / "config.yaml"
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.is_file() else {}
+    ignore = {"resume"}
+    flat_new, flat_old = _flatten(resolved), _flatten(saved)
+    differ = sorted(k for k in flat_new.keys() | flat_old.keys()
+                    if k.split(".")[0] not in ignore and flat_new.get(k) != flat_old.get(k))
+    if differ:
+        raise SptError(f"resume=auto: {out_dir} holds a finished run with another config "
+                       f"({', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''} differ); "
+                       "pass another hydra.run.dir / hydra.sweep.dir, or drop resume=auto to "
+                       "train it again there")
+    log.info("resume=auto: %s already finished; kept as it is", out_dir)
+    return json.loads(done.read_text())
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items()
+                for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
 def resume_checkpoint(resume: str | None, out_dir: Path) -> str | None:
-    """The checkpoint ``resume`` names (``last`` = this run directory's ``last.ckpt``), checked
-    before any model loads; None to start afresh."""
+    """The checkpoint ``resume`` names (``last`` = this run directory's ``last.ckpt``; ``auto``
+    = that one if it exists, else none), checked before any model loads; None to start
+    afresh."""
     if not resume:
         return None
+    if resume == "auto":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            return None
+        resume = str(last)
     path = out_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
     if not path.is_file():
         where = ("this run directory has none: pass hydra.run.dir=<the killed run's directory> "

@@ -175,3 +175,34 @@ class _Payload:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_changed_config(
+        reference, tmp_path):
+    """Rerunning a sweep with resume=auto: a finished job is kept as it is (not retrained), a
+    killed one continues from its last checkpoint to the uninterrupted result, and a finished
+    job whose config has since changed is refused, naming the key."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *COMMON, f"hydra.sweep.dir={sweep}", "resume=auto"]
+    r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})  # nothing there: starts
+    assert r.returncode == 0, r.stderr[-3000:]
+    done = sweep / "0" / "metrics.json"
+    first, stamp = done.read_text(), done.stat().st_mtime_ns
+    r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "already finished" in (sweep / "0" / "run.log").read_text()
+    assert done.read_text() == first and done.stat().st_mtime_ns == stamp  # not retrained
+    assert "spt: dev acc" in r.stdout
+
+    r = spt_run(*args, "data.dev_limit=8", out=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode != 0
+    assert "another config" in r.stderr and "data.dev_limit" in r.stderr
+    assert done.read_text() == first  # nothing lost
+
+    killed = tmp_path / "killed"
+    kargs = ["-m", *COMMON, f"hydra.sweep.dir={killed}"]
+    _start_and_kill(kargs, tmp_path, "killed/0/checkpoints/last.ckpt")
+    r = spt_run(*kargs, "resume=auto", out=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    got, want = _prompt(killed / "0"), _prompt(reference)
+    assert all(torch.equal(want[k], got[k]) for k in want), "resumed job differs"
