@@ -8,7 +8,7 @@ PY=${PY:-.venv/bin/python}
 run() {  # run <dir> <overrides...>; skips a step that already finished (resumable)
   local dir=$SPT_MPT_RUNS/$1; shift
   [[ -f $dir/metrics.json ]] && return 0
-  $PY -m spt.run "$@" logger=csv hydra.run.dir="$dir"
+  $PY -m spt.run resume=auto "$@" logger=csv hydra.run.dir="$dir"
 }
 for task in sst2 agnews trec; do
   run teacher_$task experiment=mpt_teacher data=$task

@@ -17,7 +17,7 @@ for model in ${MODELS:-minilm smollm2-135m}; do
     for reg in ${REGULARIZERS:-none nemesis}; do
       dir=$OUT/$model/$reg/seed$seed
       [[ -f $dir/metrics.json ]] && continue
-      $PY -m spt.run method=prompt data=sst2 regularizer=$reg seed=$seed ${model_args[$model]} \
+      $PY -m spt.run resume=auto method=prompt data=sst2 regularizer=$reg seed=$seed ${model_args[$model]} \
         logger=csv tags=[nemesis_text] hydra.run.dir="$dir"
     done
   done

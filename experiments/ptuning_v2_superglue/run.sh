@@ -16,7 +16,7 @@ for data in ${DATASETS:-cb copa}; do
     for seed in ${SEEDS:-1 2 3}; do
       dir=$OUT/minilm/$data/$method/seed$seed
       [[ -f $dir/metrics.json ]] && continue
-      $PY -m spt.run method=$method data=$data seed=$seed model=minilm logger=csv \
+      $PY -m spt.run resume=auto method=$method data=$data seed=$seed model=minilm logger=csv \
         trainer.max_steps=200 trainer.val_check_interval=200 data.batch_size=32 \
         tags=[ptuning_v2_superglue] study=ptuning_v2_superglue hydra.run.dir="$dir"
     done

@@ -8,6 +8,6 @@ PY=${PY:-.venv/bin/python}
 declare -A args=([prefix]="" [prompt]="method.init=sampled_vocab method.optimizer.lr=0.01")
 for method in ${METHODS:-prefix prompt}; do
   [[ -f "$OUT/smollm2/e2e/$method/metrics.json" ]] && continue
-  $PY -m spt.run experiment=e2e_smollm2 method=$method ${args[$method]} logger=csv \
+  $PY -m spt.run resume=auto experiment=e2e_smollm2 method=$method ${args[$method]} logger=csv \
     hydra.run.dir="$OUT/smollm2/e2e/$method"
 done

@@ -17,7 +17,7 @@ for data in ${DATASETS:-sst2 rte}; do
     extra=()
     [[ $method == ptuning ]] && extra=("data.template=\"$pt_template\"")
     [[ -f "$OUT/minilm/$data/$method/metrics.json" ]] && continue  # resume a partial sweep
-    $PY -m spt.run method=$method data=$data "${common[@]}" "${extra[@]}" \
+    $PY -m spt.run resume=auto method=$method data=$data "${common[@]}" "${extra[@]}" \
       hydra.run.dir="$OUT/minilm/$data/$method"
   done
 done

@@ -22,7 +22,7 @@ for data in ${DATASETS:-sst2 rte}; do
     extra=(${method_args[$method]})
     [[ $method == ptuning ]] && extra+=("data.template=\"$pt_template\"")
     [[ -f "$OUT/smollm2/$data/$method/metrics.json" ]] && continue  # resume a partial sweep
-    $PY -m spt.run method=$method data=$data "${common[@]}" "${extra[@]}" \
+    $PY -m spt.run resume=auto method=$method data=$data "${common[@]}" "${extra[@]}" \
       hydra.run.dir="$OUT/smollm2/$data/$method"
   done
 done
