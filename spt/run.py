@@ -179,7 +179,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
 def finished_run(resume: str | None, out_dir: Path, resolved: dict) -> dict | None:
     """With ``resume=auto``: the metrics of a run already finished in ``out_dir`` under the
     same config (a rerun sweep skips it), else None. A finished run with another config is
-    refused, naming the keys that differ, rather than silently kept or overwritten."""
+    refused, naming the keys that differ, rather than silently kept or overwritten; keys that
+    only one of the two configs has (added to or dropped from conf/ since) are not compared."""
     done = out_dir / "metrics.json"
     if resume != "auto" or not done.is_file():
         return None
@@ -187,8 +188,10 @@ def finished_run(resume: str | None, out_dir: Path, resolved: dict) -> dict | No
     saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.is_file() else {}
     ignore = {"resume"}
     flat_new, flat_old = _flatten(resolved), _flatten(saved)
-    differ = sorted(k for k in flat_new.keys() | flat_old.keys()
-                    if k.split(".")[0] not in ignore and flat_new.get(k) != flat_old.get(k))
+    # Keys on one side only came or went with a later version of the config (a new key's
+    # default keeps the old behaviour): only values both configs set are compared.
+    differ = sorted(k for k in flat_new.keys() & flat_old.keys()
+                    if k.split(".")[0] not in ignore and flat_new[k] != flat_old[k])
     if differ:
         raise SptError(f"resume=auto: {out_dir} holds a finished run with another config "
                        f"({', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''} differ); "

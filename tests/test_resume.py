@@ -194,6 +194,12 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
     assert done.read_text() == first and done.stat().st_mtime_ns == stamp  # not retrained
     assert "spt: dev acc" in r.stdout
 
+    saved = sweep / "0" / "config.yaml"  # a run finished before conf/ gained a key: kept
+    saved.write_text("\n".join(line for line in saved.read_text().splitlines()
+                               if not line.strip().startswith("group_by_length:")) + "\n")
+    r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and done.read_text() == first, r.stderr[-3000:]
+
     r = spt_run(*args, "data.dev_limit=8", out=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode != 0
     assert "another config" in r.stderr and "data.dev_limit" in r.stderr
