@@ -16,8 +16,9 @@ them alike. Contenders:
   task, and PEFT with 8 adapters, which runs one adapter at a time (a forward per task group);
 - **peak memory** of each training contender: each runs alone in a forked child (three per
   contender, the median reported); after one warm-up step, the child's peak resident memory
-  over two more steps is measured above what it held before them (Linux ``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``),
-  so model loading does not count and contenders cannot hide in each other's freed heap;
+  over two more steps is measured above what it held before them (Linux
+  ``/proc/self/status`` VmHWM, reset through ``/proc/self/clear_refs``), so model loading
+  does not count and contenders cannot hide in each other's freed heap;
 - **time to accuracy** (encoder-only, MiniLM by default): spt's default recipe for
   ``method=prompt`` (its optimizer, learning rates, initialisation, head and pooling, through
   its own data module) against PEFT's ``PromptTuningConfig(task_type="SEQ_CLS")`` trained by a
@@ -25,8 +26,9 @@ them alike. Contenders:
   prompt and head weights, the frozen transformer's dropout off on both sides, the same
   batches in the same order; ``--spt-override data.group_by_length=true``
   adds a contender, ``spt+``, with length-grouped batches, while PEFT keeps plain shuffled
-  ones). They train in lockstep, one step each in rotating order, and are evaluated on the same dev rows every ``--eval-every`` steps; the
-  time to the target counts training steps only.
+  ones). They train in lockstep, one step each in rotating order, and are evaluated on the
+  same dev rows every ``--eval-every`` steps; the time to the target counts training steps
+  only.
 
 It prints a table of medians and the ratios the README's performance section quotes, and
 writes everything to JSON. ``--quick`` uses the tiny Llama and tiny BERT built from config
@@ -92,15 +94,20 @@ def sst2_batch(backbone, n_soft: int, batch_size: int, template: str | None = No
     return next(iter(dm.train_dataloader())), dm.task
 
 
+def text_ids(batch: dict) -> list[list[int]]:
+    """Each row's token ids without padding and without spt's soft slots (PEFT prepends its
+    own virtual tokens)."""
+    keep = batch["attention_mask"].bool() & ~batch["soft_mask"]
+    return [ids[k].tolist() for ids, k in zip(batch["input_ids"], keep, strict=True)]
+
+
 def peft_lm_batch(batch: dict, backbone, label_words) -> dict:
-    """The same rows for PEFT's causal-LM recipe: the text without spt's soft slots (PEFT
-    prepends its virtual tokens), the gold label word appended, loss on that word only."""
+    """The same rows for PEFT's causal-LM recipe: the text without spt's soft slots, the gold
+    label word appended, loss on that word only."""
     tok = backbone.tokenizer
     words = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in label_words]
     rows, targets = [], []
-    for ids, keep, y in zip(batch["input_ids"], batch["attention_mask"].bool()
-                            & ~batch["soft_mask"], batch["labels"], strict=True):
-        text = ids[keep].tolist()
+    for text, y in zip(text_ids(batch), batch["labels"], strict=True):
         rows.append(text + words[int(y)])
         targets.append([-100] * len(text) + words[int(y)])
     width = max(map(len, rows))
@@ -121,6 +128,12 @@ def timed(fn: Callable[[], None]) -> float:
     return time.perf_counter() - start
 
 
+def rotation(names: list[str], r: int) -> list[str]:
+    """``names`` started at position ``r`` (mod their count): round ``r`` of an alternation
+    in which every contender goes first in turn."""
+    return names[r % len(names):] + names[: r % len(names)]
+
+
 def race(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict:
     """Median seconds per call of each contender, timed in alternation (rotating order)."""
     names = list(contenders)
@@ -129,8 +142,7 @@ def race(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 
             contenders[n]()
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for n in order:
+        for n in rotation(names, r):
             times[n].append(timed(contenders[n]))
     return {n: {"median_s": statistics.median(t), "min_s": min(t), "repeats": len(t)}
             for n, t in times.items()}
@@ -349,7 +361,7 @@ def memory(model: str, batch_size: int, steps: int = 2, repeats: int = 3) -> dic
     names = list(TRAIN_CONTENDERS)
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in rotation(names, r):
             runs[name].append(_memory_child(model, name, batch_size, steps))
     return {n: {"peak_mib": statistics.median(g["peak_mib"] for g in got),
                 "peaks_mib": [round(g["peak_mib"], 1) for g in got],
@@ -410,17 +422,14 @@ def peft_classifier(backbone, head: torch.nn.Linear, prompt: torch.Tensor, head_
 
 
 def peft_cls_batch(batch: dict, pad_id: int) -> dict:
-    """spt's rows for PEFT: the same tokens without spt's soft slots (PEFT prepends its
-    virtual tokens), right-padded as BERT expects."""
-    rows = [ids[keep] for ids, keep in zip(batch["input_ids"], batch["attention_mask"].bool()
-                                           & ~batch["soft_mask"], strict=True)]
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = r
-        mask[i, : len(r)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": batch["labels"]}
+    """spt's rows for PEFT: the same tokens without spt's soft slots, right-padded as BERT
+    expects (by spt's own collator)."""
+    from spt.data.text_classification import Collator
+
+    rows = [{"input_ids": ids, "soft_start": (), "soft_counts": (), "label": int(y)}
+            for ids, y in zip(text_ids(batch), batch["labels"], strict=True)]
+    out = Collator(pad_id, left=False)(rows)
+    return {k: out[k] for k in ("input_ids", "attention_mask", "labels")}
 
 
 def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: int = 32,
@@ -441,9 +450,9 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
     over += [f"data.{k}={v}" for k, v in (("dev_limit", dev_limit),
                                           ("train_limit", train_limit)) if v]
     variants = {"spt": over, **({"spt+": over + list(spt_overrides)} if spt_overrides else {})}
-    spt, dm = {}, None
+    spt, configs, dm = {}, {}, None
     for name, overrides in variants.items():
-        cfg = _compose(overrides)
+        cfg = configs[name] = _compose(overrides)
         L.seed_everything(cfg.seed, verbose=False)  # the weights' init and the loaders' order
         backbone, variant_dm, method = build(cfg)
         if backbone.arch != "encoder":
@@ -459,7 +468,7 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
     method = spt["spt"][0]
     pm, peft_opt = peft_classifier(backbone, method.head[-1],
                                    method.prompt.weight[0].detach().clone(), method.head_lr,
-                                   instantiate(_compose(over).method.optimizer))
+                                   instantiate(configs["spt"].method.optimizer))
     pad = backbone.tokenizer.pad_token_id
     dev = list(dm.val_dataloader())
     n_dev = sum(len(b["labels"]) for b in dev)
@@ -517,7 +526,7 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
     peft_train()
     names = list(contenders)
     for i in range(max_steps):
-        for k in names[i % len(names):] + names[: i % len(names)]:  # rotating order
+        for k in rotation(names, i):
             step, _, batches, convert = contenders[k]
             batch = convert(next(batches))
             log[k]["train_s"] += timed(partial(step, batch, i))
