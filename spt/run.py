@@ -186,12 +186,11 @@ def finished_run(resume: str | None, out_dir: Path, resolved: dict) -> dict | No
         return None
     saved_path = out_dir / "config.yaml"
     saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.is_file() else {}
-    ignore = {"resume"}
     flat_new, flat_old = _flatten(resolved), _flatten(saved)
     # Keys on one side only came or went with a later version of the config (a new key's
     # default keeps the old behaviour): only values both configs set are compared.
     differ = sorted(k for k in flat_new.keys() & flat_old.keys()
-                    if k.split(".")[0] not in ignore and flat_new[k] != flat_old[k])
+                    if k != "resume" and flat_new[k] != flat_old[k])
     if differ:
         raise SptError(f"resume=auto: {out_dir} holds a finished run with another config "
                        f"({', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''} differ); "
@@ -214,11 +213,10 @@ def resume_checkpoint(resume: str | None, out_dir: Path) -> str | None:
     afresh."""
     if not resume:
         return None
-    if resume == "auto":
-        last = out_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
+    if resume == "auto":  # "last" where the run directory has one
+        if not (out_dir / "checkpoints" / "last.ckpt").is_file():
             return None
-        resume = str(last)
+        resume = "last"
     path = out_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
     if not path.is_file():
         where = ("this run directory has none: pass hydra.run.dir=<the killed run's directory> "
