@@ -101,6 +101,30 @@ def _callbacks(cfg: DictConfig, fit: bool, metric: str) -> list:
     return out
 
 
+class FitClock(L.Callback):
+    """Seconds spent fitting, carried in the checkpoint: a resumed run reports the time of
+    every stretch that led to its checkpoint plus its own, not only the stretch since the
+    resume (work lost after the last checkpoint, which the resume redoes, is not counted)."""
+
+    def __init__(self) -> None:
+        self.before, self.started = 0.0, None
+
+    def seconds(self) -> float:
+        return self.before + (time.perf_counter() - self.started if self.started else 0.0)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.started = time.perf_counter()
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.before, self.started = self.seconds(), None
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.before = float(state.get("seconds", 0.0))
+
+
 def train(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.select not in ("last", "best"):  # checked before hours of training, not after
         raise SptError(f"select={cfg.select!r}: choose last or best")
@@ -117,9 +141,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     loggers = _loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams(resolved)
+    clock = FitClock()
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                     callbacks=_callbacks(cfg, fit, metric))
-    start = time.perf_counter()
+                                     callbacks=[*_callbacks(cfg, fit, metric), clock])
     if fit:
         log.info("fitting")
         # weights_only: a checkpoint someone hands over runs no pickled code when resumed
@@ -131,7 +155,6 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
                 raise SptError("select=best needs a ModelCheckpoint callback with a monitor")
             state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
             method.load_state_dict(state)
-    fit_seconds = time.perf_counter() - start
     if not (fit and cfg.select == "last" and getattr(method, "last_val_step", -1)
             == trainer.global_step):  # else the fit's final validation already measured it
         log.info("evaluating on the dev split")
@@ -140,7 +163,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     if metric.endswith("_best"):  # a sweep may optimise the best dev value seen while fitting
         metrics[metric] = method.last_val.get(metric)
     metrics.update({
-        "fit_seconds": round(fit_seconds, 1),
+        "fit_seconds": round(clock.seconds(), 1),
         "steps": int(trainer.global_step),
         **method.parameter_counts(),
         "zero_shot": bool(cfg.zero_shot),

@@ -80,11 +80,16 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     ckpt = _start_and_kill([*COMMON, f"hydra.run.dir={run_dir}"], tmp_path,
                            "run/checkpoints/last.ckpt")
     killed_at = _step(ckpt)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["callbacks"]["FitClock"]["seconds"] > 0
+    state["callbacks"]["FitClock"]["seconds"] = 1e5  # marked, to be found in fit_seconds
+    torch.save(state, ckpt)
     assert not (run_dir / "metrics.json").exists()
     r = spt_run(*COMMON, f"hydra.run.dir={run_dir}", "resume=last", out=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and killed_at % 20 == 0
+    assert 1e5 < metrics["fit_seconds"] < 1e5 + 600  # the stretch before the kill counts
     want, got = _prompt(reference), _prompt(run_dir)
     assert want.keys() == got.keys()
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed prompt differs"
