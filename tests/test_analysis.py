@@ -121,7 +121,9 @@ def test_uncorrupted_accuracy_is_the_runs_dev_accuracy(run):
     metrics = json.loads((run / "metrics.json").read_text())
     res = low_norm_effect(method, dm.val_dataloader(), mode="rescale", weight=1.0, chunk_rows=8)
     assert res.rows == 16
-    assert res.baseline == pytest.approx(metrics["val/acc"], abs=1e-6)
+    assert res.baseline == pytest.approx(metrics["val/acc"], abs=1e-6)  # though reordered:
+    lengths = [n for b in dm.val_dataloader() for n in b["attention_mask"].sum(1).tolist()]
+    assert len(set(lengths)) > 1 and lengths == sorted(lengths, reverse=True)  # longest-first
     assert res.accuracy == [res.baseline] * 4  # w = 1 is no corruption
     assert len(res.norms) == 4 and all(n > 0 for n in res.norms)
 
