@@ -235,7 +235,7 @@ def test_wrong_pairings_are_refused_by_name(overrides, match, tmp_path, data_dir
 
 @pytest.mark.parametrize(("shots", "epochs"), [(1, 50), (2, 50), (4, 100), (8, 100), (16, 200)])
 def test_coop_cluster_recipe_composes(shots, epochs):
-    """experiments/coop/README.md's sweep point: CoOp's setting, the shot count's epochs, each
+    """experiments/nemesis_coop/README.md's sweep point: CoOp's setting, the shot count's epochs, each
     seed its own k-shot draw, Nemesis, and the SLURM launcher."""
     from hydra import compose, initialize_config_dir
 

@@ -88,6 +88,38 @@ def test_every_experiment_composes(experiment):
     assert cfg.tags and "/" not in cfg.study and cfg.logger.wandb.group == cfg.study
 
 
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_sweep_grid_composes(experiment):
+    """The first and the last point of an experiment's ``hydra.sweeper.params`` grid compose
+    and resolve, and the experiment's own settings survive the sweep's overrides (a grid key
+    that names no config key, or a value that is no option of its group, fails here, not on
+    the cluster)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="run", overrides=[f"experiment={experiment}"],
+                      return_hydra_config=True)
+        params = cfg.hydra.sweeper.get("params") or {}
+        if not params:
+            pytest.skip("no sweep grid")
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+        values = [list(o.sweep_string_iterator()) if o.is_sweep_override()
+                  else [o.get_value_element_as_str()] for o in parsed]
+        for pick in (0, -1):
+            point = [f"{o.key_or_group}={v[pick]}" for o, v in zip(parsed, values, strict=True)]
+            job = compose(config_name="run", overrides=[f"experiment={experiment}", *point])
+            for group in ("method", "model", "data"):  # the rest needs Hydra's runtime
+                OmegaConf.to_container(job[group], resolve=True)
+            swept = {o.key_or_group.split(".")[0] for o in parsed}
+            for key in ("study", "tags", "method", "regularizer"):  # what the grid leaves alone
+                if key not in swept:
+                    assert OmegaConf.to_container(job)[key] == \
+                        OmegaConf.to_container(cfg)[key], (point, key)  # unresolved: ${seed}
+    if experiment.startswith("nemesis_coop_") and "regularizer" in params:  # per-dataset A
+        assert (job.regularizer.weight, job.regularizer.schedule) == (50, "constant") \
+            or experiment.endswith("imagenet")
+
+
 TINY_CASES = sorted({*itertools.product(METHODS, TINY, ["sst2", "cifar10_subset"]),
                      *itertools.product(["prompt"], TINY, CLASSIFICATION),
                      *itertools.product(METHODS, ["tiny-llama"], ["rte"])})
