@@ -190,7 +190,13 @@ class ClassificationMixin:
         if self.regularizer is None:
             return 0.0
         term, logs = self.regularizer(self, batch)
+        prefixes = tuple(getattr(self.regularizer, "every_step_logs", ()))
+        every_step = {k: float(logs.pop(k)) for k in list(logs)
+                      if prefixes and k.startswith(prefixes)}
         self.log_dict({"train/reg": term.detach(), **logs}, batch_size=len(batch["labels"]))
+        if every_step and self._trainer is not None:  # past log_every_n_steps' thinning
+            for logger in self.loggers:
+                logger.log_metrics(every_step, step=self.global_step)
         return term
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:

@@ -160,8 +160,9 @@ class Nemesis:
     reads (``input_ids`` or ``pixel_values``). ``term`` is a scalar to add to the task
     loss; ``logs`` holds ``train/pun``, ``train/pan`` (when ``beta < 1``),
     ``train/pan_positions`` (how many positions PAN penalised), ``train/omega`` and
-    ``train/prompt_norm/<i>`` per position. ``epoch`` / ``total_epochs`` default to the
-    progress of ``module.trainer`` (see :func:`training_progress`).
+    ``train/prompt_norm/<i>`` per position (written to the loggers at every step, see
+    ``every_step_logs``). ``epoch`` / ``total_epochs`` default to the progress of
+    ``module.trainer`` (see :func:`training_progress`).
 
     Args (the YAML's keys, see ``conf/regularizer/nemesis.yaml``):
         weight: ``A``, the scale of both penalties.
@@ -176,6 +177,7 @@ class Nemesis:
 
     name = "nemesis"
     requires = ("soft_prompts", "scores_with_prompts")  # what a method must provide
+    every_step_logs = ("train/prompt_norm/",)  # written at every step, not every n-th
 
     def __init__(self, weight: float = 1.0, p=2, n_positions: int = 1,
                  corruption_weight: float = 0.001, beta: float = 0.5,
