@@ -8,7 +8,11 @@ artifact size, the seed, the regularizer (from the run's ``config.yaml``) and, f
 prompts, ``prompt_norm``: the mean L2 norm of the saved prompt's vectors (what Nemesis
 penalises). Such runs have ``status=done``. A run directory without ``metrics.json`` but with
 Lightning's ``csv/metrics.csv`` (still training, or crashed) is a row with
-``status=incomplete`` and the last dev values it logged. Prints a Markdown table.
+``status=incomplete`` and the last dev values it logged; so is a run logged to W&B alone
+(``logger=wandb``), read from its offline log (``<run>/wandb/offline-run-*``, see
+:mod:`spt.wandb_runs`). A root ``wandb:ENTITY/PROJECT[/GROUP]`` reads runs from the W&B server
+instead (``GROUP``: one study, the runs' W&B group), through the W&B API. Prints a Markdown
+table.
 
 Options:
   --csv out.csv                 also write every column (or, with --mean, every statistic)
@@ -45,6 +49,8 @@ FIXED = ["run", "data", "model", "method", "regularizer", "seed", "status", "ste
 IDENTITY = ["data", "model", "method", "regularizer"]  # what a run is, apart from its seed
 SUMMARISED = ["prompt_norm", "fit_seconds"]  # averaged over seeds besides the val/* metrics
 _ABSENT = object()  # OmegaConf.select default: tells a missing key from a null value
+WANDB_PREFIX = "wandb:"  # a root naming W&B runs on the server: wandb:entity/project[/group]
+_CONFIGS: dict = {}  # run name -> config, for runs read through the W&B API (no directory)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +67,12 @@ def collect(roots: list[Path], keys: list[str] | tuple[str, ...] = (),
     (``method.length``) added as columns, see :func:`add_keys`.
     """
     rows, seen = [], set()
-    for root in map(Path, roots):
+    for root in roots:
+        if str(root).startswith(WANDB_PREFIX):  # wandb:entity/project[/group], via the API
+            rows += [row for row in _api_rows(str(root))
+                     if not done_only or row["status"] == "done"]
+            continue
+        root = Path(root)
         if not root.exists():
             raise SptError(f"{root} does not exist: give run directories or their parents")
         for path in sorted(root.rglob("metrics.json")):
@@ -74,9 +85,15 @@ def collect(roots: list[Path], keys: list[str] | tuple[str, ...] = (),
             if run.resolve() not in seen and not (run / "metrics.json").exists():
                 seen.add(run.resolve())
                 rows.append(_incomplete_row(run))
+        for run in sorted({p.parent.parent.parent for p in root.rglob("run-*.wandb")
+                           if p.parent.parent.name == "wandb"}):  # logger=wandb alone
+            if run.resolve() not in seen and not (run / "metrics.json").exists():
+                seen.add(run.resolve())
+                rows.append(_wandb_incomplete_row(run))
     if not rows:
         raise SptError(f"no metrics.json under {', '.join(map(str, roots))}: point at the "
-                       "directories spt.run wrote (outputs/runs, a sweep dir, hydra.run.dir)")
+                       "directories spt.run wrote (outputs/runs, a sweep dir, hydra.run.dir), "
+                       f"or at W&B runs ({WANDB_PREFIX}entity/project[/group])")
     rows.sort(key=lambda r: (r["data"], r["model"], r["method"], r["run"]))
     return add_keys(rows, keys)
 
@@ -89,17 +106,26 @@ def _row(path: Path) -> dict:
     run = path.parent
     meta_path = run / "prompt.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    cfg = _config(run)  # read once for every field below that needs it
+    if m.get("params/served", meta.get("served_parameters")) is None:
+        # runs from before spt recorded it: count from the artifact itself
+        m["params/served"] = _served_from_artifact(run, cfg, m.get("params/trainable", 0))
+    row = _metrics_row(str(run), m, cfg, meta, run)
+    row["prompt_norm"] = _prompt_norm(run)
+    return row
+
+
+def _metrics_row(name: str, m: dict, cfg, meta: dict, run: Path | None) -> dict:
+    """A finished run's row from its metrics (``metrics.json``, or a W&B run's summary) and
+    config; ``run`` is its directory when it has one."""
     trainable = m.get("params/trainable", 0)
     total = trainable + m.get("params/backbone", 0)
-    cfg = _config(run)  # read once for every field below that needs it
-    served = m.get("params/served", meta.get("served_parameters"))
-    if served is None:  # runs from before spt recorded it: count from the artifact itself
-        served = _served_from_artifact(run, cfg, trainable)
-    # Older metrics.json files lack the identity: take it from the run's config then.
+    served = m.get("params/served", meta.get("served_parameters", trainable))
+    # Older metrics.json files (and W&B summaries) lack the identity: take it from the config.
     ident = _identity(run, cfg) if not all(m.get(k) for k in ("data", "model", "method")) \
         else {}
     row = {
-        "run": str(run), "data": m.get("data") or ident.get("data", ""),
+        "run": name, "data": m.get("data") or ident.get("data", ""),
         "model": m.get("model") or ident.get("model", ""),
         "method": (m.get("method") or ident.get("method", ""))
         + (" (zero-shot)" if m.get("zero_shot") else ""),
@@ -108,7 +134,7 @@ def _row(path: Path) -> dict:
         "served_params": served, "served_pct": round(100 * served / total, 4) if total else 0,
         "fit_seconds": m.get("fit_seconds", 0), "artifact_bytes": m.get("artifact_bytes", 0),
         "seed": m.get("seed", ident.get("seed")), "regularizer": _regularizer(cfg),
-        "prompt_norm": _prompt_norm(run), "status": "done",
+        "prompt_norm": None, "status": "done",
     }
     row.update({k: v for k, v in m.items() if k.startswith("val/") and not k.endswith("_best")})
     return row
@@ -151,11 +177,56 @@ def _incomplete_row(run: Path) -> dict:
             number = _number(value)
             if key and number is not None:
                 last[key] = number
-    cfg = _config(run)
+    return _progress_row(str(run), last, _config(run), run)
+
+
+def _wandb_incomplete_row(run: Path) -> dict:
+    """A run without ``metrics.json`` or a CSV log (``logger=wandb`` alone): the last values
+    its newest offline W&B run logged."""
+    from spt.wandb_runs import offline_runs, read_offline_run
+
+    logged = read_offline_run(offline_runs(run)[-1])
+    last = {k: float(v) for k, v in logged.summary.items() if _is_number(v)}
+    if "trainer/global_step" in last:
+        last["step"] = last["trainer/global_step"]
+    return _progress_row(str(run), last, _config(run) or _as_config(logged.config), run)
+
+
+def _as_config(tree: dict):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create(tree) if tree else None
+
+
+def _api_rows(spec: str) -> list[dict]:
+    """Rows of the W&B runs ``wandb:entity/project[/group]`` names, read through the API:
+    finished runs from their summary (the metrics spt.run logs at the end), others as
+    incomplete; each row's ``run`` is ``wandb:entity/project/<run id>``."""
+    from spt.wandb_runs import api_runs
+
+    parts = spec.removeprefix(WANDB_PREFIX).strip("/").split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise SptError(f"{spec}: name W&B runs as {WANDB_PREFIX}entity/project or "
+                       f"{WANDB_PREFIX}entity/project/group (a study)")
+    project = "/".join(parts[:2])
+    rows = []
+    for logged in api_runs(project, parts[2] if len(parts) == 3 else None):
+        name = f"{WANDB_PREFIX}{project}/{logged.id}"
+        cfg = _as_config(logged.config)
+        _CONFIGS[name] = cfg
+        done = logged.finished and "fit_seconds" in logged.summary  # spt.run's last log
+        rows.append(_metrics_row(name, logged.summary, cfg, {}, None) if done else
+                    _progress_row(name, {k: float(v) for k, v in logged.summary.items()
+                                         if _is_number(v)}, cfg, None))
+    return rows
+
+
+def _progress_row(name: str, last: dict, cfg, run: Path | None) -> dict:
+    """An unfinished run's row from the last value of each metric it logged."""
     ident = _identity(run, cfg)
     trainable = last.get("params/trainable")
     row = {
-        "run": str(run), "data": ident.get("data", ""), "model": ident.get("model", ""),
+        "run": name, "data": ident.get("data", ""), "model": ident.get("model", ""),
         "method": ident.get("method", ""), "seed": ident.get("seed"),
         "regularizer": _regularizer(cfg), "status": "incomplete",
         "steps": int(last["step"]) if "step" in last else None,
@@ -185,6 +256,8 @@ def _config(run: Path):
     None without any."""
     from omegaconf import OmegaConf
 
+    if str(run) in _CONFIGS:  # a W&B API run: its logged config
+        return _CONFIGS[str(run)]
     candidates = [run / "config.yaml", run / ".hydra" / "config.yaml", run / "csv" / "hparams.yaml",
                   *sorted((run / "csv").glob("version_*/hparams.yaml"), reverse=True)]
     for path in candidates:
@@ -210,8 +283,8 @@ def _identity(run: Path, cfg) -> dict:
     """data, model, method and seed of a run from its config ``cfg`` (see :func:`_config`)
     and Hydra's group choices."""
     choices = {}
-    hydra_yaml = run / ".hydra" / "hydra.yaml"
-    if hydra_yaml.is_file():
+    hydra_yaml = run / ".hydra" / "hydra.yaml" if run is not None else None
+    if hydra_yaml is not None and hydra_yaml.is_file():
         from omegaconf import OmegaConf
 
         choices = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices",
@@ -548,7 +621,8 @@ def _names(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m spt.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", type=Path, help="run directories or their parents")
+    parser.add_argument("roots", nargs="+", type=Path,
+                        help="run directories or their parents, or wandb:ENTITY/PROJECT[/GROUP]")
     parser.add_argument("--csv", type=Path, help="also write every column to this CSV file")
     parser.add_argument("--keys", type=_names, default=[],
                         help="comma-separated dotted config keys to add as columns")

@@ -174,19 +174,20 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     })
     if cfg.zero_shot:  # the prompt table exists but is not used
         metrics["params/trainable"] = metrics["params/trainable_pct"] = 0
+    tensors = None if cfg.zero_shot else method.artifact_tensors()
+    if tensors is not None:  # logged too, so a W&B run alone tells what serving it takes
+        metrics["params/served"] = method.served_parameters(tensors)
     for lg in loggers:
         lg.log_metrics({k: v for k, v in metrics.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)},
                        step=int(trainer.global_step))
     if trainer.is_global_zero:
-        if not cfg.zero_shot:
+        if tensors is not None:
             meta = {**method.artifact_meta(), "spt_version": __version__, "data": cfg.data.name,
                     "template": cfg.data.get("template"),
-                    "dev_metrics": {k: v for k, v in metrics.items() if k.startswith("val/")}}
-            tensors = method.artifact_tensors()
-            meta["served_parameters"] = method.served_parameters(tensors)
+                    "dev_metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
+                    "served_parameters": metrics["params/served"]}
             path = save_artifact(out_dir / "prompt.safetensors", tensors, meta)
-            metrics["params/served"] = meta["served_parameters"]
             metrics["artifact"] = str(path)
             metrics["artifact_bytes"] = path.stat().st_size
         if getattr(method, "last_predictions", None):  # text-to-text: what was scored

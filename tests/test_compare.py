@@ -283,3 +283,77 @@ def test_done_only_drops_unfinished_runs(tmp_path, capsys):
         assert [r["status"] for r in csv.DictReader(f)] == ["done"]
     with pytest.raises(SptError, match="no metrics.json"):
         collect([tmp_path / "crashed"], done_only=True)
+
+
+# -- W&B runs -----------------------------------------------------------------------------------
+def test_a_run_logged_to_wandb_alone_is_read_from_its_offline_log(tmp_path, data_dir, capsys):
+    """logger=wandb without the CSV logger, killed before metrics.json: spt.compare reads the
+    offline run-<id>.wandb log for its last dev values and progress."""
+    from tests.test_run import run_dirs, spt_run
+
+    r = spt_run("model=tiny-bert", "debug=fast", "logger=wandb", "seed=5", out=tmp_path,
+                env={"WANDB_MODE": "offline"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    acc = json.loads((run / "metrics.json").read_text())["val/acc"]
+    (run / "metrics.json").unlink()  # as if killed after the last validation
+    assert not (run / "csv").exists()
+    (row,) = collect([tmp_path])
+    assert row["status"] == "incomplete" and row["val/acc"] == pytest.approx(acc)
+    assert (row["method"], row["data"], row["seed"]) == ("prompt", "sst2", 5)
+    assert row["steps"] == 4 and row["trainable"] > 0
+    assert collect([tmp_path], keys=["method.length"])[0]["method.length"] == 20
+
+
+class _ApiRun:
+    def __init__(self, i, acc, state="finished", method="prompt"):
+        self.id, self.group, self.tags, self.state = f"r{i}", "study", ["t"], state
+        self.config = {"_wandb": {}, "seed": i, "data": {"name": "sst2"},
+                       "model": {"name": "m"}, "method": {"_target_": f"spt.methods.{method}.X",
+                                                          "length": 5 * i},
+                       "regularizer": None}
+        self.summary = {"_runtime": 3, "val/acc": acc, "steps": 10, "params/trainable": 20,
+                        "params/backbone": 980, "params/trainable_pct": 2.0,
+                        "params/served": 20, "fit_seconds": 1.0} if state == "finished" \
+            else {"val/acc": acc, "trainer/global_step": 3, "step": 3}
+
+
+def test_wandb_api_runs_become_rows(monkeypatch, capsys):
+    """wandb:entity/project/group reads the study's runs through wandb.Api (a stand-in here:
+    there is no network): finished runs from their summary, unfinished as incomplete."""
+    import wandb
+
+    calls = []
+
+    class Api:
+        def runs(self, path, filters=None):
+            calls.append((path, filters))
+            return [_ApiRun(1, 0.7), _ApiRun(2, 0.8), _ApiRun(3, 0.6, state="running")]
+
+    monkeypatch.setattr(wandb, "Api", Api)
+    rows = collect(["wandb:me/spt/study"], keys=["method.length"])
+    assert calls == [("me/spt", {"group": "study"})]
+    assert [(r["run"], r["status"], r["val/acc"], r["seed"], r["method.length"]) for r in rows] \
+        == [("wandb:me/spt/r1", "done", 0.7, 1, 5), ("wandb:me/spt/r2", "done", 0.8, 2, 10),
+            ("wandb:me/spt/r3", "incomplete", 0.6, 3, 15)]
+    assert rows[0]["method"] == "prompt" and rows[0]["served_pct"] == 2.0
+    assert [r["run"] for r in collect(["wandb:me/spt"], done_only=True)] == \
+        ["wandb:me/spt/r1", "wandb:me/spt/r2"]
+    assert calls[-1] == ("me/spt", None)
+    assert main(["wandb:me/spt/study", "--done-only", "--mean", "--group-by", "method"]) == 0
+    assert "0.7500 ± 0.0707 (n=2)" in capsys.readouterr().out
+
+
+def test_wandb_api_failures_are_named(monkeypatch, capsys):
+    import wandb
+
+    class Offline:
+        def runs(self, path, filters=None):
+            raise ConnectionError("no route to api.wandb.ai")
+
+    monkeypatch.setattr(wandb, "Api", Offline)
+    assert main(["wandb:me/spt"]) == 2
+    err = capsys.readouterr().err
+    assert "could not list the runs (ConnectionError: no route" in err and "wandb login" in err
+    with pytest.raises(SptError, match="entity/project or wandb:entity/project/group"):
+        collect(["wandb:justone"])

@@ -190,6 +190,19 @@ def test_run_with_wandb_offline_groups_and_finishes(tmp_path, data_dir):
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1, "one finished offline W&B run"
     assert (run / "csv" / "metrics.csv").is_file()
+    # What the W&B UI will show once synced: the study as group, the tags, spt's resolved
+    # config untouched (Lightning's own hparams logging would overwrite seed with data.seed),
+    # and the final metrics including what serving the prompt takes.
+    from spt.wandb_runs import read_offline_run
+
+    logged = read_offline_run(offline[0])
+    resolved = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert logged.finished and logged.group == resolved["study"] and logged.tags == ["ci"]
+    assert logged.config == json.loads(json.dumps(resolved))  # as JSON: int keys are str
+    assert logged.summary["val/acc"] == pytest.approx(metrics["val/acc"])
+    assert logged.summary["params/served"] == metrics["params/served"] > 0
+    assert any("train/loss" in row for row in logged.history)
 
 
 def test_zero_shot_writes_no_prompt(tmp_path, data_dir):

@@ -217,7 +217,7 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         task_index: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer", "image_processor"])
+        self.save_hyperparameters(ignore=["tokenizer", "image_processor"], logger=False)
         self.name = str(name)
         if arch is not None and arch != "clip":
             raise SptError(

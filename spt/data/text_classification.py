@@ -152,7 +152,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         group_by_length: bool = False,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer"])
+        self.save_hyperparameters(ignore=["tokenizer"], logger=False)
         self.name = str(name)
         self.tokenizer = tokenizer
         refuse_image_backbone(name, arch)

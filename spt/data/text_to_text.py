@@ -201,7 +201,7 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         task_index: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer"])
+        self.save_hyperparameters(ignore=["tokenizer"], logger=False)
         self.name = str(name)
         self.tokenizer = tokenizer
         if arch == "encoder":
