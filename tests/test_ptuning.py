@@ -95,6 +95,9 @@ def test_mixed_tasks_rows_equal_rows_alone(data_dir):
         keep = row["attention_mask"][0].bool()  # drop this row's left padding
         row = {k: (v[:, keep] if v.dim() == 2 else v) for k, v in row.items()}
         torch.testing.assert_close(m(row)[0], mixed[i], atol=1e-5, rtol=1e-5)
+    # ... and the task id is read: the same rows under other tasks score differently
+    batch["task_ids"] = torch.tensor([0, 1, 2, 0])
+    assert not torch.allclose(m(batch), mixed, atol=1e-4)
 
 
 def test_template_counts_must_match_length(data_dir):
