@@ -11,8 +11,10 @@ from spt.backbones import tiny
 from spt.core.errors import SptError
 from spt.data.task import TaskInfo
 from spt.generate import _greedy, _stepper, beam_search, generate, greedy_reference
+from spt.methods.mpt import MPT
 from spt.methods.prefix import PrefixTuning
 from spt.methods.prompt import PromptTuning
+from spt.methods.ptuning import PTuning
 from spt.methods.ptuning_v2 import PTuningV2
 
 TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great"),
@@ -21,12 +23,24 @@ TEXTS = ["hello there", "a much longer input goes here", "mid size row"]
 N_SOFT = 3
 
 
-def _method(family: str) -> PromptTuning:
-    m = PromptTuning(tiny(family, hidden=64, seed=3), TASK, length=N_SOFT, init="uniform",
-                     n_tasks=3).eval()
-    with torch.no_grad():  # distinct, large prompts so each task steers decoding differently
-        m.prompt.weight.normal_(0, 2, generator=torch.Generator().manual_seed(0))
+def _method(family: str, cls=PromptTuning):
+    """A method whose prompt sits in the input, 3 tasks; each task's prompt is made distinct
+    and large so that it steers decoding differently."""
+    m = cls(tiny(family, hidden=64, seed=3), TASK, length=N_SOFT, n_tasks=3,
+            **({} if cls is PTuning else {"init": "uniform"})).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        if cls is PromptTuning:
+            m.prompt.weight.normal_(0, 2, generator=g)
+        elif cls is MPT:  # shared prompt times each task's rank-1 update
+            m.prompts.shared.normal_(0, 2, generator=g)
+            for p in (m.prompts.u, m.prompts.v):
+                p.normal_(1, 0.5, generator=g)
+        # P-Tuning: its per-task encoder inputs start distinct as they are
     return m
+
+
+INPUT_METHODS = [PromptTuning, PTuning, MPT]
 
 
 def _batch(m: PromptTuning, texts: list[str], task_ids: list[int]) -> dict:
@@ -46,9 +60,10 @@ def _batch(m: PromptTuning, texts: list[str], task_ids: list[int]) -> dict:
             "task_ids": torch.tensor(task_ids)}
 
 
+@pytest.mark.parametrize("cls", INPUT_METHODS, ids=lambda c: c.method_name)
 @pytest.mark.parametrize("family", ["llama", "t5"])
-def test_cached_greedy_equals_uncached_step_by_step(family):
-    m = _method(family)
+def test_cached_greedy_equals_uncached_step_by_step(family, cls):
+    m = _method(family, cls)
     batch = _batch(m, TEXTS, [2, 0, 1])
     out = m.backbone.generate(inputs_embeds=m.embed(batch), attention_mask=batch["attention_mask"],
                               max_new_tokens=6, do_sample=False, use_cache=True,
@@ -61,23 +76,28 @@ def test_cached_greedy_equals_uncached_step_by_step(family):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4, msg=f"step {step}")
 
 
+@pytest.mark.parametrize("cls", INPUT_METHODS, ids=lambda c: c.method_name)
 @pytest.mark.parametrize("family", ["llama", "t5"])
-def test_beam_search_same_with_and_without_cache(family):
-    m = _method(family)
+def test_beam_search_same_with_and_without_cache(family, cls):
+    m = _method(family, cls)
     batch = _batch(m, TEXTS, [0, 1, 2])
     a = generate(m, batch, max_new_tokens=5, num_beams=3)
     b = generate(m, batch, max_new_tokens=5, num_beams=3, use_cache=False)
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("cls", INPUT_METHODS, ids=lambda c: c.method_name)
 @pytest.mark.parametrize("family", ["llama", "t5"])
-def test_mixed_task_rows_decode_as_if_alone(family):
-    m = _method(family)
+def test_mixed_task_rows_decode_as_if_alone(family, cls):
+    m = _method(family, cls)
     task_ids = [2, 0, 1]
     mixed = generate(m, _batch(m, TEXTS, task_ids), max_new_tokens=5)
     for i, (text, t) in enumerate(zip(TEXTS, task_ids, strict=True)):
         alone = generate(m, _batch(m, [text], [t]), max_new_tokens=5)
         assert torch.equal(mixed[i, : alone.shape[1]], alone[0]), f"row {i}"
+    _, first = greedy_reference(m, _batch(m, TEXTS, task_ids), max_new_tokens=1)
+    _, other = greedy_reference(m, _batch(m, TEXTS, [0, 1, 2]), max_new_tokens=1)
+    assert not torch.allclose(first[0], other[0]), "the task id changes nothing"
 
 
 def test_encoder_only_is_refused():
