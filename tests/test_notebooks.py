@@ -27,7 +27,15 @@ def test_notebook_runs(path, tmp_path, monkeypatch, data_dir):
 
 
 def _quickstart(outputs: str, out) -> None:
-    assert "reloaded dev accuracy" in outputs
+    import re
+
+    assert "dev accuracy:" in outputs and "reloaded dev accuracy" in outputs
+    # one line per prompt position (method.length=8): its norm and 3 nearest vocabulary tokens
+    lines = re.findall(r"^\s*(\d+)  norm\s+([\d.]+)  nearest \[(.+)\]  cos \[(.+)\]$",
+                       outputs, flags=re.M)
+    assert [int(pos) for pos, *_ in lines] == list(range(8))
+    assert all(float(norm) > 0 and len(toks.split(",")) == 3 for _, norm, toks, _ in lines)
+    assert "mean vocabulary embedding norm:" in outputs
     assert (out / "prompt.safetensors").is_file()
 
 
