@@ -36,7 +36,8 @@ def test_ddp_on_two_cpu_processes(tmp_path, data_dir):
     _ddp_run_matches_one_process("tiny-bert", tmp_path)
 
 
-@pytest.mark.slow  # CI runs the tiny DDP test above; this one with `make test-all`
+@pytest.mark.slow
+@pytest.mark.ci  # issue 5: CI runs the default job itself with DDP
 def test_ddp_default_job_on_minilm(tmp_path, data_dir):
     """The default job (Prompt Tuning, SST-2, MiniLM) with DDP, a few steps."""
     _ddp_run_matches_one_process("minilm", tmp_path)
