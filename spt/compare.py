@@ -50,7 +50,7 @@ IDENTITY = ["data", "model", "method", "regularizer"]  # what a run is, apart fr
 SUMMARISED = ["prompt_norm", "fit_seconds"]  # averaged over seeds besides the val/* metrics
 _ABSENT = object()  # OmegaConf.select default: tells a missing key from a null value
 WANDB_PREFIX = "wandb:"  # a root naming W&B runs on the server: wandb:entity/project[/group]
-_CONFIGS: dict = {}  # run name -> config, for runs read through the W&B API (no directory)
+CONFIG = "_config"  # a row's own config, for runs with no directory (read through the W&B API)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +87,8 @@ def collect(roots: list[Path], keys: list[str] | tuple[str, ...] = (),
                 rows.append(_incomplete_row(run))
         for run in sorted({p.parent.parent.parent for p in root.rglob("run-*.wandb")
                            if p.parent.parent.name == "wandb"}):  # logger=wandb alone
-            if run.resolve() not in seen and not (run / "metrics.json").exists():
+            if run.resolve() not in seen and not (run / "metrics.json").exists() \
+                    and _config(run) is not None:  # an spt run, not a stray ./wandb
                 seen.add(run.resolve())
                 rows.append(_wandb_incomplete_row(run))
     if not rows:
@@ -120,19 +121,21 @@ def _metrics_row(name: str, m: dict, cfg, meta: dict, run: Path | None) -> dict:
     config; ``run`` is its directory when it has one."""
     trainable = m.get("params/trainable", 0)
     total = trainable + m.get("params/backbone", 0)
-    served = m.get("params/served", meta.get("served_parameters", trainable))
+    served = m.get("params/served", meta.get("served_parameters"))  # None: not recorded
     # Older metrics.json files (and W&B summaries) lack the identity: take it from the config.
     ident = _identity(run, cfg) if not all(m.get(k) for k in ("data", "model", "method")) \
         else {}
+    zero_shot = m.get("zero_shot", _select(cfg, "zero_shot")) is True  # W&B logs no booleans
     row = {
         "run": name, "data": m.get("data") or ident.get("data", ""),
         "model": m.get("model") or ident.get("model", ""),
         "method": (m.get("method") or ident.get("method", ""))
-        + (" (zero-shot)" if m.get("zero_shot") else ""),
+        + (" (zero-shot)" if zero_shot else ""),
         "steps": m.get("steps", 0), "trainable": trainable,
         "trainable_pct": round(m.get("params/trainable_pct", 0.0), 4),
-        "served_params": served, "served_pct": round(100 * served / total, 4) if total else 0,
-        "fit_seconds": m.get("fit_seconds", 0), "artifact_bytes": m.get("artifact_bytes", 0),
+        "served_params": served,
+        "served_pct": round(100 * served / total, 4) if total and served is not None else None,
+        "fit_seconds": m.get("fit_seconds", 0), "artifact_bytes": m.get("artifact_bytes"),
         "seed": m.get("seed", ident.get("seed")), "regularizer": _regularizer(cfg),
         "prompt_norm": None, "status": "done",
     }
@@ -185,11 +188,20 @@ def _wandb_incomplete_row(run: Path) -> dict:
     its newest offline W&B run logged."""
     from spt.wandb_runs import offline_runs, read_offline_run
 
-    logged = read_offline_run(offline_runs(run)[-1])
-    last = {k: float(v) for k, v in logged.summary.items() if _is_number(v)}
+    summary, config = {}, {}
+    for path in offline_runs(run):  # a resumed run logged several: oldest first
+        logged = read_offline_run(path)
+        summary.update(logged.summary)
+        config = logged.config or config
+    return _progress_row(str(run), _progress(summary), _config(run) or _as_config(config), run)
+
+
+def _progress(summary: dict) -> dict:
+    """The numbers of a W&B summary, with Lightning's ``trainer/global_step`` as ``step``."""
+    last = {k: float(v) for k, v in summary.items() if _is_number(v)}
     if "trainer/global_step" in last:
         last["step"] = last["trainer/global_step"]
-    return _progress_row(str(run), last, _config(run) or _as_config(logged.config), run)
+    return last
 
 
 def _as_config(tree: dict):
@@ -205,19 +217,19 @@ def _api_rows(spec: str) -> list[dict]:
     from spt.wandb_runs import api_runs
 
     parts = spec.removeprefix(WANDB_PREFIX).strip("/").split("/")
-    if len(parts) not in (2, 3) or not all(parts):
+    if len(parts) < 2 or not all(parts):
         raise SptError(f"{spec}: name W&B runs as {WANDB_PREFIX}entity/project or "
-                       f"{WANDB_PREFIX}entity/project/group (a study)")
-    project = "/".join(parts[:2])
+                       f"{WANDB_PREFIX}entity/project/group (a study; the default one is "
+                       "method/model/data)")
+    project, group = "/".join(parts[:2]), "/".join(parts[2:]) or None
     rows = []
-    for logged in api_runs(project, parts[2] if len(parts) == 3 else None):
+    for logged in api_runs(project, group):
         name = f"{WANDB_PREFIX}{project}/{logged.id}"
         cfg = _as_config(logged.config)
-        _CONFIGS[name] = cfg
         done = logged.finished and "fit_seconds" in logged.summary  # spt.run's last log
-        rows.append(_metrics_row(name, logged.summary, cfg, {}, None) if done else
-                    _progress_row(name, {k: float(v) for k, v in logged.summary.items()
-                                         if _is_number(v)}, cfg, None))
+        row = (_metrics_row(name, logged.summary, cfg, {}, None) if done else
+               _progress_row(name, _progress(logged.summary), cfg, None))
+        rows.append({**row, CONFIG: cfg})
     return rows
 
 
@@ -256,8 +268,6 @@ def _config(run: Path):
     None without any."""
     from omegaconf import OmegaConf
 
-    if str(run) in _CONFIGS:  # a W&B API run: its logged config
-        return _CONFIGS[str(run)]
     candidates = [run / "config.yaml", run / ".hydra" / "config.yaml", run / "csv" / "hparams.yaml",
                   *sorted((run / "csv").glob("version_*/hparams.yaml"), reverse=True)]
     for path in candidates:
@@ -356,7 +366,7 @@ def add_keys(rows: list[dict], keys: list[str] | tuple[str, ...]) -> list[dict]:
     missing = [k for k in dict.fromkeys(keys) if k and not any(k in r for r in rows)]
     if not missing:
         return rows
-    configs = [_config(Path(r["run"])) for r in rows]
+    configs = [r[CONFIG] if CONFIG in r else _config(Path(r["run"])) for r in rows]
     for key in missing:
         values = [_select(cfg, key) for cfg in configs]
         if all(v is _ABSENT for v in values):
@@ -387,7 +397,7 @@ def columns(rows: list[dict]) -> list[str]:
 def _extra_columns(rows: list[dict]) -> list[str]:
     """Columns added by :func:`add_keys`, in the order they were added."""
     return list(dict.fromkeys(k for r in rows for k in r
-                              if k not in FIXED and not k.startswith("val/")))
+                              if k not in FIXED and k != CONFIG and not k.startswith("val/")))
 
 
 def markdown(rows: list[dict], cols: list[str] | None = None) -> str:

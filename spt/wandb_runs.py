@@ -47,9 +47,11 @@ def records(path: Path) -> Iterator:
     from wandb.proto import wandb_internal_pb2
 
     data = Path(path).read_bytes()
+    if len(data) < FILE_HEADER:  # just created: wandb-core buffers until its first flush
+        return
     if not data.startswith(MAGIC):
-        raise SptError(f"{path} is not a W&B run log (no {MAGIC!r} header): give the "
-                       "run-<id>.wandb file of an offline run")
+        raise SptError(f"{path} is not a W&B run log (no {MAGIC!r} header): delete it, or "
+                       "leave its run out (spt.compare --done-only)")
     pos, parts = FILE_HEADER, []
     while pos + CHUNK.size <= len(data):
         if BLOCK - pos % BLOCK < CHUNK.size:  # a block's tail too short for a chunk: padding
@@ -90,14 +92,16 @@ def _set(tree: dict, path: list[str], value) -> None:
     tree[path[-1]] = value
 
 
-def read_offline_run(path: Path) -> WandbRun:
-    """The run logged in ``path``: an offline run directory (``offline-run-<time>-<id>``) or
-    its ``run-<id>.wandb`` file."""
+def read_offline_run(path: Path, history: bool = False) -> WandbRun:
+    """The run logged in ``path``: a local run directory (``offline-run-<time>-<id>``, or
+    ``run-<time>-<id>`` of an online run) or its ``run-<id>.wandb`` file. ``history`` keeps
+    every logged row (``WandbRun.history``); the summary always holds the last values."""
     path = Path(path)
     if path.is_dir():
         logs = sorted(path.glob("run-*.wandb"))
         if not logs:
-            raise SptError(f"{path} holds no run-<id>.wandb: give an offline-run-* directory")
+            raise SptError(f"{path} holds no run-<id>.wandb: give a wandb/offline-run-* "
+                           "directory")
         path = logs[0]
     run = WandbRun(id=path.stem.removeprefix("run-"))
     for record in records(path):
@@ -114,9 +118,9 @@ def read_offline_run(path: Path) -> WandbRun:
                 key = "/".join(_path(item))
                 if not key.startswith("_"):
                     row[key] = _value(item)
-            if row:
+            if row and history:
                 run.history.append(row)
-                run.summary.update(row)
+            run.summary.update(row)
             continue
         elif kind == "summary":
             for item in record.summary.update:
@@ -136,9 +140,11 @@ def read_offline_run(path: Path) -> WandbRun:
 
 
 def offline_runs(run_dir: Path) -> list[Path]:
-    """The offline W&B run directories of an spt run directory (``<run>/wandb/offline-run-*``),
-    oldest first (a resumed run starts a new one)."""
-    return sorted((Path(run_dir) / "wandb").glob("offline-run-*"))
+    """The local W&B run directories of an spt run directory (``<run>/wandb/offline-run-*``,
+    or ``run-*`` when it logged online), oldest first: a resumed run starts a new one."""
+    found = [p for p in (Path(run_dir) / "wandb").glob("*run-*")
+             if p.is_dir() and any(p.glob("run-*.wandb"))]
+    return sorted(found, key=lambda p: p.name.removeprefix("offline-"))  # by start time
 
 
 def api_runs(path: str, group: str | None = None) -> list[WandbRun]:

@@ -9,6 +9,7 @@ import pytest
 
 from spt.backbones import tiny
 from spt.compare import aggregate, collect, main, plot
+from spt.compare import columns as main_columns
 from spt.core.errors import SptError
 from spt.data.task import TaskInfo
 from spt.methods.mpt import MPT
@@ -315,7 +316,7 @@ class _ApiRun:
         self.summary = {"_runtime": 3, "val/acc": acc, "steps": 10, "params/trainable": 20,
                         "params/backbone": 980, "params/trainable_pct": 2.0,
                         "params/served": 20, "fit_seconds": 1.0} if state == "finished" \
-            else {"val/acc": acc, "trainer/global_step": 3, "step": 3}
+            else {"val/acc": acc, "trainer/global_step": 3}
 
 
 def test_wandb_api_runs_become_rows(monkeypatch, capsys):
@@ -331,12 +332,13 @@ def test_wandb_api_runs_become_rows(monkeypatch, capsys):
             return [_ApiRun(1, 0.7), _ApiRun(2, 0.8), _ApiRun(3, 0.6, state="running")]
 
     monkeypatch.setattr(wandb, "Api", Api)
-    rows = collect(["wandb:me/spt/study"], keys=["method.length"])
-    assert calls == [("me/spt", {"group": "study"})]
+    rows = collect(["wandb:me/spt/prompt/m/sst2"], keys=["method.length"])
+    assert calls == [("me/spt", {"group": "prompt/m/sst2"})]  # the default study has slashes
     assert [(r["run"], r["status"], r["val/acc"], r["seed"], r["method.length"]) for r in rows] \
         == [("wandb:me/spt/r1", "done", 0.7, 1, 5), ("wandb:me/spt/r2", "done", 0.8, 2, 10),
             ("wandb:me/spt/r3", "incomplete", 0.6, 3, 15)]
     assert rows[0]["method"] == "prompt" and rows[0]["served_pct"] == 2.0
+    assert rows[2]["steps"] == 3 and "_config" not in main_columns(rows)
     assert [r["run"] for r in collect(["wandb:me/spt"], done_only=True)] == \
         ["wandb:me/spt/r1", "wandb:me/spt/r2"]
     assert calls[-1] == ("me/spt", None)
@@ -357,3 +359,81 @@ def test_wandb_api_failures_are_named(monkeypatch, capsys):
     assert "could not list the runs (ConnectionError: no route" in err and "wandb login" in err
     with pytest.raises(SptError, match="entity/project or wandb:entity/project/group"):
         collect(["wandb:justone"])
+
+
+# -- the offline log's framing ----------------------------------------------------------------
+def _frame(payloads: list[bytes], block: int = 32 * 1024) -> tuple[bytes, set[str]]:
+    """Records framed as wandb-core writes them: the 7-byte header inside block 0, chunks that
+    never cross a block, zero fill where fewer than 7 bytes are left, an empty FIRST chunk
+    where exactly 7 are. Also returns which of those edge cases occurred."""
+    import struct
+    import zlib
+
+    out, seen = bytearray(b":W&B" + struct.pack("<HB", 0xBEE1, 0)), set()
+    for data in payloads:
+        first = True
+        while first or data:
+            left = block - len(out) % block
+            if left < 7:
+                out += bytes(left)
+                seen.add("zero fill")
+                continue
+            part, data = data[: left - 7], data[left - 7:]
+            kind = (1 if not data else 2) if first else (4 if not data else 3)
+            seen.add({1: "FULL", 2: "FIRST", 3: "MIDDLE", 4: "LAST"}[kind]
+                     + (" empty" if not part else ""))
+            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + part), len(part), kind) + part
+            first = False
+    return bytes(out), seen
+
+
+def _history(step: int, **values) -> bytes:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    record = pb.Record()
+    for key, value in values.items():
+        item = record.history.item.add()
+        item.nested_key.append(key)
+        item.value_json = json.dumps(value)
+    record.history.step.num = step
+    return record.SerializeToString()
+
+
+def test_offline_log_records_across_blocks_and_a_torn_tail(tmp_path):
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from spt.wandb_runs import read_offline_run, records
+
+    run = pb.Record()
+    run.run.run_id, run.run.run_group = "abc", "study"
+    item = run.run.config.update.add()
+    item.key, item.value_json = "note", json.dumps("x" * 70_000)  # FIRST, MIDDLE, LAST
+    # record sizes that walk the block edges through every remainder 0..12
+    small = [_history(i, **{"val/acc": i / 100, "pad": "y" * (300 + i % 13)})
+             for i in range(300)]
+    head = [small[0], run.SerializeToString()]
+    left = 32 * 1024 - len(_frame(head)[0]) % (32 * 1024)
+    # then a record that leaves exactly one chunk header's room: the next starts empty
+    def sized(size: int) -> bytes:
+        return next(b for n in range(size, 0, -1) if len(b := _history(-1, pad="z" * n)) == size)
+
+    fill = sized(left - 14)
+    # ... and, later, one that leaves 3 bytes: the block's end is zero fill
+    left = 32 * 1024 - len(_frame([*head, fill, *small[1:100]])[0]) % (32 * 1024)
+    data, seen = _frame([*head, fill, *small[1:100], sized(left - 10), *small[100:]])
+    assert {"zero fill", "FIRST", "MIDDLE", "LAST", "FIRST empty"} <= seen, seen
+    path = tmp_path / "run-abc.wandb"
+    path.write_bytes(data)
+    logged = read_offline_run(path, history=True)
+    assert logged.id == "abc" and logged.group == "study" and len(logged.config["note"]) == 70_000
+    acc = [i / 100 for i in range(300)]
+    assert [row.get("val/acc") for row in logged.history] == \
+        [0.0, None, *acc[1:100], None, *acc[100:]]
+    for cut in (len(data) - 5, len(data) - 400):  # a run still writing: a torn last record
+        path.write_bytes(data[:cut])
+        assert len(list(records(path))) < 303
+    path.write_bytes(data[:3])  # created, nothing flushed yet
+    assert list(records(path)) == []
+    path.write_bytes(b"not a log at all")
+    with pytest.raises(SptError, match="not a W&B run log"):
+        list(records(path))

@@ -195,7 +195,7 @@ def test_run_with_wandb_offline_groups_and_finishes(tmp_path, data_dir):
     # and the final metrics including what serving the prompt takes.
     from spt.wandb_runs import read_offline_run
 
-    logged = read_offline_run(offline[0])
+    logged = read_offline_run(offline[0], history=True)
     resolved = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert logged.finished and logged.group == resolved["study"] and logged.tags == ["ci"]
