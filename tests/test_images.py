@@ -263,3 +263,45 @@ def test_coop_yaml_composes_and_resolves(name):
     assert data["shots"] == 16 and data["metrics"] == ["acc"]
     if data["label_words"] is not None:
         assert len(data["label_words"]) == 10  # EuroSAT's CoOp names
+
+
+# ---------------------------------------------------------------- a folder per class
+FOLDERS = {"train": {"path": "cifar10_subset/images/train", "format": "folder"},
+           "dev": {"path": "cifar10_subset/images/test", "format": "folder"}}
+
+
+def _pairs(dm, split):
+    data = dm._split(split)
+    return sorted((Path(data.store[r]).relative_to(Path(data.store[r]).parents[2]).as_posix(),
+                   dm.task.label_names[y]) for r, y in zip(data.rows, data.labels, strict=True))
+
+
+def test_image_folder_layout_reads_the_same_images_and_classes_as_the_csv(make):
+    """format: folder (a subfolder per class) gives the rows the CSV lists, with labels that
+    follow data.class_names, here in an order unlike the folders' own."""
+    csv_dm = make(shots=None)
+    names = list(reversed(CIFAR))
+    dm = make(local=FOLDERS, class_names=names, shots=None)
+    assert dm.task.label_names == tuple(names)
+    for split in ("train", "dev"):
+        assert _pairs(dm, split) == _pairs(csv_dm, split)
+        assert len(dm._split(split)) == 1000
+    # without class names: the train folder's subfolders, sorted
+    assert make(local=FOLDERS, class_names=None).task.label_names == tuple(sorted(CIFAR))
+    dm = make(local=FOLDERS, class_names=None, shots=2, batch_size=20)
+    dm.setup("fit")
+    assert per_class(dm._split("train").labels) == {c: 2 for c in range(10)}
+
+
+def test_image_folder_errors_name_the_folder(make, data_dir, tmp_path):
+    with pytest.raises(SptError, match=r"data folder not found: .*images/nothere"):
+        make(local={**FOLDERS, "dev": {"path": "cifar10_subset/images/nothere",
+                                       "format": "folder"}})
+    dm = make(local=FOLDERS, class_names=CIFAR[:9], shots=None)  # no "truck" class name
+    with pytest.raises(SptError, match=r"images/test/truck: a class folder that is not one of "
+                                       r"the 9 class names.*add it to data.class_names"):
+        dm._split("dev")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SptError, match="has no class subfolders"):
+        make(root=str(tmp_path), local={s: {"path": "empty", "format": "folder"}
+                                         for s in ("train", "dev")}, class_names=["a"])._split("dev")

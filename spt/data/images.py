@@ -17,6 +17,9 @@ Sources (as for text data, :mod:`spt.data.readers`): local files under ``root``
   extension), ``image`` (column holding the image file path, relative to that file's folder),
   ``label`` (column holding the class index), ``classname`` (optional column holding the class
   name; when given, every row is checked against ``class_names``).
+  Or ``format: folder``: ``path`` is a folder with one subfolder of images per class, named
+  as the class (torchvision's ImageFolder layout); labels follow ``class_names``, or the train
+  folder's subfolders in sorted order when it is null.
 - hub split spec: ``path``, ``name``, ``split`` (``"train+validation"`` works), ``revision``,
   ``image`` (an ``Image`` column) and ``label`` (a ``ClassLabel`` or int column).
 
@@ -58,6 +61,7 @@ log = logging.getLogger("spt.data")
 SPLITS = ("train", "dev")
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 LOCAL_KEYS = {"path", "format", "image", "label", "classname"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 HUB_KEYS = {"path", "name", "split", "revision", "image", "label"}
 CLIP_MODELS = "model=tiny-clip, clip-vit-b16 or clip-vit-b32"
 
@@ -311,12 +315,15 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
             spec.setdefault("label", "label")
             if key == "local":
                 fmt = spec.get("format") or FORMATS.get(Path(spec["path"]).suffix.lower())
-                if fmt not in ("csv", "tsv", "jsonl"):
+                if fmt not in ("csv", "tsv", "jsonl", "folder"):
                     raise SptError(
                         f"{where}: unknown file format {spec.get('format') or spec['path']!r}; "
-                        f"set {where}.format to csv, tsv or jsonl."
+                        f"set {where}.format to csv, tsv or jsonl (a file), or folder (one "
+                        "subfolder of images per class)."
                     )
                 spec["format"] = fmt
+                if fmt == "folder":  # the rows _folder_rows makes
+                    spec.update(image="path", label="label", classname="classname")
             out[split] = spec
         return out
 
@@ -416,7 +423,30 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
             self._hub_cache[split] = load_hub_images(self.name, self.hub[split])
         return self._hub_cache[split]
 
+    def _folder_rows(self, path: Path) -> list[dict]:
+        """One row per image of a class-per-subfolder layout, labelled by the subfolder's
+        position in the class names (the train folder's sorted subfolders while those are
+        still being read)."""
+        classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+        if not classes:
+            raise SptError(f"{path} has no class subfolders: put each class's images in a "
+                           "folder named as the class, or use a csv/tsv/jsonl file")
+        names = getattr(self, "_all_names", None) or classes
+        rows = []
+        for name in classes:
+            if name not in names:
+                raise SptError(f"{path / name}: a class folder that is not one of the "
+                               f"{len(names)} class names ({_preview(names)}, from "
+                               f"{getattr(self, '_names_source', 'the train folder')}); rename "
+                               "it, or add it to data.class_names")
+            rows += [{"path": f"{name}/{f.name}", "label": names.index(name), "classname": name}
+                     for f in sorted((path / name).iterdir())
+                     if f.suffix.lower() in IMAGE_SUFFIXES]
+        return rows
+
     def _local_rows(self, split: str) -> list[dict]:
+        if split not in self._local_cache and self.local[split]["format"] == "folder":
+            self._local_cache[split] = self._folder_rows(self.root / self.local[split]["path"])
         if split not in self._local_cache:
             spec = self.local[split]
             path = self.root / spec["path"]
@@ -441,7 +471,7 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         if self.root is not None:
             spec, where = self.local[split], f"data.local.{split}"
             path = self.root / spec["path"]
-            folder = path.parent
+            folder = path if spec["format"] == "folder" else path.parent
             raw: list[int] = []
             images: list[str] = []
             for n, row in enumerate(self._local_rows(split)):

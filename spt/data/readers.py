@@ -261,9 +261,12 @@ def check_root(name: str, root, local: Mapping | None) -> Path | None:
         raise SptError(f"data root not found: {root} (from data.root / SPT_DATA_DIR). "
                        f"{ROOT_HINT}")
     for split, spec in local.items():
-        if spec is not None and not (root / spec["path"]).is_file():
-            raise SptError(f"{name}: data file not found: {root / spec['path']} "
-                           f"(data.local.{split}.path under data.root). {ROOT_HINT}")
+        folder = spec is not None and spec.get("format") == "folder"  # images, a folder a class
+        if spec is not None and not ((root / spec["path"]).is_dir() if folder
+                                     else (root / spec["path"]).is_file()):
+            raise SptError(f"{name}: data {'folder' if folder else 'file'} not found: "
+                           f"{root / spec['path']} (data.local.{split}.path under data.root). "
+                           f"{ROOT_HINT}")
     return root
 
 
