@@ -185,7 +185,7 @@ def _incomplete_row(run: Path) -> dict:
 
 def _wandb_incomplete_row(run: Path) -> dict:
     """A run without ``metrics.json`` or a CSV log (``logger=wandb`` alone): the last values
-    its newest offline W&B run logged."""
+    its local W&B runs logged (a resumed run has one per stretch; later values win)."""
     from spt.wandb_runs import offline_runs, read_offline_run
 
     summary, config = {}, {}
