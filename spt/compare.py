@@ -293,8 +293,7 @@ def _identity(run: Path, cfg) -> dict:
     """data, model, method and seed of a run from its config ``cfg`` (see :func:`_config`)
     and Hydra's group choices."""
     choices = {}
-    hydra_yaml = run / ".hydra" / "hydra.yaml" if run is not None else None
-    if hydra_yaml is not None and hydra_yaml.is_file():
+    if run is not None and (hydra_yaml := run / ".hydra" / "hydra.yaml").is_file():
         from omegaconf import OmegaConf
 
         choices = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices",

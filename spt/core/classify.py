@@ -191,10 +191,9 @@ class ClassificationMixin:
             return 0.0
         term, logs = self.regularizer(self, batch)
         prefixes = tuple(getattr(self.regularizer, "every_step_logs", ()))
-        every_step = {k: float(logs.pop(k)) for k in list(logs)
-                      if prefixes and k.startswith(prefixes)}
+        every_step = {k: float(logs.pop(k)) for k in list(logs) if k.startswith(prefixes)}
         self.log_dict({"train/reg": term.detach(), **logs}, batch_size=len(batch["labels"]))
-        if every_step and self._trainer is not None:  # past log_every_n_steps' thinning
+        if every_step:  # past log_every_n_steps' thinning
             for logger in self.loggers:
                 logger.log_metrics(every_step, step=self.global_step)
         return term

@@ -35,9 +35,7 @@ Batch contract (every loader)::
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import logging
 import random
 import re
@@ -52,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spt.core.errors import SptError
 from spt.data.loaders import SplitLoaders, make_loader
-from spt.data.readers import ROOT_HINT, check_root, hub_source, load_hub_split, to_plain
+from spt.data.readers import ROOT_HINT, check_root, hub_source, load_hub_split, read_rows, to_plain
 from spt.data.tables import check_split_spec
 from spt.data.task import METRICS, TaskInfo
 
@@ -445,25 +443,12 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         return rows
 
     def _local_rows(self, split: str) -> list[dict]:
-        if split not in self._local_cache and self.local[split]["format"] == "folder":
-            self._local_cache[split] = self._folder_rows(self.root / self.local[split]["path"])
         if split not in self._local_cache:
             spec = self.local[split]
             path = self.root / spec["path"]
-            with path.open(encoding="utf-8", newline="") as f:
-                if spec["format"] == "jsonl":
-                    rows = []
-                    for lineno, line in enumerate(f, 1):
-                        if line.strip():
-                            try:
-                                rows.append(json.loads(line))
-                            except json.JSONDecodeError as e:
-                                raise SptError(f"{path}:{lineno}: not valid JSON ({e.msg}).") \
-                                    from None
-                else:
-                    rows = list(csv.DictReader(f, delimiter="\t" if spec["format"] == "tsv"
-                                               else ","))
-            self._local_cache[split] = rows
+            self._local_cache[split] = (
+                self._folder_rows(path) if spec["format"] == "folder"
+                else list(read_rows(path, spec["format"], columns=None, quoting="minimal")))
         return self._local_cache[split]
 
     def _read(self, split: str) -> ImageSplit:

@@ -131,7 +131,9 @@ def map_labels(raw: Sequence[Any], label_map: Mapping[str, str] | None,
     return out
 
 
-def _read_rows(path: Path, fmt: str, columns: Sequence[str] | None, quoting: str) -> Iterator[dict]:
+def read_rows(path: Path, fmt: str, columns: Sequence[str] | None, quoting: str) -> Iterator[dict]:
+    """The rows of a local csv / tsv / jsonl file as dicts; a malformed line is an SptError naming
+    it."""
     if fmt == "jsonl":
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -174,7 +176,7 @@ def read_local(root: Path, spec: Mapping, text_fields: Sequence[str], label_name
     raw: list[Any] = []
     fields = spec["fields"]
     label_col = spec["label"]
-    rows = _read_rows(path, fmt, spec.get("columns"), spec.get("quoting", "minimal"))
+    rows = read_rows(path, fmt, spec.get("columns"), spec.get("quoting", "minimal"))
     for n, row in enumerate(rows):
         try:
             for f in text_fields:
@@ -261,12 +263,13 @@ def check_root(name: str, root, local: Mapping | None) -> Path | None:
         raise SptError(f"data root not found: {root} (from data.root / SPT_DATA_DIR). "
                        f"{ROOT_HINT}")
     for split, spec in local.items():
-        folder = spec is not None and spec.get("format") == "folder"  # images, a folder a class
-        if spec is not None and not ((root / spec["path"]).is_dir() if folder
-                                     else (root / spec["path"]).is_file()):
-            raise SptError(f"{name}: data {'folder' if folder else 'file'} not found: "
-                           f"{root / spec['path']} (data.local.{split}.path under data.root). "
-                           f"{ROOT_HINT}")
+        if spec is None:
+            continue
+        path = root / spec["path"]
+        folder = spec.get("format") == "folder"  # images, a subfolder per class
+        if not (path.is_dir() if folder else path.is_file()):
+            raise SptError(f"{name}: data {'folder' if folder else 'file'} not found: {path} "
+                           f"(data.local.{split}.path under data.root). {ROOT_HINT}")
     return root
 
 
