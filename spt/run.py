@@ -125,6 +125,17 @@ class FitClock(L.Callback):
         self.before = float(state.get("seconds", 0.0))
 
 
+class ConfigStamp(L.Callback):
+    """Writes the run's resolved config into every checkpoint (``spt_config``), so a resume
+    can tell whether it continues the run it thinks it does (see :func:`check_resumed_config`)."""
+
+    def __init__(self, resolved: dict) -> None:
+        self.resolved = resolved
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["spt_config"] = self.resolved
+
+
 def train(cfg: DictConfig, out_dir: Path) -> dict:
     if cfg.select not in ("last", "best"):  # checked before hours of training, not after
         raise SptError(f"select={cfg.select!r}: choose last or best")
@@ -133,7 +144,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     done = finished_run(cfg.get("resume"), out_dir, resolved)
     if done is not None:
         return done
-    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir)
+    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir, resolved)
     L.seed_everything(cfg.seed, workers=True)
     backbone, datamodule, method = build(cfg)
     metric = optimized_metric(cfg, datamodule.task)
@@ -143,7 +154,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         lg.log_hyperparams(resolved)
     clock = FitClock()
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                     callbacks=[*_callbacks(cfg, fit, metric), clock])
+                                     callbacks=[*_callbacks(cfg, fit, metric), clock,
+                                                ConfigStamp(resolved)])
     if fit:
         log.info("fitting")
         # weights_only: a checkpoint someone hands over runs no pickled code when resumed
@@ -210,18 +222,44 @@ def finished_run(resume: str | None, out_dir: Path, resolved: dict) -> dict | No
         return None
     saved_path = out_dir / "config.yaml"
     saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.is_file() else {}
-    flat_new, flat_old = _flatten(resolved), _flatten(saved)
-    # Keys on one side only came or went with a later version of the config (a new key's
-    # default keeps the old behaviour): only values both configs set are compared.
-    differ = sorted(k for k in flat_new.keys() & flat_old.keys()
-                    if k != "resume" and flat_new[k] != flat_old[k])
+    differ = config_differences(resolved, saved)
     if differ:
         raise SptError(f"resume=auto: {out_dir} holds a finished run with another config "
-                       f"({', '.join(differ[:5])}{' ...' if len(differ) > 5 else ''} differ); "
-                       "pass another hydra.run.dir / hydra.sweep.dir, or drop resume=auto to "
-                       "train it again there")
+                       f"({differ} differ); pass another hydra.run.dir / hydra.sweep.dir, or "
+                       "drop resume=auto to train it again there")
     log.info("resume=auto: %s already finished; kept as it is", out_dir)
     return json.loads(done.read_text())
+
+
+def check_resumed_config(resume: str, ckpt_path: Path, saved: dict | None,
+                         resolved: dict) -> None:
+    """A checkpoint found by ``resume=auto`` / ``resume=last`` continues only the run that
+    wrote it: one written under another config (a sweep rerun with changed overrides, say)
+    is refused, naming the keys, before any model loads; the checkpoint is left as it is.
+    Naming the checkpoint's path (``resume=<path>``) resumes it under the new config anyway,
+    with a warning. Checkpoints written before spt stamped its config are not checked."""
+    differ = config_differences(resolved, saved or {})
+    if not differ:
+        return
+    if resume in ("auto", "last"):
+        raise SptError(f"resume={resume}: {ckpt_path} was written by a run with another config "
+                       f"({differ} differ), so resuming it would mix two runs. Pass the same "
+                       "overrides as that run, or another hydra.run.dir / hydra.sweep.dir to "
+                       f"start afresh, or resume={ckpt_path} to continue it under this config "
+                       "on purpose")
+    log.warning("resume=%s: continuing a checkpoint written under another config (%s differ)",
+                ckpt_path, differ)
+
+
+def config_differences(new: dict, old: dict) -> str:
+    """The dotted keys whose values differ between two resolved configs, comma-separated
+    (the first five), or ``""``. Keys on one side only came or went with a later version of
+    the config (a new key's default keeps the old behaviour), so only values both configs
+    set are compared; ``resume`` is how a run starts, not what it is."""
+    flat_new, flat_old = _flatten(new), _flatten(old)
+    differ = sorted(k for k in flat_new.keys() & flat_old.keys()
+                    if k != "resume" and flat_new[k] != flat_old[k])
+    return ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
 
 
 def _flatten(tree, prefix: str = "") -> dict:
@@ -231,10 +269,12 @@ def _flatten(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
-def resume_checkpoint(resume: str | None, out_dir: Path) -> str | None:
+def resume_checkpoint(resume: str | None, out_dir: Path, resolved: dict) -> str | None:
     """The checkpoint ``resume`` names (``last`` = this run directory's ``last.ckpt``; ``auto``
-    = that one if it exists, else none), checked before any model loads; None to start
-    afresh."""
+    = that one if it exists, else none), checked before any model loads (that it loads
+    safely, and that it was written under ``resolved``: :func:`check_resumed_config`); None
+    to start afresh."""
+    how = resume
     if not resume:
         return None
     if resume == "auto":  # "last" where the run directory has one
@@ -248,12 +288,13 @@ def resume_checkpoint(resume: str | None, out_dir: Path) -> str | None:
                  if resume == "last" else "check the path")
         raise SptError(f"resume={resume}: no checkpoint at {path}; {where}")
     try:  # checked now, before the model loads; weights_only: no pickled code ever runs
-        torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("spt_config")
     except Exception as err:
         raise SptError(f"resume={resume}: {path} is not a checkpoint spt can load safely "
                        f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Checkpoints "
                        "load with weights_only=True, so one holding other Python objects is "
                        "refused: resume from a checkpoint spt wrote") from None
+    check_resumed_config(how, path, saved, resolved)
     return str(path)
 
 

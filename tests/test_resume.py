@@ -186,7 +186,8 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
         reference, tmp_path):
     """Rerunning a sweep with resume=auto: a finished job is kept as it is (not retrained), a
     killed one continues from its last checkpoint to the uninterrupted result, and a finished
-    job whose config has since changed is refused, naming the key."""
+    job, or a killed job's checkpoint, whose config has since changed is refused, naming the
+    key."""
     sweep = tmp_path / "sweep"
     args = ["-m", *COMMON, f"hydra.sweep.dir={sweep}", "resume=auto"]
     r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})  # nothing there: starts
@@ -212,8 +213,31 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
 
     killed = tmp_path / "killed"
     kargs = ["-m", *COMMON, f"hydra.sweep.dir={killed}"]
-    _start_and_kill(kargs, tmp_path, "killed/0/checkpoints/last.ckpt")
+    ckpt = _start_and_kill(kargs, tmp_path, "killed/0/checkpoints/last.ckpt")
+    before = ckpt.read_bytes()
+    r = spt_run(*kargs, "resume=auto", "data.dev_limit=8", out=tmp_path)  # not this run's
+    assert r.returncode != 0
+    assert "another config" in r.stderr and "data.dev_limit" in r.stderr, r.stderr[-2000:]
+    assert f"resume={ckpt}" in r.stderr  # the fix, if meant
+    assert ckpt.read_bytes() == before  # nothing lost
     r = spt_run(*kargs, "resume=auto", out=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     got, want = _prompt(killed / "0"), _prompt(reference)
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed job differs"
+
+
+def test_resumed_config_check_refuses_auto_warns_on_a_named_path_and_skips_unstamped(caplog):
+    from spt.core.errors import SptError
+    from spt.run import check_resumed_config
+
+    ckpt = Path("/runs/x/checkpoints/last.ckpt")
+    saved = {"seed": 1, "data": {"dev_limit": 16}, "resume": None}
+    new = {"seed": 1, "data": {"dev_limit": 8}, "resume": "auto"}
+    for how in ("auto", "last"):
+        with pytest.raises(SptError, match=r"data\.dev_limit differ.*resume=/runs/x"):
+            check_resumed_config(how, ckpt, saved, new)
+    with caplog.at_level("WARNING", logger="spt.run"):
+        check_resumed_config(str(ckpt), ckpt, saved, new)  # named on purpose: continues
+    assert "data.dev_limit" in caplog.text
+    check_resumed_config("auto", ckpt, None, new)  # written before spt stamped its config
+    check_resumed_config("auto", ckpt, {**saved, "data": {"dev_limit": 8}}, new)  # same run
