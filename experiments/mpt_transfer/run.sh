@@ -14,9 +14,14 @@ for task in sst2 agnews trec; do
   run teacher_$task experiment=mpt_teacher data=$task
 done
 run source experiment=mpt_source
-run target_rte experiment=mpt_target
-run baseline_rte experiment=fewglue32_rte
-# Ablation: the same source stage without distillation, and its transfer.
+# Ablation: the same source stage without distillation.
 run source_nodistill experiment=mpt_source method.teachers=null
-run target_rte_nodistill experiment=mpt_target \
-  method.source_file=$SPT_MPT_RUNS/source_nodistill/prompt.safetensors
+# The comparison, seeds 1-3 per arm (SEEDS narrows it): MPT from the distilled source, MPT
+# from the undistilled one, and single-task Prompt Tuning, at the same data, steps and lr.
+for seed in ${SEEDS:-1 2 3}; do
+  run target_rte/seed$seed experiment=mpt_target seed=$seed
+  run baseline_rte/seed$seed experiment=fewglue32_rte seed=$seed
+  run target_rte_nodistill/seed$seed experiment=mpt_target seed=$seed \
+    method.source_file=$SPT_MPT_RUNS/source_nodistill/prompt.safetensors
+done
+$PY -m spt.compare "$SPT_MPT_RUNS" --done-only --csv experiments/mpt_transfer/results.csv
