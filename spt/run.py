@@ -126,11 +126,12 @@ class FitClock(L.Callback):
 
 
 class ConfigStamp(L.Callback):
-    """Writes the run's resolved config into every checkpoint (``spt_config``), so a resume
-    can tell whether it continues the run it thinks it does (see :func:`check_resumed_config`)."""
+    """Writes the run's resolved config into every checkpoint (``spt_config``, with paths
+    inside the run directory made relative to it), so a resume can tell whether it continues
+    the run it thinks it does (see :func:`check_resumed_config`)."""
 
-    def __init__(self, resolved: dict) -> None:
-        self.resolved = resolved
+    def __init__(self, resolved: dict, out_dir: Path) -> None:
+        self.resolved = in_run_dir(resolved, out_dir)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["spt_config"] = self.resolved
@@ -144,7 +145,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     done = finished_run(cfg.get("resume"), out_dir, resolved)
     if done is not None:
         return done
-    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir, resolved)
+    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir, in_run_dir(resolved, out_dir))
     L.seed_everything(cfg.seed, workers=True)
     backbone, datamodule, method = build(cfg)
     metric = optimized_metric(cfg, datamodule.task)
@@ -155,7 +156,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     clock = FitClock()
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
                                      callbacks=[*_callbacks(cfg, fit, metric), clock,
-                                                ConfigStamp(resolved)])
+                                                ConfigStamp(resolved, out_dir)])
     if fit:
         log.info("fitting")
         # weights_only: a checkpoint someone hands over runs no pickled code when resumed
@@ -251,6 +252,19 @@ def check_resumed_config(resume: str, ckpt_path: Path, saved: dict | None,
                 ckpt_path, differ)
 
 
+def in_run_dir(tree, out_dir: Path):
+    """``tree`` with every string that is ``out_dir`` or a path inside it written as
+    ``<run dir>/...``: a run directory moved elsewhere (scratch to home) still compares equal."""
+    root = str(out_dir)
+    if isinstance(tree, dict):
+        return {k: in_run_dir(v, out_dir) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [in_run_dir(v, out_dir) for v in tree]
+    if isinstance(tree, str) and (tree == root or tree.startswith(root + "/")):
+        return "<run dir>" + tree[len(root):]
+    return tree
+
+
 def config_differences(new: dict, old: dict) -> str:
     """The dotted keys whose values differ between two resolved configs, comma-separated
     (the first five), or ``""``. Keys on one side only came or went with a later version of
@@ -272,8 +286,8 @@ def _flatten(tree, prefix: str = "") -> dict:
 def resume_checkpoint(resume: str | None, out_dir: Path, resolved: dict) -> str | None:
     """The checkpoint ``resume`` names (``last`` = this run directory's ``last.ckpt``; ``auto``
     = that one if it exists, else none), checked before any model loads (that it loads
-    safely, and that it was written under ``resolved``: :func:`check_resumed_config`); None
-    to start afresh."""
+    safely, and that it was written under ``resolved``, given with paths relative to the run
+    directory: :func:`check_resumed_config`); None to start afresh."""
     how = resume
     if not resume:
         return None

@@ -220,15 +220,18 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
     assert "another config" in r.stderr and "data.dev_limit" in r.stderr, r.stderr[-2000:]
     assert f"resume={ckpt}" in r.stderr  # the fix, if meant
     assert ckpt.read_bytes() == before  # nothing lost
-    r = spt_run(*kargs, "resume=auto", out=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    moved = tmp_path / "moved"  # a killed sweep copied elsewhere (scratch to home) resumes
+    killed.rename(moved)
+    r = spt_run("-m", *COMMON, f"hydra.sweep.dir={moved}", "resume=auto", out=tmp_path,
+                env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    got, want = _prompt(killed / "0"), _prompt(reference)
+    got, want = _prompt(moved / "0"), _prompt(reference)
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed job differs"
 
 
 def test_resumed_config_check_refuses_auto_warns_on_a_named_path_and_skips_unstamped(caplog):
     from spt.core.errors import SptError
-    from spt.run import check_resumed_config
+    from spt.run import check_resumed_config, in_run_dir
 
     ckpt = Path("/runs/x/checkpoints/last.ckpt")
     saved = {"seed": 1, "data": {"dev_limit": 16}, "resume": None}
@@ -240,4 +243,6 @@ def test_resumed_config_check_refuses_auto_warns_on_a_named_path_and_skips_unsta
         check_resumed_config(str(ckpt), ckpt, saved, new)  # named on purpose: continues
     assert "data.dev_limit" in caplog.text
     check_resumed_config("auto", ckpt, None, new)  # written before spt stamped its config
+    assert in_run_dir({"a": ["/r/x", "/r/x/c.ckpt", "/r/xy"], "b": 1}, Path("/r/x")) == \
+        {"a": ["<run dir>", "<run dir>/c.ckpt", "/r/xy"], "b": 1}
     check_resumed_config("auto", ckpt, {**saved, "data": {"dev_limit": 8}}, new)  # same run
