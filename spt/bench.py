@@ -262,9 +262,10 @@ def decoder_backbone(model: str):
 
 def run(model: str, batch_size: int, repeats: int, parts=("train", "infer", "memory"),
         tta: dict | None = None, memory_repeats: int = 3) -> dict:
-    results: dict = {"model": model, "batch_size": batch_size, "repeats": repeats,
-                     "torch": torch.__version__, "threads": torch.get_num_threads(),
+    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(),
                      "machine": platform.machine()}
+    if set(parts) & {"train", "infer", "memory"}:  # time to accuracy carries its own
+        results.update(model=model, batch_size=batch_size, repeats=repeats)
     if "memory" in parts:  # first: each child forks from a process holding no model yet
         results["memory"] = memory(model, batch_size, repeats=memory_repeats)
     if "train" in parts or "infer" in parts:

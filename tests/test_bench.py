@@ -44,3 +44,15 @@ def test_unknown_part_is_refused_with_the_choices():
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "choose from train, infer, memory, tta" in r.stderr
+
+
+def test_time_to_accuracy_alone_names_only_its_own_model(data_dir):
+    """A ``--parts tta`` run carries the model and batch size of the encoder it trained, not
+    the decoder defaults of the parts it did not run."""
+    from spt.bench import run
+
+    results = run("smollm2-135m", 8, 2, parts=("tta",),
+                  tta={"model": "tiny-bert", "target": 0.5, "batch_size": 8, "eval_every": 4,
+                       "max_steps": 4, "dev_limit": 16, "train_limit": 32, "spt_overrides": []})
+    assert not {"model", "batch_size"} & set(results)
+    assert results["tta"]["batch_size"] == 8 and results["tta"]["model"] != "smollm2-135m"
