@@ -15,5 +15,6 @@ $PY -m spt.run -m experiment=lester_init model=smollm2-135m logger=csv resume=au
   data.dev_limit=400 data.group_by_length=true method.optimizer.lr=0.01 hydra.sweep.dir="$OUT/smollm2"
 $PY -m spt.compare "$OUT" --mean --group-by model,method.init \
   --csv experiments/lester_init/results.csv
+$PY -m spt.compare "$OUT" --done-only --keys method.init --csv experiments/lester_init/runs.csv  # per run
 $PY -m spt.compare "$OUT" --plot method.init --metric val/acc --hue model \
   --out experiments/lester_init/acc_vs_init.png

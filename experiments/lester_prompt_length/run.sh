@@ -15,5 +15,7 @@ $PY -m spt.run -m experiment=lester_prompt_length model=smollm2-135m logger=csv 
   data.dev_limit=400 data.group_by_length=true method.optimizer.lr=0.01 hydra.sweep.dir="$OUT/smollm2"
 $PY -m spt.compare "$OUT" --mean --group-by model,method.length \
   --csv experiments/lester_prompt_length/results.csv
+$PY -m spt.compare "$OUT" --done-only --keys method.length \
+  --csv experiments/lester_prompt_length/runs.csv  # one row per run
 $PY -m spt.compare "$OUT" --plot method.length --metric val/acc --hue model \
   --out experiments/lester_prompt_length/acc_vs_length.png
