@@ -24,3 +24,4 @@ for data in ${DATASETS:-cb copa}; do
 done
 $PY -m spt.compare "$OUT" --mean --group-by data,method \
   --done-only --csv experiments/ptuning_v2_superglue/results.csv
+$PY -m spt.compare "$OUT" --done-only --csv experiments/ptuning_v2_superglue/runs.csv  # one row per run
