@@ -25,3 +25,5 @@ done
 $PY -m spt.compare "$OUT" --mean --group-by data,method \
   --done-only --csv experiments/ptuning_v2_superglue/results.csv
 $PY -m spt.compare "$OUT" --done-only --csv experiments/ptuning_v2_superglue/runs.csv  # one row per run
+$PY -m spt.compare "$OUT" --done-only --plot method --metric val/acc --hue data \
+  --out experiments/ptuning_v2_superglue/acc_by_method.png
