@@ -126,15 +126,15 @@ class FitClock(L.Callback):
 
 
 class ConfigStamp(L.Callback):
-    """Writes the run's resolved config into every checkpoint (``spt_config``, with paths
-    inside the run directory made relative to it), so a resume can tell whether it continues
-    the run it thinks it does (see :func:`check_resumed_config`)."""
+    """Writes the run's resolved config (as :func:`in_run_dir` gives it) into every checkpoint
+    (``spt_config``), so a resume can tell whether it continues the run it thinks it does
+    (see :func:`check_resumed_config`)."""
 
-    def __init__(self, resolved: dict, out_dir: Path) -> None:
-        self.resolved = in_run_dir(resolved, out_dir)
+    def __init__(self, stamp: dict) -> None:
+        self.stamp = stamp
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["spt_config"] = self.resolved
+        checkpoint["spt_config"] = self.stamp
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict:
@@ -145,7 +145,8 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     done = finished_run(cfg.get("resume"), out_dir, resolved)
     if done is not None:
         return done
-    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir, in_run_dir(resolved, out_dir))
+    stamp = in_run_dir(resolved, out_dir)  # what checkpoints carry and a resume compares
+    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir, stamp)
     L.seed_everything(cfg.seed, workers=True)
     backbone, datamodule, method = build(cfg)
     metric = optimized_metric(cfg, datamodule.task)
@@ -156,7 +157,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     clock = FitClock()
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
                                      callbacks=[*_callbacks(cfg, fit, metric), clock,
-                                                ConfigStamp(resolved, out_dir)])
+                                                ConfigStamp(stamp)])
     if fit:
         log.info("fitting")
         # weights_only: a checkpoint someone hands over runs no pickled code when resumed
