@@ -142,10 +142,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         raise SptError(f"select={cfg.select!r}: choose last or best")
     # Every interpolation resolves (or fails, naming the key) before the model loads.
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    done = finished_run(cfg.get("resume"), out_dir, resolved)
+    stamp = in_run_dir(resolved, out_dir)  # what checkpoints carry and a resume compares
+    done = finished_run(cfg.get("resume"), out_dir, stamp)
     if done is not None:
         return done
-    stamp = in_run_dir(resolved, out_dir)  # what checkpoints carry and a resume compares
     ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir, stamp)
     L.seed_everything(cfg.seed, workers=True)
     backbone, datamodule, method = build(cfg)
@@ -214,17 +214,23 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     return metrics
 
 
-def finished_run(resume: str | None, out_dir: Path, resolved: dict) -> dict | None:
+def finished_run(resume: str | None, out_dir: Path, stamp: dict) -> dict | None:
     """With ``resume=auto``: the metrics of a run already finished in ``out_dir`` under the
     same config (a rerun sweep skips it), else None. A finished run with another config is
     refused, naming the keys that differ, rather than silently kept or overwritten; keys that
-    only one of the two configs has (added to or dropped from conf/ since) are not compared."""
+    only one of the two configs has (added to or dropped from conf/ since) are not compared.
+    ``stamp`` is this run's resolved config with run-dir paths relative (:func:`in_run_dir`);
+    the saved one is made relative to the directory it was written in
+    (``paths.output_dir``), so a finished run moved elsewhere still compares equal."""
     done = out_dir / "metrics.json"
     if resume != "auto" or not done.is_file():
         return None
     saved_path = out_dir / "config.yaml"
     saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.is_file() else {}
-    differ = config_differences(resolved, saved)
+    written_in = (saved.get("paths") or {}).get("output_dir")
+    if written_in:
+        saved = in_run_dir(saved, Path(written_in))
+    differ = config_differences(stamp, saved)
     if differ:
         raise SptError(f"resume=auto: {out_dir} holds a finished run with another config "
                        f"({differ} differ); pass another hydra.run.dir / hydra.sweep.dir, or "

@@ -211,6 +211,13 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
     assert "another config" in r.stderr and "data.dev_limit" in r.stderr
     assert done.read_text() == first  # nothing lost
 
+    shelf = tmp_path / "shelf"  # a finished sweep moved elsewhere: its paths are not a change
+    sweep.rename(shelf)
+    r = spt_run("-m", *COMMON, f"hydra.sweep.dir={shelf}", "resume=auto", out=tmp_path,
+                env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (shelf / "0" / "metrics.json").read_text() == first  # kept, not retrained
+
     killed = tmp_path / "killed"
     kargs = ["-m", *COMMON, f"hydra.sweep.dir={killed}"]
     ckpt = _start_and_kill(kargs, tmp_path, "killed/0/checkpoints/last.ckpt")
