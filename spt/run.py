@@ -219,18 +219,21 @@ def finished_run(resume: str | None, out_dir: Path, stamp: dict) -> dict | None:
     same config (a rerun sweep skips it), else None. A finished run with another config is
     refused, naming the keys that differ, rather than silently kept or overwritten; keys that
     only one of the two configs has (added to or dropped from conf/ since) are not compared.
-    ``stamp`` is this run's resolved config with run-dir paths relative (:func:`in_run_dir`);
-    the saved one is made relative to the directory it was written in
-    (``paths.output_dir``), so a finished run moved elsewhere still compares equal."""
+    ``stamp`` is this run's resolved config with run-dir paths relative (:func:`in_run_dir`).
+    The saved one is compared with its paths relative to ``out_dir`` and, failing that, to
+    the directory it was written in (its ``paths.output_dir``), so a finished run moved
+    elsewhere still compares equal, and so does one whose ``paths.output_dir`` lies outside
+    its run directory."""
     done = out_dir / "metrics.json"
     if resume != "auto" or not done.is_file():
         return None
     saved_path = out_dir / "config.yaml"
     saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.is_file() else {}
+    differ = config_differences(stamp, in_run_dir(saved, out_dir))
     written_in = (saved.get("paths") or {}).get("output_dir")
-    if written_in:
-        saved = in_run_dir(saved, Path(written_in))
-    differ = config_differences(stamp, saved)
+    if differ and written_in and not config_differences(stamp,
+                                                        in_run_dir(saved, Path(written_in))):
+        differ = ""  # moved here from where it ran
     if differ:
         raise SptError(f"resume=auto: {out_dir} holds a finished run with another config "
                        f"({differ} differ); pass another hydra.run.dir / hydra.sweep.dir, or "

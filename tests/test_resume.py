@@ -253,3 +253,28 @@ def test_resumed_config_check_refuses_auto_warns_on_a_named_path_and_skips_unsta
     assert in_run_dir({"a": ["/r/x", "/r/x/c.ckpt", "/r/xy"], "b": 1}, Path("/r/x")) == \
         {"a": ["<run dir>", "<run dir>/c.ckpt", "/r/xy"], "b": 1}
     check_resumed_config("auto", ckpt, {**saved, "data": {"dev_limit": 8}}, new)  # same run
+
+
+def test_finished_run_compares_paths_relative_to_where_it_ran(tmp_path):
+    """A finished run is kept whether it was moved (its paths under the old run directory) or
+    wrote to a ``paths.output_dir`` outside its run directory; a changed outside
+    ``paths.output_dir`` is still refused, naming the key."""
+    from omegaconf import OmegaConf
+
+    from spt.core.errors import SptError
+    from spt.run import finished_run, in_run_dir
+
+    def config(root):
+        return {"seed": 1, "paths": {"output_dir": str(root)},
+                "trainer": {"default_root_dir": str(root)}}
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"val/acc": 0.5}))
+    for written, now in [(tmp_path / "was_here", run),         # moved
+                         (tmp_path / "elsewhere", tmp_path / "elsewhere")]:  # outside, unmoved
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(config(written)))
+        stamp = in_run_dir(config(now), run)
+        assert finished_run("auto", run, stamp) == {"val/acc": 0.5}
+    with pytest.raises(SptError, match=r"paths\.output_dir"):
+        finished_run("auto", run, in_run_dir(config(tmp_path / "other"), run))
