@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from spt.core.errors import cli_error
+from spt.core.errors import SptError, cli_error
 from spt.serve import PromptServer
 
 ARMS = {"baseline_rte": "Prompt Tuning", "target_rte": "MPT, distilled source",
@@ -30,7 +30,7 @@ def finished_runs(root: Path) -> dict[str, Path]:
     runs = {f"{arm}/{d.name}": d for arm in ARMS for d in sorted((root / arm).glob("seed*"))
             if (d / "metrics.json").is_file()}
     if not runs:
-        raise FileNotFoundError(f"no finished target runs under {root}/{{{','.join(ARMS)}}}/"
+        raise SptError(f"no finished target runs under {root}/{{{','.join(ARMS)}}}/"
                                 "seed*: run experiments/mpt_transfer/run.sh first")
     return runs
 
@@ -58,11 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dev = args.dev or Path(os.environ.get("SPT_DATA_DIR", "")) / "superglue/rte/val.jsonl"
         if not dev.is_file():
-            raise FileNotFoundError(f"RTE dev file {dev} not found: pass --dev or set "
+            raise SptError(f"RTE dev file {dev} not found: pass --dev or set "
                                     "SPT_DATA_DIR to the folder holding superglue/rte/")
         pairs = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
         pairs = pairs[:args.limit]
         gold = [pair["label"] for pair in pairs]
+        if len(set(gold)) < 2:
+            raise SptError(f"the {len(pairs)} dev pairs scored hold fewer than two classes, "
+                             "so recall is undefined: raise --limit or drop it")
         runs = finished_runs(args.root)
         if args.threads:
             torch.set_num_threads(args.threads)
