@@ -5,19 +5,22 @@ Serves every finished target-stage run (the three arms x their seeds) on one bac
 the share of pairs predicted "entailment", each class's recall and the balanced accuracy::
 
     SPT_DATA_DIR=../shared/data python experiments/mpt_transfer/predictions.py outputs/mpt
+
+The dev pairs are read as the runs read them, through their saved ``data`` config.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from spt.core.errors import SptError, cli_error
+from spt.data.readers import read_local
 from spt.serve import PromptServer
 
 ARMS = {"baseline_rte": "Prompt Tuning", "target_rte": "MPT, distilled source",
@@ -49,33 +52,32 @@ def class_stats(pred: list[str], gold: list[str]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("root", type=Path, help="the study's runs (SPT_MPT_RUNS)")
-    p.add_argument("--dev", type=Path, default=None,
-                   help="RTE dev JSON lines (default $SPT_DATA_DIR/superglue/rte/val.jsonl)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding superglue/ (default $SPT_DATA_DIR, else the runs' "
+                        "data.root)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N pairs")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = p.parse_args(argv)
     try:
-        dev = args.dev or Path(os.environ.get("SPT_DATA_DIR", "")) / "superglue/rte/val.jsonl"
-        if not dev.is_file():
-            raise SptError(f"RTE dev file {dev} not found: pass --dev or set "
-                                    "SPT_DATA_DIR to the folder holding superglue/rte/")
-        pairs = [json.loads(line) for line in dev.read_text().splitlines() if line.strip()]
-        pairs = pairs[:args.limit]
-        gold = [pair["label"] for pair in pairs]
-        if len(set(gold)) < 2:
-            raise SptError(f"the {len(pairs)} dev pairs scored hold fewer than two classes, "
-                             "so recall is undefined: raise --limit or drop it")
         runs = finished_runs(args.root)
+        data = OmegaConf.load(next(iter(runs.values())) / "config.yaml").data
+        root = args.data_root or Path(os.environ.get("SPT_DATA_DIR") or data.root or ".")
+        dev = read_local(root, OmegaConf.to_container(data.local.dev), data.text_fields,
+                         data.label_names, "data.local.dev")
+        dev = dev.subset(range(min(args.limit, len(dev)))) if args.limit is not None else dev
+        gold = [data.label_names[i] for i in dev.labels]
+        if len(set(gold)) < 2:
+            raise SptError(f"the {len(gold)} dev pairs scored hold fewer than two classes, "
+                           "so recall is undefined: raise --limit or drop it")
         if args.threads:
             torch.set_num_threads(args.threads)
         server = PromptServer.from_runs(runs)
         print("| run | dev acc | predicts entailment | recall, entailment | "
               "recall, not entailment | balanced acc |\n|---|---|---|---|---|---|")
         for name in runs:
-            rows = [{"task": name, "text": {"premise": pair["premise"],
-                                            "hypothesis": pair["hypothesis"]}}
-                    for pair in pairs]
+            rows = [{"task": name, "text": {f: dev.texts[f][i] for f in data.text_fields}}
+                    for i in range(len(dev))]
             pred = [out["label"] for start in range(0, len(rows), args.batch_size)
                     for out in server.predict(rows[start:start + args.batch_size])]
             s = class_stats(pred, gold)
