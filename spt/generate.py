@@ -136,8 +136,8 @@ class _CachedDecoderStepper:
             self.pos = self.pos[:, -1:] + 1
             inputs = {"input_ids": tokens[:, None]}
         out = self.model(**inputs, attention_mask=self.full, position_ids=self.pos,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
+        self.cache = out.cache
         return out.logits[:, -1]
 
     def reorder(self, idx: torch.Tensor) -> None:
@@ -159,7 +159,7 @@ class _UncachedDecoderStepper:
         full, p = _prefixed(self.mask, self.prefix)
         return self.model(inputs_embeds=self.embeds, attention_mask=full,
                           position_ids=position_ids(self.mask) + p, use_cache=False,
-                          past_key_values=prefix_cache(self.prefix)).logits[:, -1]
+                          cache=prefix_cache(self.prefix)).logits[:, -1]
 
     def reorder(self, idx: torch.Tensor) -> None:
         self.embeds, self.mask = self.embeds[idx], self.mask[idx]
@@ -192,10 +192,10 @@ class _Seq2SeqStepper:
         cache = self.cache if self.use_cache else decoder_cache(self.dec, self.cross)
         with cross_route(self.model, self.cross):
             out = self.model(encoder_outputs=(self.hidden,), attention_mask=self.mask,
-                             decoder_input_ids=ids, past_key_values=cache,
+                             decoder_input_ids=ids, cache=cache,
                              use_cache=self.use_cache)
         if self.use_cache:
-            self.cache = out.past_key_values
+            self.cache = out.cache
         return out.logits[:, -1]
 
     def reorder(self, idx: torch.Tensor) -> None:

@@ -80,7 +80,7 @@ def test_an_architecture_left_out_of_supports_is_refused(cls):
 
 
 def test_t5_encoder_prefix_changes_the_encoder_output():
-    """The HF T5 encoder ignores past_key_values; spt routes the prefix in regardless."""
+    """The HF T5 encoder ignores its cache; spt routes the prefix in regardless."""
     m = _method("t5").eval()
     batch = _batch(m, TEXTS, [0, 0, 0])
     embeds = m.base.input_embeddings(batch["input_ids"])
@@ -94,6 +94,59 @@ def test_t5_encoder_prefix_changes_the_encoder_output():
     assert (a - plain).abs().max() > 1e-3 and (a - b).abs().max() > 1e-3
     again = encode(m.backbone, embeds, batch["attention_mask"])
     assert torch.equal(plain, again), "the route is inert outside a prefixed call"
+
+
+def _t5_kv_of_first(attentions, run, p: int) -> torch.Tensor:
+    """Per-layer keys/values ``[B, layers, 2, heads, p, d_kv]`` that the given T5 attention
+    modules compute for the first ``p`` positions during ``run()``."""
+    seen = []
+    hooks = [a.register_forward_hook(
+        lambda mod, args, kwargs, out, seen=seen: seen.append(
+            (mod.k(args[0])[:, :p], mod.v(args[0])[:, :p])), with_kwargs=True)
+        for a in attentions]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    a = attentions[0]
+    b = seen[0][0].shape[0]
+    shape = (b, p, a.n_heads, a.key_value_proj_dim)
+    return torch.stack([torch.stack([k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)], 1)
+                        for k, v in seen], 1)
+
+
+def test_t5_encoder_prefix_equals_real_tokens_in_front():
+    """An encoder prefix holding the per-layer keys/values of the first P real tokens gives the
+    other tokens exactly the encoder states they have when those P tokens are in the input:
+    checks the route into encoder self-attention, the relative position bias after P prefix
+    positions and the widened mask (with a padded row)."""
+    model = tiny("t5", hidden=64, seed=3).model.eval()
+    ids = torch.tensor([[5, 6, 7, 40, 41, 42, 43], [8, 9, 10, 44, 45, 0, 0]])
+    mask = torch.tensor([[1] * 7, [1] * 5 + [0] * 2])
+    embeds = model.get_input_embeddings()(ids)
+    attn = [block.layer[0].SelfAttention for block in model.get_encoder().block]
+    full = {}
+    kv = _t5_kv_of_first(attn, lambda: full.setdefault("h", encode(model, embeds, mask)), 3)
+    rest = encode(model, embeds[:, 3:], mask[:, 3:], kv)
+    real = mask[:, 3:].bool()
+    torch.testing.assert_close(rest[real], full["h"][:, 3:][real], atol=1e-5, rtol=1e-5)
+
+
+def test_t5_decoder_prefix_equals_real_tokens_in_front():
+    """A decoder self-attention prefix from the keys/values of the first P decoder tokens acts
+    exactly like those tokens (cache path and the decoder's one-way position bias)."""
+    model = tiny("t5", hidden=64, seed=3).model.eval()
+    enc_ids, mask = torch.tensor([[5, 6, 7, 8]]), torch.ones(1, 4, dtype=torch.long)
+    hidden = encode(model, model.get_input_embeddings()(enc_ids), mask)
+    dec_ids = torch.tensor([[0, 11, 12, 13, 14]])
+    attn = [block.layer[0].SelfAttention for block in model.get_decoder().block]
+    full = {}
+    kv = _t5_kv_of_first(attn, lambda: full.setdefault("logits", model(
+        encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=dec_ids).logits), 2)
+    rest = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=dec_ids[:, 2:],
+                 cache=decoder_cache(kv), use_cache=False).logits
+    torch.testing.assert_close(rest, full["logits"][:, 2:], atol=1e-5, rtol=1e-5)
 
 
 def test_t5_decoder_prefix_changes_the_scores():
@@ -127,7 +180,7 @@ def test_t5_cross_attention_prefix_acts_as_extra_encoder_positions():
     cross = torch.stack(kv, 1)  # [B, dec_layers, 2, heads, 1, d_kv]
     with cross_route(model, cross):
         rest = model(encoder_outputs=(hidden[:, 1:],), attention_mask=mask[:, 1:],
-                     decoder_input_ids=dec_ids, past_key_values=decoder_cache(None, cross),
+                     decoder_input_ids=dec_ids, cache=decoder_cache(None, cross),
                      use_cache=False).logits
     torch.testing.assert_close(rest, full, atol=1e-5, rtol=1e-5)
     # the method's own cross prefix changes its scores; outside the route nothing is widened
@@ -165,11 +218,11 @@ def test_decoder_prefix_equals_real_tokens_in_front():
     ctx = torch.tensor([[5, 6, 7, 8]])
     x = torch.tensor([[40, 41, 42]])
     full = model(input_ids=torch.cat([ctx, x], 1), use_cache=True)
-    cache = full.past_key_values
+    cache = full.cache
     kv = torch.stack([torch.stack([layer.keys[:, :, :4], layer.values[:, :, :4]], 1)
                       for layer in cache.layers], 1)
     out = model(input_ids=x, attention_mask=torch.ones(1, 7, dtype=torch.long),
-                position_ids=torch.arange(4, 7)[None], past_key_values=prefix_cache(kv),
+                position_ids=torch.arange(4, 7)[None], cache=prefix_cache(kv),
                 use_cache=False)
     torch.testing.assert_close(out.logits[0, -1], full.logits[0, -1], atol=1e-5, rtol=1e-5)
 

@@ -1,6 +1,6 @@
 """Routes for key/value prefixes into Hugging Face T5 attention that the cache API misses.
 
-- Encoder self-attention: ``T5Stack`` drops ``past_key_values`` when it is not a decoder, so a
+- Encoder self-attention: ``T5Stack`` drops its ``cache`` when it is not a decoder, so a
   prefix handed to the model never reaches the encoder (PEFT's prefix tuning on T5 therefore
   only touches the decoder). :class:`EncoderPrefixRoute` registers a forward pre-hook on every
   encoder self-attention module that, while a prefix is active, hands the layer a cache
@@ -12,18 +12,85 @@
   :class:`CrossPrefixRoute` widens that mask by the prefix length.
 
 The hooks do nothing when no prefix is active.
+
+No public transformers API reaches T5's encoder self-attention with extra keys/values (a custom
+``AttentionInterface`` function would see the position bias already computed without the
+prefix), so these hooks depend on the keywords of ``T5Attention.forward``: ``mask`` and
+``cache`` (named ``past_key_values`` up to transformers 5.23; after the 5.24 rename a hook
+still passing ``past_key_values`` was dropped by ``deprecate_kwarg`` in favour of the layer's
+``cache=None``, and the widened mask no longer matched: issue 17). :func:`check_transformers`
+therefore refuses, when a route is first built, a transformers release outside the range the
+tests passed on, and any release whose ``T5Attention.forward`` lacks those keywords.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
+import warnings
 
 import torch
+
+from spt.core.errors import SptError
+
+# The transformers releases the T5 routes were tested on; the lock pins one of them. Widen it
+# only after `make test-latest` passes on the new release.
+TESTED_TRANSFORMERS = ">=5.24,<5.25"
+# Set to 1 to run on an untested release anyway (one warning instead of the error).
+UNTESTED_ENV = "SPT_UNTESTED_TRANSFORMERS"
+_warned = False
+
+
+def installed_transformers() -> str:
+    """The installed transformers release (its distribution's metadata)."""
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
+def check_transformers(version: str | None = None, forward=None) -> None:
+    """Refuse a transformers release the T5 prefix routes were not tested on.
+
+    ``version`` defaults to the installed one and ``forward`` to ``T5Attention.forward`` (both
+    arguments exist for the tests). Outside :data:`TESTED_TRANSFORMERS` this is an
+    :class:`SptError` naming both versions, or one warning when ``SPT_UNTESTED_TRANSFORMERS=1``;
+    a ``forward`` without the ``mask`` and ``cache`` keywords is always an error, since the
+    hooks would then be silently ignored.
+    """
+    global _warned
+    from packaging.specifiers import SpecifierSet
+
+    if version is None:
+        version = installed_transformers()
+    if forward is None:
+        from transformers.models.t5.modeling_t5 import T5Attention
+
+        forward = T5Attention.forward
+    missing = {"mask", "cache"} - set(inspect.signature(forward).parameters)
+    if missing:
+        raise SptError(f"transformers {version}: T5Attention.forward has no "
+                       f"{', '.join(sorted(missing))} keyword, which spt's T5 prefix routes "
+                       f"need (tested on transformers {TESTED_TRANSFORMERS}): install "
+                       "transformers==5.24.0 (the lock's version)")
+    if version in SpecifierSet(TESTED_TRANSFORMERS, prereleases=True):
+        return
+    if os.environ.get(UNTESTED_ENV) == "1":
+        if not _warned:
+            warnings.warn(f"transformers {version} is outside {TESTED_TRANSFORMERS}, the range "
+                          "spt's T5 prefix routes were tested on; running anyway because "
+                          f"{UNTESTED_ENV}=1", stacklevel=2)
+            _warned = True
+        return
+    raise SptError(f"T5 prefixes hook transformers internals and were tested on transformers "
+                   f"{TESTED_TRANSFORMERS}, but {version} is installed: install "
+                   "transformers==5.24.0 (the lock's version, `make setup`), or set "
+                   f"{UNTESTED_ENV}=1 to run anyway with a warning")
 
 
 class _Route:
     """Forward pre-hooks on attention modules: widen ``mask`` by ``p`` always-seen columns
-    and, if a cache is given, hand it to the layer as ``past_key_values``."""
+    and, if a cache is given, hand it to the layer as ``cache``."""
 
     _attr = ""
 
@@ -38,6 +105,7 @@ class _Route:
         """The model's route, created once however many methods share the backbone."""
         route = getattr(model, cls._attr, None)
         if route is None:
+            check_transformers()
             route = cls(cls.modules(model))
             object.__setattr__(model, cls._attr, route)  # not a submodule, not in state_dict
         return route
@@ -58,7 +126,7 @@ class _Route:
         if self._p == 0:
             return None
         if self._cache is not None:
-            kwargs["past_key_values"] = self._cache
+            kwargs["cache"] = self._cache
         mask = kwargs.get("mask")
         if mask is not None:  # [B, 1, q, k] additive float or boolean: the prefix is always seen
             b, h, q, _ = mask.shape

@@ -59,6 +59,9 @@ class KVPromptMixin:
                            f"{self.base.name} is {self.base.arch}-only: set "
                            "method.cross_attention=false")
         if self.base.arch == "encoder-decoder":  # encoder, decoder self-attn[, cross-attn]
+            from spt.backbones.t5_prefix import check_transformers
+
+            check_transformers()  # at load time, not at the first forward (issue 17)
             self.encoder_layers = self.sizes["n_layers"]
             dec = self.base.config.num_decoder_layers
             self.sizes["n_layers"] += dec * (2 if self.cross_attention else 1)

@@ -128,7 +128,7 @@ def decoder_scores(model, inputs_embeds: torch.Tensor, attention_mask: torch.Ten
         out = model(inputs_embeds=inputs_embeds, attention_mask=am,
                     position_ids=position_ids(attention_mask) + p, use_cache=False,
                     logits_to_keep=1,
-                    past_key_values=prefix_cache(prefix))
+                    cache=prefix_cache(prefix))
         logp = F.log_softmax(out.logits[:, -1].float(), dim=-1)
         return logp[:, ids[:, 0]]
     # Multi-token: the input once, its keys/values cached (after the prefix's, if any); the
@@ -140,9 +140,9 @@ def decoder_scores(model, inputs_embeds: torch.Tensor, attention_mask: torch.Ten
     pos = position_ids(attention_mask) + p
     out = model(inputs_embeds=inputs_embeds, attention_mask=am, position_ids=pos,
                 use_cache=True, logits_to_keep=1,
-                past_key_values=DynamicCache() if prefix is None else prefix_cache(prefix))
+                cache=DynamicCache() if prefix is None else prefix_cache(prefix))
     first = F.log_softmax(out.logits[:, -1].float(), dim=-1)[:, ids[:, 0]]  # [B, C]
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(c)  # row-major: row i's C labels are rows i*C .. i*C+C-1
     y = model.get_input_embeddings()(ids[:, :-1]).to(inputs_embeds.dtype)  # [C, M-1, d]
     seq = y.unsqueeze(0).expand(b, c, m - 1, -1).reshape(b * c, m - 1, -1)
@@ -150,7 +150,7 @@ def decoder_scores(model, inputs_embeds: torch.Tensor, attention_mask: torch.Ten
     full = torch.cat([am.repeat_interleave(c, dim=0), ymask.to(am.dtype)], dim=1)
     ypos = pos[:, -1:].repeat_interleave(c, dim=0) + 1 + torch.arange(m - 1, device=pos.device)
     rest = model(inputs_embeds=seq, attention_mask=full, position_ids=ypos, use_cache=False,
-                 past_key_values=cache).logits  # position j predicts label token j + 1
+                 cache=cache).logits  # position j predicts label token j + 1
     later = _gather_logprobs(rest, ids[:, 1:].repeat(b, 1), mask[:, 1:].repeat(b, 1))
     return first + later.view(b, c)
 
@@ -223,7 +223,7 @@ def seq2seq_scores(model, inputs_embeds: torch.Tensor, attention_mask: torch.Ten
         out = model(encoder_outputs=(hidden,),
                     attention_mask=attention_mask.repeat_interleave(c, 0),
                     decoder_input_ids=model._shift_right(target), use_cache=False,
-                    past_key_values=decoder_cache(dec, cross))
+                    cache=decoder_cache(dec, cross))
     return _gather_logprobs(out.logits, target, mask.repeat(b, 1)).view(b, c)
 
 
@@ -241,7 +241,7 @@ def lm_loss(model, arch: str, inputs_embeds: torch.Tensor, attention_mask: torch
         full, p = _prefixed(attention_mask, prefix)
         logits = model(inputs_embeds=inputs_embeds, attention_mask=full,
                        position_ids=position_ids(attention_mask) + p, use_cache=False,
-                       past_key_values=prefix_cache(prefix)).logits[:, :-1]
+                       cache=prefix_cache(prefix)).logits[:, :-1]
         target = labels[:, 1:]
     else:
         enc_prefix, dec_prefix, cross_prefix = seq2seq_parts(prefix)
@@ -249,7 +249,7 @@ def lm_loss(model, arch: str, inputs_embeds: torch.Tensor, attention_mask: torch
         with cross_route(model, cross_prefix):
             logits = model(encoder_outputs=(hidden,), attention_mask=attention_mask,
                            decoder_input_ids=model._shift_right(labels), use_cache=False,
-                           past_key_values=decoder_cache(dec_prefix, cross_prefix)).logits
+                           cache=decoder_cache(dec_prefix, cross_prefix)).logits
         target = labels
     if not bool((target != -100).any()):
         raise SptError("a training batch has no target tokens: raise data.max_target_length "
@@ -269,7 +269,7 @@ def pooled(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
         pos = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
         out = model(inputs_embeds=inputs_embeds, attention_mask=am,
                     position_ids=pos.expand(inputs_embeds.shape[0], -1),
-                    past_key_values=prefix_cache(prefix), use_cache=False)
+                    cache=prefix_cache(prefix), use_cache=False)
     hidden = out.last_hidden_state
     if pooling == "mean":
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)

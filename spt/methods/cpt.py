@@ -253,7 +253,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         keep = pos - 1 if with_nll and len(pos) else 1
         out = self.backbone(inputs_embeds=embeds, attention_mask=positions.new_ones(t, c),
                             position_ids=positions, use_cache=True, logits_to_keep=keep)
-        cache = out.past_key_values
+        cache = out.cache
         prefix = torch.stack([torch.stack([layer.keys, layer.values], 1)
                               for layer in cache.layers], 1)  # [T, layers, 2, h, C, hd]
         nll = None
