@@ -55,9 +55,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from spt import CONF_DIR
 from spt.core.errors import SptError
 
-REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["a gripping, beautifully acted film", "dull and far too long",
          "the best thing I have seen this year", "a mess from start to finish",
          "quietly moving", "I wanted my two hours back", "funny, sharp and humane",
@@ -68,12 +68,12 @@ TEXTS = ["a gripping, beautifully acted film", "dull and far too long",
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="run", overrides=overrides)
 
 
 def load_backbone(model: str):
-    """A backbone from ``conf/model/<model>.yaml`` (as ``spt.run`` builds it)."""
+    """A backbone from ``spt/conf/model/<model>.yaml`` (as ``spt.run`` builds it)."""
     from hydra.utils import instantiate
 
     return instantiate(_compose([f"model={model}"]).model)
@@ -611,13 +611,13 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="tiny Llama and tiny BERT, few repeats and steps (CI)")
-    parser.add_argument("--model", default="smollm2-135m", help="a conf/model name (decoder)")
+    parser.add_argument("--model", default="smollm2-135m", help="a model name from spt/conf/model (decoder)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, help="timed calls per contender (10; quick 5)")
     parser.add_argument("--parts", default="train,infer,memory,tta",
                         help="comma-separated sections: train, infer, memory, tta")
     parser.add_argument("--tta-model", default="minilm",
-                        help="time to accuracy: a conf/model name (encoder-only)")
+                        help="time to accuracy: a model name from spt/conf/model (encoder-only)")
     parser.add_argument("--target", type=float, default=0.75, help="SST-2 dev accuracy")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--max-steps", type=int, default=600)

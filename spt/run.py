@@ -218,7 +218,7 @@ def finished_run(resume: str | None, out_dir: Path, stamp: dict) -> dict | None:
     """With ``resume=auto``: the metrics of a run already finished in ``out_dir`` under the
     same config (a rerun sweep skips it), else None. A finished run with another config is
     refused, naming the keys that differ, rather than silently kept or overwritten; keys that
-    only one of the two configs has (added to or dropped from conf/ since) are not compared.
+    only one of the two configs has (added to or dropped from spt/conf/ since) are not compared.
     ``stamp`` is this run's resolved config with run-dir paths relative (:func:`in_run_dir`).
     The saved one is compared with its paths relative to ``out_dir`` and, failing that, to
     the directory it was written in (its ``paths.output_dir``), so a finished run moved
@@ -346,7 +346,7 @@ def _finish_wandb() -> None:
             wandb.finish()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="run")
+@hydra.main(version_base="1.3", config_path="conf", config_name="run")
 def main(cfg: DictConfig) -> float | None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

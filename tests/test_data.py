@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from spt import CONF_DIR
 from spt.backbones.tiny_models import tiny_tokenizer
 from spt.core.errors import SptError
 from spt.data import TaskInfo, TextClassificationDataModule
@@ -26,7 +27,7 @@ from spt.data.loaders import EpochShuffle
 from spt.data.template import TemplateEncoder, fit_lengths, space_mode
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf" / "data"
+CONF = CONF_DIR / "data"
 DATA = Path(os.environ.get("SPT_DATA_DIR") or REPO.parent / "shared" / "data")
 needs_data = pytest.mark.skipif(not (DATA / "sst2" / "dev.tsv").is_file(),
                                 reason=f"benchmark data not found under {DATA}")

@@ -16,10 +16,11 @@ from omegaconf import OmegaConf
 from transformers import CLIPImageProcessorPil
 
 import spt.data.images as images_module
+from spt import CONF_DIR
 from spt.core.errors import SptError
 from spt.data import FewShotImageDataModule, TaskInfo
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 COOP = sorted(p.stem for p in (CONF / "data").glob("coop_*.yaml"))
 CIFAR = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
          "truck")

@@ -131,7 +131,7 @@ def spt_prefix_logits(m, batch) -> torch.Tensor:
     full = torch.cat([am.new_ones(am.shape[0], p), am], 1)
     return m.backbone(inputs_embeds=m.embed(batch), attention_mask=full,
                       position_ids=position_ids(am) + p, use_cache=False,
-                      past_key_values=prefix_cache(prefix)).logits
+                      cache=prefix_cache(prefix)).logits
 
 
 def spt_t5_logits(m, batch, target) -> torch.Tensor:
@@ -435,7 +435,7 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     assert err.startswith("spt: error: ") and "LORA" in err and len(err.splitlines()) == 1
     assert main(["import", str(tmp_path / "lora"), str(tmp_path / "p"),
                  "--model", "no-such-model"]) == 2
-    assert "conf/model/no-such-model.yaml" in capsys.readouterr().err
+    assert "spt/conf/model/no-such-model.yaml" in capsys.readouterr().err
     assert main(["import", str(tmp_path / "lora"), str(tmp_path / "p"),
                  "--model", "tiny-llama", "--set", "nokey=1"]) == 2
     err = capsys.readouterr().err

@@ -4,7 +4,6 @@ template, artifacts that keep the encoder so training resumes."""
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -12,6 +11,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.data import DataLoader
 
+from spt import CONF_DIR
 from spt.backbones import tiny
 from spt.core.artifact import load_artifact, save_artifact
 from spt.core.errors import SptError
@@ -22,7 +22,7 @@ from spt.run import build
 TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great"),
                 metrics=("acc",), num_classes=2)
 TEMPLATE = "{soft:2}Review: {sentence} {soft:1} Sentiment:"
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = CONF_DIR
 
 
 def _built(model: str, data_dir, **over):

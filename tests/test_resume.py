@@ -200,7 +200,7 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
     assert done.read_text() == first and done.stat().st_mtime_ns == stamp  # not retrained
     assert "spt: dev acc" in r.stdout
 
-    saved = sweep / "0" / "config.yaml"  # a run finished before conf/ gained a key: kept
+    saved = sweep / "0" / "config.yaml"  # a run finished before spt/conf/ gained a key: kept
     saved.write_text("\n".join(line for line in saved.read_text().splitlines()
                                if not line.strip().startswith("group_by_length:")) + "\n")
     r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})

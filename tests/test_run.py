@@ -16,12 +16,13 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.utils import _locate
 from omegaconf import OmegaConf
 
+from spt import CONF_DIR
 from spt.backbones.tiny_models import TINY_ARCHS
 from spt.core.errors import SptError
 from spt.run import build
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = CONF_DIR
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))

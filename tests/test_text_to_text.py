@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from rouge_score import rouge_scorer
 
+from spt import CONF_DIR
 from spt.backbones.tiny_models import tiny_tokenizer
 from spt.core.errors import SptError
 from spt.data import GenerationTaskInfo, TextToTextDataModule, generation_metrics
@@ -26,7 +27,7 @@ from spt.data.generation import reference_streams
 from spt.data.tables import carve_dev, linearize_mr, linearize_triples
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf" / "data"
+CONF = CONF_DIR / "data"
 DATA = Path(os.environ.get("SPT_DATA_DIR") or REPO.parent / "shared" / "data")
 needs_e2e = pytest.mark.skipif(not (DATA / "e2e" / "devset.csv").is_file(),
                                reason=f"E2E data not found under {DATA}")

@@ -1,4 +1,4 @@
-"""Backbone loaders. Each is a Hydra ``_target_`` in ``conf/model/*.yaml``.
+"""Backbone loaders. Each is a Hydra ``_target_`` in ``spt/conf/model/*.yaml``.
 
 - :func:`from_pretrained`: a hub name (from the local Hugging Face cache, or downloaded where
   there is network) or a local directory;

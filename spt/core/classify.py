@@ -8,7 +8,7 @@ take the same steps in generation mode: training minimises the target text's tok
 cross-entropy (:func:`~spt.core.scoring.lm_loss`), validation generates with
 :func:`spt.generate.generate` and scores BLEU / ROUGE-L through the data module.
 
-A regularizer (``conf/regularizer``, attached by :func:`spt.regularizers.attach` as
+A regularizer (``spt/conf/regularizer``, attached by :func:`spt.regularizers.attach` as
 ``self.regularizer``) adds its term to the classification training loss; methods whose prompt is
 input vectors mix in :class:`SoftPromptScoring` so a regularizer can score substituted ones."""
 

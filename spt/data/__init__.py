@@ -1,4 +1,4 @@
-"""Data modules for soft prompting: objects take keyword arguments; conf/data/*.yaml builds them."""
+"""Data modules for soft prompting: objects take keyword arguments; spt/conf/data/*.yaml builds them."""
 
 from spt.data.images import FewShotImageDataModule
 from spt.data.multitask import MultiTaskDataModule, MultiTaskInfo

@@ -4,8 +4,8 @@ Zhou, Yang, Loy & Liu, "Learning to Prompt for Vision-Language Models" (CoOp),
 arXiv:2109.01134: CLIP's text-side context words are learned from ``k`` labelled images per
 class (k = 1, 2, 4, 8, 16), and accuracy is measured on the dataset's full test split. CoOp
 reports 11 datasets (ImageNet, Caltech101, OxfordPets, StanfordCars, Flowers102, Food101,
-FGVCAircraft, SUN397, DTD, EuroSAT, UCF101); ``conf/data/coop_*.yaml`` loads each from the
-Hugging Face Hub, ``conf/data/cifar10_subset.yaml`` reads a small local CIFAR-10 subset.
+FGVCAircraft, SUN397, DTD, EuroSAT, UCF101); ``spt/conf/data/coop_*.yaml`` loads each from the
+Hugging Face Hub, ``spt/conf/data/cifar10_subset.yaml`` reads a small local CIFAR-10 subset.
 
 The method turns ``task.label_words`` (readable class names) into CLIP text prompts and
 classifies the images of a batch against them.
@@ -551,7 +551,7 @@ def load_hub_images(name: str, spec: Mapping):
         f"Fix for data={name}: run once where the Hub is reachable (the dataset is then cached "
         "and later offline runs use the cache), or use a local copy: data.root=/path/to/data "
         "plus data.local train/dev files listing image paths and class indices (see "
-        "conf/data/cifar10_subset.yaml)."))
+        "spt/conf/data/cifar10_subset.yaml)."))
 
 
 def _is_int(value: Any) -> bool:

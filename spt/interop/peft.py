@@ -67,6 +67,7 @@ from pathlib import Path
 
 import torch
 
+from spt import CONF_DIR
 from spt.core.artifact import load_artifact, save_artifact
 from spt.core.errors import SptError, cli_error
 
@@ -74,7 +75,6 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 WEIGHT_KEY = "prompt_embeddings"
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 PROMPT_METHODS = ("prompt", "ptuning", "mpt")  # a materialised ``prompt`` table at the input
 KV_METHODS = ("prefix", "ptuning_v2")  # a materialised ``prefix`` table in every layer
@@ -518,7 +518,7 @@ def _prefix_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path):
 
 # -- CLI ---------------------------------------------------------------------------------------
 def build_backbone(model: str, overrides: list[str] | tuple[str, ...] = ()):
-    """The backbone of ``conf/model/<model>.yaml`` (or of a model YAML file), instantiated
+    """The backbone of ``spt/conf/model/<model>.yaml`` (or of a model YAML file), instantiated
     as ``spt.run`` does; ``overrides`` are Hydra overrides of its keys (``dtype=bfloat16``)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
@@ -534,7 +534,7 @@ def build_backbone(model: str, overrides: list[str] | tuple[str, ...] = ()):
         conf_dir, name = CONF_DIR / "model", model
         if not (conf_dir / f"{name}.yaml").is_file():
             known = sorted(q.stem for q in conf_dir.glob("*.yaml"))
-            raise SptError(f"--model {model}: there is no conf/model/{model}.yaml; choose one of "
+            raise SptError(f"--model {model}: there is no spt/conf/model/{model}.yaml; choose one of "
                            f"{', '.join(known) or '(none found)'} or give a model YAML file")
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("adapter_dir", help="a directory written by PeftModel.save_pretrained")
     im.add_argument("out", help="the spt artifact to write (.safetensors, plus its .json)")
     im.add_argument("--model", required=True,
-                    help="the backbone: a conf/model name (tiny-llama, smollm2-135m, t5-small, "
+                    help="the backbone: a model name from spt/conf/model (tiny-llama, smollm2-135m, t5-small, "
                          "...) or a model YAML file")
     im.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the model config (repeatable), e.g. dtype=bfloat16")

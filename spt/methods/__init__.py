@@ -1,1 +1,1 @@
-"""One LightningModule per method; the file name equals its ``conf/method`` name."""
+"""One LightningModule per method; the file name equals its ``spt/conf/method`` name."""

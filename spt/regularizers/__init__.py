@@ -1,4 +1,4 @@
-"""Training-loss regularizers (``conf/regularizer``), called once per training step as
+"""Training-loss regularizers (``spt/conf/regularizer``), called once per training step as
 ``term, logs = reg(method, batch)``; the term is added to the task loss.
 
 A regularizer names the method capabilities it needs in ``requires`` (e.g. ``soft_prompts``);

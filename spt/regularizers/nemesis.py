@@ -164,7 +164,7 @@ class Nemesis:
     ``every_step_logs``). ``epoch`` / ``total_epochs`` default to the progress of
     ``module.trainer`` (see :func:`training_progress`).
 
-    Args (the YAML's keys, see ``conf/regularizer/nemesis.yaml``):
+    Args (the YAML's keys, see ``spt/conf/regularizer/nemesis.yaml``):
         weight: ``A``, the scale of both penalties.
         p: the vector norm: 1, 2 or ``inf``.
         n_positions: ``NP``, positions corrupted per step for PAN.
