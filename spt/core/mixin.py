@@ -142,10 +142,9 @@ class FrozenBackboneMixin:
         for logger in self.loggers:
             logger.log_metrics(counts, step=0)
 
-    def param_groups(self) -> list[dict]:
-        """Optimizer parameter groups; methods override to give parts their own lr."""
-        return [{"params": [p for _, p in self.trainable_named_parameters()]}]
-
+    # No default ``param_groups`` here: every method (or its prompt mixin) defines its own, so
+    # that a mixin further down the MRO is never shadowed by a catch-all group (the prefix
+    # methods' head_lr was silently dropped that way: issue 18).
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise SptError("no optimizer configured: set method.optimizer")

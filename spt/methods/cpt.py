@@ -332,6 +332,10 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         self.log_dict(logged, prog_bar=True, batch_size=len(batch["labels"]))
         return check_finite(loss, self.global_step)
 
+    def param_groups(self) -> list[dict]:
+        """One group: the context deltas (the only trainable tensor) at the optimizer's lr."""
+        return [{"params": [p for _, p in self.trainable_named_parameters()]}]
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """A checkpoint carries its own context: when its tokens differ from the sampled ones
         (another seed or ``n_examples``), the checkpoint's context replaces them first."""
