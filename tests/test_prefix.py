@@ -249,6 +249,23 @@ def test_mlp_runs_once_per_step_not_per_row():
     assert len(calls) == 1 and calls[0][0] == 2  # the task table, not 12 rows
 
 
+@pytest.mark.parametrize("reparam", [True, False])
+def test_prefix_dropout_draws_one_mask_per_example(reparam):
+    """Rows of the same task get independent dropout masks (the references drop out the
+    batch-expanded prefix); in eval mode every row of a task gets the same prefix."""
+    from spt.modules.prefix_encoder import PrefixEncoder
+
+    enc = PrefixEncoder(2, 4, n_layers=2, n_kv_heads=2, head_dim=4, d_model=8, reparam=reparam,
+                        hidden=16, dropout=0.5, init_std=1.0).train()
+    task_ids = torch.tensor([0] * 8 + [1] * 8)
+    out = enc(task_ids)
+    masks = (out == 0).flatten(1)  # where dropout zeroed an entry
+    assert len({tuple(m.tolist()) for m in masks[:8]}) > 1, "one mask for all rows of task 0"
+    enc.eval()
+    out = enc(task_ids)
+    assert torch.equal(out[0], out[7]) and not torch.equal(out[0], out[8])
+
+
 @pytest.mark.parametrize("cls", KV_METHODS)
 @pytest.mark.parametrize("family", ["bert", "llama", "t5"])
 def test_artifact_round_trip(family, cls, tmp_path):

@@ -49,7 +49,10 @@ class PrefixEncoder(nn.Module):
         return self.mlp(self.embedding) if self.reparam else self.weight
 
     def forward(self, task_ids: torch.Tensor) -> torch.Tensor:
-        flat = self.dropout(self.table()).index_select(0, task_ids)  # [B, P, layers*2*kv]
+        # Gather, then drop out: one mask per example, as the references apply dropout to the
+        # batch-expanded prefix (P-tuning-v2 model/prefix_encoder.py + get_prompt; Li & Liang
+        # get_prompt_p5). Dropping out the task table first gave every row of a task one mask.
+        flat = self.dropout(self.table().index_select(0, task_ids))  # [B, P, layers*2*kv]
         b, p, _ = flat.shape
         layers, two, heads, dim = self.shape
         return flat.view(b, p, layers, two, heads, dim).permute(0, 2, 3, 4, 1, 5)
