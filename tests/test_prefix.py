@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from spt.backbones import tiny
 from spt.core.artifact import save_artifact
 from spt.core.errors import SptError
-from spt.core.scoring import cross_route, decoder_cache, encode, prefix_cache
+from spt.core.scoring import cross_route, decoder_cache, encode, pooled, prefix_cache
 from spt.data.task import TaskInfo
 from spt.methods.prefix import PrefixTuning, attention_sizes
 from spt.methods.ptuning_v2 import PTuningV2
@@ -147,6 +147,50 @@ def test_t5_decoder_prefix_equals_real_tokens_in_front():
     rest = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=dec_ids[:, 2:],
                  cache=decoder_cache(kv), use_cache=False).logits
     torch.testing.assert_close(rest, full["logits"][:, 2:], atol=1e-5, rtol=1e-5)
+
+
+def _tiny_encoder(kind: str):
+    from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=40, hidden_dropout_prob=0.0,
+                 attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    if kind == "roberta":  # positions start at padding_idx + 1 = 2
+        return RobertaModel(RobertaConfig(pad_token_id=1, **sizes)).eval()
+    return BertModel(BertConfig(**sizes)).eval()
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_encoder_prefix_equals_real_tokens_in_front(kind):
+    """An encoder-only prefix holding the per-layer keys/values of the first P real tokens gives
+    the other tokens exactly the states they have with those tokens in the input, on BERT and
+    on RoBERTa (whose positions start after its padding row: with arange(L) positions the
+    prefix read that row instead)."""
+    model = _tiny_encoder(kind)
+    ids = torch.tensor([[5, 6, 7, 20, 21, 22, 23], [8, 9, 10, 24, 25, 26, 27]])
+    embeds = model.get_input_embeddings()(ids)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(out[:, :3]))
+             for layer in model.encoder.layer
+             for m in (layer.attention.self.key, layer.attention.self.value)]
+    full = model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids)).last_hidden_state
+    for h in hooks:
+        h.remove()
+    heads = model.config.num_attention_heads
+    kv = torch.stack(seen).view(2, 2, 2, 3, heads, -1)  # [layers, k/v, B, P, heads, d]
+    kv = kv.permute(2, 0, 1, 4, 3, 5)  # [B, layers, 2, heads, P, d]
+    rest_mask = torch.ones(2, 4, dtype=torch.long)
+    got = pooled(model, embeds[:, 3:], rest_mask, "mean", kv)
+    torch.testing.assert_close(got, full[:, 3:].mean(1), atol=1e-5, rtol=1e-5)
+
+
+def test_encoder_prefix_past_the_position_table_is_refused():
+    model = _tiny_encoder("roberta")  # 40 positions, the first 2 before padding_idx + 1
+    embeds = model.get_input_embeddings()(torch.ones(1, 30, dtype=torch.long))
+    prefix = torch.zeros(1, 2, 2, 4, 10, 8)
+    with pytest.raises(SptError, match="lower data.max_length to 28"):
+        pooled(model, embeds, torch.ones(1, 30, dtype=torch.long), "mean", prefix)
 
 
 def test_t5_decoder_prefix_changes_the_scores():

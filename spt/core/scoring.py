@@ -257,18 +257,36 @@ def lm_loss(model, arch: str, inputs_embeds: torch.Tensor, attention_mask: torch
     return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100)
 
 
+def encoder_position_ids(model, inputs_embeds: torch.Tensor, p: int) -> torch.Tensor:
+    """Encoder-only position ids ``[B, L]`` for inputs after a key/value prefix of ``p``
+    positions, numbered as if ``p`` real tokens came first: the reference P-tuning v2 passes
+    its prefix as ``past_key_values`` to HF BERT/RoBERTa, whose embeddings then offset the
+    positions by the cache length (P-tuning-v2 model/sequence_classification.py; transformers
+    BertEmbeddings, RobertaEmbeddings.create_position_ids_from_input_ids). Models that number
+    positions after their padding row (the RoBERTa family, ``embeddings.padding_idx``) start
+    there; ``arange(L)`` would read RoBERTa's padding row (issue 18)."""
+    b, length, _ = inputs_embeds.shape
+    pad = getattr(getattr(model, "embeddings", None), "padding_idx", None)
+    start = (0 if pad is None else pad + 1) + p
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and start + length > limit:
+        raise SptError(f"{length} input tokens after a {p}-position prefix need position "
+                       f"{start + length - 1}, past this model's {limit} positions: lower "
+                       f"data.max_length to {limit - start} or method.length")
+    return torch.arange(start, start + length, device=inputs_embeds.device).expand(b, -1)
+
+
 def pooled(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
            pooling: str, prefix: torch.Tensor | None = None) -> torch.Tensor:
     """Encoder-only: the pooled hidden state ``[B, d]`` (mean over real tokens, first token,
     or the model's own pooler). A ``prefix`` adds keys/values to every self-attention layer;
-    the inputs keep positions 0..L-1."""
+    the inputs' positions follow it (:func:`encoder_position_ids`)."""
     if prefix is None:
         out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
     else:
-        am, _ = _prefixed(attention_mask, prefix)
-        pos = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+        am, p = _prefixed(attention_mask, prefix)
         out = model(inputs_embeds=inputs_embeds, attention_mask=am,
-                    position_ids=pos.expand(inputs_embeds.shape[0], -1),
+                    position_ids=encoder_position_ids(model, inputs_embeds, p),
                     cache=prefix_cache(prefix), use_cache=False)
     hidden = out.last_hidden_state
     if pooling == "mean":

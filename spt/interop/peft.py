@@ -37,8 +37,8 @@ What converts, and what does not (and why):
   (``prefix_projection=False``, the materialised prefix; the reparameterisation MLP stays in
   spt). Not on T5: PEFT puts one prefix into both decoder self- and cross-attention and none into
   the encoder, while spt's T5 prefix has separate encoder, decoder and cross-attention blocks.
-  Not on encoder-only models: PEFT shifts the inputs' positions by the prefix length there,
-  spt keeps them at 0..L-1.
+  Not on encoder-only models: the export there has not been compared against PEFT's
+  ``FEATURE_EXTRACTION`` prefix path, and the classification head has no place in the adapter.
 - PEFT prompt tuning and P-tuning -> spt ``method=prompt``; PEFT prefix tuning (with or without
   projection) on decoder-only models -> spt ``method=prefix method.reparam=false``. Not onto
   encoder-only backbones: spt's prompt tuning there needs its classification head, which a PEFT
@@ -247,8 +247,8 @@ def _prefix_config(method, arch, row, meta, base, path, base_name):
         why = ("PEFT puts one prefix into both the decoder's self- and cross-attention and none "
                "into the encoder, while spt's T5 prefixes are separate encoder, decoder and "
                "cross-attention blocks" if arch == "encoder-decoder" else
-               "PEFT shifts the input positions by the prefix length on encoder-only models, "
-               "spt keeps them at 0..L-1, so the same prefix would compute something else")
+               "the encoder-only export has not been compared against PEFT's prefix path, and "
+               "the classification head has no place in a PEFT adapter")
         raise SptError(f"cannot export {path} (method={method} on {base.get('name')}, "
                        f"{arch}) as a PEFT prefix-tuning adapter: {why}. Prefix export covers "
                        "decoder-only models; for this model train method=prompt and export that")

@@ -9,7 +9,8 @@ the backbone's config.
 
 Decoder-only: the prefixes enter through the transformers ``Cache`` API, the inputs' positions
 start after them and the attention mask is extended. Encoder-only (BERT family): the same cache
-path reaches every layer's bidirectional self-attention; inputs keep positions 0..L-1.
+path reaches every layer's bidirectional self-attention; the inputs' positions follow the
+prefix, as when the reference passes it to HF BERT as ``past_key_values``.
 Encoder-decoder (T5): the Hugging Face T5 encoder ignores its ``cache``, so encoder
 prefixes take their own route (:mod:`spt.backbones.t5_prefix`); decoder self-attention
 prefixes use the cache API, and so do the optional cross-attention prefixes
