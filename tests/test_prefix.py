@@ -293,6 +293,22 @@ def test_mlp_runs_once_per_step_not_per_row():
     assert len(calls) == 1 and calls[0][0] == 2  # the task table, not 12 rows
 
 
+def test_default_prefix_init_gives_distinct_positions():
+    """The paper's N(0, 1) embedding init: the MLP's prefix positions start nearly orthogonal
+    (at std 0.02 the biases dominate and they start ~0.98 cosine-alike)."""
+    from hydra import compose, initialize_config_dir
+
+    from spt import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yaml_std = compose(config_name="run", overrides=["method=prefix"]).method.init_std
+    m = PrefixTuning(tiny("llama", hidden=64, seed=3), TASK, length=10, hidden=512)
+    assert yaml_std == 1.0 and m.hparams.init_std == 1.0
+    t = torch.nn.functional.normalize(m.prefix.table()[0], dim=-1)
+    mean_cos = (t @ t.T - torch.eye(10)).sum() / 90
+    assert abs(float(mean_cos)) < 0.2, float(mean_cos)
+
+
 @pytest.mark.parametrize("reparam", [True, False])
 def test_prefix_dropout_draws_one_mask_per_example(reparam):
     """Rows of the same task get independent dropout masks (the references drop out the
