@@ -351,8 +351,21 @@ def test_bad_settings_name_the_key(bad, cls):
         cls(tiny("llama"), TASK, **bad)
 
 
-def test_ptuning_v2_defaults_and_cls_head():
-    m = PTuningV2(tiny("bert"), TASK)
-    assert not m.prefix.reparam and m.prefix.dropout.p == 0.1 and m.pooling == "cls"
+def test_ptuning_v2_defaults_and_the_reference_pooler_head():
+    """The default head reads the model's pooler output (tanh(W h_CLS)), as the reference's
+    BertPrefixForSequenceClassification does; the raw [CLS] state stays an option."""
+    m = PTuningV2(tiny("bert"), TASK).eval()
+    assert not m.prefix.reparam and m.prefix.dropout.p == 0.1 and m.pooling == "pooler"
+    batch = _batch(m, TEXTS, [0, 0, 0])
+    seen = []
+    m.head.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    m(batch)
+    prefix = m.kv_prefix(batch)
+    p, length = prefix.shape[-2], batch["attention_mask"].shape[1]
+    am = torch.cat([torch.ones(3, p, dtype=torch.long), batch["attention_mask"]], 1)
+    out = m.backbone(inputs_embeds=m.embed(batch), attention_mask=am, cache=prefix_cache(prefix),
+                     position_ids=torch.arange(p, p + length).expand(3, -1))
+    torch.testing.assert_close(seen[0], out.pooler_output)
+    assert PTuningV2(tiny("bert"), TASK, pooling="cls").pooling == "cls"
     with pytest.raises(SptError, match="method.pooling"):
         PTuningV2(tiny("bert"), TASK, pooling="max")

@@ -28,8 +28,9 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
             100+ for hard sequence tasks).
         reparam / hidden: optional MLP reparameterisation (off by default).
         prompt_dropout: dropout on the deep prompts while training (0.1).
-        pooling: the encoder head's input: ``cls`` (the paper's [CLS] head), ``mean``,
-            ``pooler``, or null for the backbone's default.
+        pooling: the encoder head's input: ``auto`` (the reference head: the model's pooler,
+            tanh(W h_CLS), where it has one, else ``cls``), ``pooler``, ``cls`` (the raw
+            [CLS] state), ``mean``, or null for the backbone's default.
         Other args as for :class:`spt.methods.prefix.PrefixTuning`.
     """
 
@@ -46,7 +47,7 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
         prompt_dropout: float = 0.1,
         init_std: float = 0.02,
         cross_attention: bool = False,
-        pooling: str | None = "cls",
+        pooling: str | None = "auto",
         init: str = "random",
         init_file: str | None = None,
         n_tasks: int = 1,
@@ -65,8 +66,14 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
         super().__init__()
         validate_kv(length=length, n_tasks=n_tasks, hidden=hidden, loss=loss, init=init,
                     init_file=init_file, reference="Liu et al. use 20 for classification")
-        if pooling not in (None, "cls", "mean", "pooler"):
-            raise SptError(f"method.pooling={pooling!r}: choose cls, mean, pooler or null")
+        if pooling not in (None, "auto", "cls", "mean", "pooler"):
+            raise SptError(f"method.pooling={pooling!r}: choose auto, pooler, cls, mean or null")
+        if pooling == "auto":
+            # The reference classifier reads BERT's pooler output, outputs[1], then dropout and
+            # a linear layer (P-tuning-v2 model/sequence_classification.py,
+            # BertPrefixForSequenceClassification.forward).
+            has_pooler = getattr(backbone.model, "pooler", None) is not None
+            pooling = "pooler" if has_pooler else "cls"
         if not 0.0 <= prompt_dropout < 1.0:
             raise SptError(f"method.prompt_dropout={prompt_dropout!r} must be in [0, 1)")
         self.pooling = pooling
