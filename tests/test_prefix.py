@@ -81,7 +81,7 @@ def test_an_architecture_left_out_of_supports_is_refused(cls):
 
 def test_t5_encoder_prefix_changes_the_encoder_output():
     """The HF T5 encoder ignores its cache; spt routes the prefix in regardless."""
-    m = _method("t5").eval()
+    m = _method("t5", cross_attention=False).eval()
     batch = _batch(m, TEXTS, [0, 0, 0])
     embeds = m.base.input_embeddings(batch["input_ids"])
     kv = m.prefix(batch["task_ids"])
@@ -193,8 +193,29 @@ def test_encoder_prefix_past_the_position_table_is_refused():
         pooled(model, embeds, torch.ones(1, 30, dtype=torch.long), "mean", prefix)
 
 
+def test_t5_prefix_defaults_follow_li_and_liang():
+    """On T5, method=prefix prefixes encoder, decoder and cross-attention by default, each set
+    from its own embedding and MLP (Li & Liang's seq2seq model); shared_reparam keeps one."""
+    m = PrefixTuning(tiny("t5", hidden=64, seed=3), TASK, length=4, hidden=32).eval()
+    enc_layers, dec_layers = m.backbone.config.num_layers, m.backbone.config.num_decoder_layers
+    assert m.cross_attention and [len(b.mlp[2].bias) // (2 * 64) for b in m.prefix.blocks] == [
+        enc_layers, dec_layers, dec_layers]
+    batch = _batch(m, TEXTS, [0, 0, 0])
+    before = m.kv_prefix(batch)
+    with torch.no_grad():
+        m.prefix.blocks[2].mlp[2].bias.add_(1.0)  # the cross-attention set's MLP only
+    after = m.kv_prefix(batch)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+    assert not torch.equal(before[2], after[2])
+    shared = PrefixTuning(tiny("t5", hidden=64, seed=3), TASK, length=4, hidden=32,
+                          shared_reparam=True)
+    assert not hasattr(shared.prefix, "blocks") and shared.prefix.table().shape[-1] == (
+        (enc_layers + 2 * dec_layers) * 2 * 64)
+    assert not PrefixTuning(tiny("llama"), TASK, length=2, hidden=8).cross_attention
+
+
 def test_t5_decoder_prefix_changes_the_scores():
-    m = _method("t5").eval()
+    m = _method("t5", cross_attention=False).eval()
     batch = _batch(m, TEXTS, [0, 0, 0])
     embeds = m.base.input_embeddings(batch["input_ids"])
     kv = m.prefix(batch["task_ids"])

@@ -50,10 +50,18 @@ class KVPromptMixin:
 
     def setup_kv_prompts(self, n_tasks: int, length: int, reparam: bool, hidden: int,
                          dropout: float, init_std: float, seed: int,
-                         cross_attention: bool = False) -> None:
+                         cross_attention: bool | None = False,
+                         shared_reparam: bool = True) -> None:
+        """``shared_reparam=False`` (T5 with ``reparam``): the encoder, decoder and
+        cross-attention prefixes each get their own embedding and MLP, as in Li & Liang's
+        seq2seq model; True: one MLP produces all of them."""
         self.sizes = attention_sizes(self.base.config)
         self.encoder_layers = None
+        if cross_attention is None:  # Li & Liang's seq2seq default: cross-attention too
+            cross_attention = self.base.arch == "encoder-decoder"
         self.cross_attention = bool(cross_attention)
+        self.shared_reparam = bool(shared_reparam)
+        blocks = None
         if self.cross_attention and self.base.arch != "encoder-decoder":
             raise SptError(f"method.cross_attention=true needs an encoder-decoder backbone; "
                            f"{self.base.name} is {self.base.arch}-only: set "
@@ -65,10 +73,13 @@ class KVPromptMixin:
             self.encoder_layers = self.sizes["n_layers"]
             dec = self.base.config.num_decoder_layers
             self.sizes["n_layers"] += dec * (2 if self.cross_attention else 1)
+            if not self.shared_reparam:
+                blocks = (self.encoder_layers, dec, *((dec,) if self.cross_attention else ()))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.prefix = PrefixEncoder(n_tasks, length, reparam=reparam, hidden=hidden,
-                                        dropout=dropout, init_std=init_std, **self.sizes)
+                                        dropout=dropout, init_std=init_std, blocks=blocks,
+                                        **self.sizes)
 
     @property
     def n_soft_tokens(self) -> int:
@@ -113,6 +124,7 @@ class KVPromptMixin:
             "task_names": self.task_names,
             "reparam": self.prefix.reparam,
             "cross_attention": self.cross_attention,
+            "shared_reparam": self.shared_reparam,
             **self.sizes,
             **self.classification_meta(),
             "base": self.base.identity(),
@@ -127,6 +139,6 @@ class KVPromptMixin:
             raise SptError(f"{path} was saved by method={meta.get('method')}, not "
                            f"method={self.method_name}")
         load_module_tensors(self.prefix, tensors, "prefix_encoder.", path,
-                            f"method.reparam (saved: {meta.get('reparam')}), hidden, length, "
-                            "n_tasks")
+                            f"method.reparam (saved: {meta.get('reparam')}), shared_reparam "
+                            f"(saved: {meta.get('shared_reparam')}), hidden, length, n_tasks")
         self.load_head_tensors(tensors, path)

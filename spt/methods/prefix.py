@@ -44,7 +44,15 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
             1.0, the N(0, 1) of Li & Liang's ``nn.Embedding`` (PrefixTuning ``self.wte``) and
             of PEFT's prefix encoder. At 0.02 the tanh-MLP output is its biases' and the
             positions start nearly identical (mean pairwise cosine 0.95 at SmolLM2's sizes).
-        cross_attention: encoder-decoder only: also prefix the decoder's cross-attention.
+        cross_attention: also prefix the decoder's cross-attention (encoder-decoder only);
+            None (the default): on for encoder-decoder backbones, as Li & Liang's seq2seq
+            model prefixes encoder, decoder and cross-attention.
+        shared_reparam: encoder-decoder with ``reparam``: one MLP for all three prefix sets
+            (True), or each set its own embedding and MLP (False, the paper's).
+            Parameters at the paper's BART-large sizes (d=1024, 12+12 layers, length 10,
+            hidden 512): each set's MLP is 10*1024 + (1024*512+512) + (512*24,576+24,576) =
+            13,142,528, 39.4M for the three (a shared MLP: 38.4M); the materialised prefixes
+            served are 3*10*24,576 = 737,280 numbers, 0.18% of BART-large's 406M.
         init / init_file: ``random`` or ``file`` (an artifact of this method and base model).
         supports: the architectures this method's YAML declares; others are refused.
         Other args as for prompt tuning.
@@ -62,7 +70,8 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
         hidden: int = 512,
         prefix_dropout: float = 0.0,
         init_std: float = 1.0,
-        cross_attention: bool = False,
+        cross_attention: bool | None = None,
+        shared_reparam: bool = False,
         init: str = "random",
         init_file: str | None = None,
         n_tasks: int = 1,
@@ -87,7 +96,7 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
             head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
             optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps)
         self.setup_kv_prompts(n_tasks, length, reparam, hidden, prefix_dropout, init_std, seed,
-                              cross_attention)
+                              cross_attention, shared_reparam)
         if init == "file":
             self.load_prefix_file(init_file)
         self.check_frozen()
