@@ -3,6 +3,7 @@ fails with a clear message, exit status != 0 and no half-written run directory."
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import os
@@ -434,3 +435,25 @@ def test_optimizer_groups_follow_the_config(method, model, data_dir):
             is_head = names[id(p)].startswith("head.")
             want = head_lr if is_head and head_lr is not None else cfg.method.optimizer.lr
             assert group["lr"] == pytest.approx(want), f"{names[id(p)]}: lr {group['lr']}"
+
+
+# Keys whose YAML value differs from the class default on purpose: `supports` narrows the
+# architectures a class implements (None = all of them), `seed` follows the run's seed.
+CONFIG_ONLY = {"supports", "seed"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_class_defaults_equal_the_yaml(method):
+    """A method built in Python with its defaults is the method its YAML builds
+    (PromptTuning once defaulted to init=sampled_vocab in Python and class_labels in YAML)."""
+    node = OmegaConf.to_container(_compose(f"method={method}").method, resolve=True)
+    params = inspect.signature(_locate(node["_target_"])).parameters
+    differ = {}
+    for key, value in node.items():
+        if key.startswith("_") or key == "optimizer" or key in CONFIG_ONLY:
+            continue
+        assert key in params, f"method.{key} is not an argument of {node['_target_']}"
+        default = params[key].default
+        if default is not inspect.Parameter.empty and default != value:
+            differ[key] = (value, default)
+    assert differ == {}, f"YAML vs class default: {differ}"

@@ -88,7 +88,7 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         task_names: list[str] | None = None,
         loss: str = "class_ce",
         head_dropout: float = 0.1,
-        head_lr: float | None = None,
+        head_lr: float | None = 0.01,
         backbone_dropout: bool = False,
         optimizer=None,
         scheduler: str | None = "constant",

@@ -78,7 +78,7 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
         task_names: list[str] | None = None,
         loss: str = "class_ce",
         head_dropout: float = 0.1,
-        head_lr: float | None = None,
+        head_lr: float | None = 0.01,
         backbone_dropout: bool = False,
         optimizer=None,
         scheduler: str | None = "constant",
