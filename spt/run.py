@@ -195,6 +195,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         lg.log_metrics({k: v for k, v in metrics.items()
                         if isinstance(v, (int, float)) and not isinstance(v, bool)},
                        step=int(trainer.global_step))
+        lg.save()  # the trainer already finalized its loggers: CSVLogger would drop these rows
     if trainer.is_global_zero:
         if tensors is not None:
             meta = {**method.artifact_meta(), "spt_version": __version__, "data": cfg.data.name,

@@ -185,6 +185,9 @@ def test_run_end_to_end_and_reload(model, tmp_path, data_dir):
     assert metrics["steps"] == 4 and 0.0 <= metrics["val/acc"] <= 1.0
     assert metrics["artifact_bytes"] < 100_000
     assert "dev acc" in r.stdout and "prompt.safetensors" in r.stdout
+    (csv,) = run.rglob("metrics.csv")  # every metric logged is in the CSV too
+    header = csv.read_text().splitlines()[0].split(",")
+    assert {"fit_seconds", "params/served", "params/trainable", "val/acc"} <= set(header)
     # the artifact reloads to the same dev accuracy
     r2 = spt_run(f"model={model}", "debug=fast", "logger=csv", "train=false", "method.init=file",
                  f"method.init_file={run / 'prompt.safetensors'}", out=tmp_path / "again")
