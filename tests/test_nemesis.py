@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import re
+import types
 from types import SimpleNamespace
 
 import lightning as L
@@ -320,3 +321,28 @@ def test_run_with_nemesis_end_to_end(tmp_path, data_dir):
         rows = list(csv.DictReader(f))
     for key in ("train/pun", "train/pan", "train/omega", "train/prompt_norm/19"):
         assert any(row.get(key) for row in rows), key
+
+
+def test_class_specific_penalty_sums_over_classes_as_the_authors_code():
+    """CoOp's class-specific contexts ``[T, C, N, d]``: the authors' ``normalize`` sums
+    ``||ctx||`` over classes (trainers/coop_nemesis.py), so PUN is C times the one-class mean;
+    the logged per-position norms average over classes (their ``calculate_norm``)."""
+    from spt.regularizers.nemesis import position_norms, pun
+
+    ctx = torch.randn(1, 5, 4, 8, generator=torch.Generator().manual_seed(0))  # C=5, N=4
+    by_hand = torch.linalg.vector_norm(ctx[0], dim=-1).sum() / 4  # sum over classes, / N
+    torch.testing.assert_close(pun(ctx, 2.0), by_hand)
+    torch.testing.assert_close(position_norms(ctx, 2.0),
+                               torch.linalg.vector_norm(ctx[0], dim=-1).mean(0))
+
+
+def test_random_positions_mode_penalises_drawn_positions_unprobed():
+    """``n_positions: random2`` (the authors' NP=random{n}): two positions a step, no probe."""
+    from spt.regularizers.nemesis import Nemesis
+
+    reg = Nemesis(n_positions="random2", beta=0.0, schedule="constant")
+    module = types.SimpleNamespace()  # no scores_with_prompts: a probe would fail
+    helped = reg.helped_positions(module, {}, 6)
+    assert helped.dtype == torch.bool and int(helped.sum()) == 2
+    with pytest.raises(SptError, match="random<n>"):
+        Nemesis(n_positions="random")

@@ -50,16 +50,29 @@ def position_norms(vectors: torch.Tensor, p: float) -> torch.Tensor:
     return norms.reshape(-1, norms.shape[-1]).mean(0)
 
 
+def penalty_norms(vectors: torch.Tensor, p: float) -> torch.Tensor:
+    """``||ctx_i||_p`` per position ``[N]`` as the penalties use them: ``vectors [T, N, d]`` or
+    class-specific ``[T, C, N, d]``; summed over classes, as the authors' ``normalize`` sums
+    ``pos_alpha * ||ctx||`` over CoOp's class-specific contexts before dividing by the count of
+    penalised positions (trainers/coop_nemesis.py), and averaged over task rows (spt's mixture
+    axis). The logged norms (:func:`position_norms`) average over classes, as their
+    ``calculate_norm`` does."""
+    norms = torch.linalg.vector_norm(vectors.float(), ord=p, dim=-1)
+    if norms.dim() == 3:  # [T, C, N]
+        norms = norms.sum(1)
+    return norms.reshape(-1, norms.shape[-1]).mean(0)
+
+
 def pun(vectors: torch.Tensor, p: float) -> torch.Tensor:
     """Position-uniform norm (the paper's PEN) without its weight: ``sum_i ||ctx_i||_p / N``."""
-    return position_norms(vectors, p).mean()
+    return penalty_norms(vectors, p).mean()
 
 
 def pan(vectors: torch.Tensor, helped: torch.Tensor, p: float) -> torch.Tensor:
     """Position-aware norm without its weight: the mean ``||ctx_i||_p`` over the positions
     ``helped [N]`` (bool) marks; 0 when it marks none."""
     mask = helped.to(vectors.device, torch.float32)
-    return (position_norms(vectors, p) * mask).sum() / mask.sum().clamp(min=1.0)
+    return (penalty_norms(vectors, p) * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def pan_positions(correct: torch.Tensor, positions: torch.Tensor, n_positions: int) -> torch.Tensor:
@@ -167,7 +180,9 @@ class Nemesis:
     Args (the YAML's keys, see ``spt/conf/regularizer/nemesis.yaml``):
         weight: ``A``, the scale of both penalties.
         p: the vector norm: 1, 2 or ``inf``.
-        n_positions: ``NP``, positions corrupted per step for PAN.
+        n_positions: ``NP``, positions corrupted per step for PAN; ``"random{n}"`` (the
+            authors' ``NP=random{n}``) penalises ``n`` random positions each step without
+            probing whether rescaling them helped.
         corruption_weight: ``CW``, the factor a corrupted position is rescaled by.
         beta: 1 = PUN only, 0 = PAN only.
         schedule: ``logistic`` (``omega`` above) or ``constant`` (``omega = 1``).
@@ -191,8 +206,12 @@ class Nemesis:
         if not isinstance(beta, int | float) or not 0 <= beta <= 1:
             raise SptError(f"regularizer.beta={beta!r} must be in [0, 1] (1 = PUN only, "
                            "0 = PAN only)")
+        self.random_positions = isinstance(n_positions, str) and n_positions.startswith("random")
+        if self.random_positions and n_positions[len("random"):].isdigit():
+            n_positions = int(n_positions[len("random"):])
         if not isinstance(n_positions, int) or isinstance(n_positions, bool) or n_positions < 1:
-            raise SptError(f"regularizer.n_positions={n_positions!r} must be an integer >= 1")
+            raise SptError(f"regularizer.n_positions={n_positions!r} must be an integer >= 1 "
+                           "or random<n> (n random positions, unprobed)")
         if schedule not in SCHEDULES:
             raise SptError(f"regularizer.schedule={schedule!r}: choose {' or '.join(SCHEDULES)}")
         self.weight = float(weight)
@@ -242,8 +261,13 @@ class Nemesis:
         return w * term, logs
 
     def helped_positions(self, module, batch: dict, n: int) -> torch.Tensor:
-        """``[n]`` bool: the drawn positions whose rescaling raised the batch's correct rows."""
+        """``[n]`` bool: the drawn positions whose rescaling raised the batch's correct rows
+        (with ``random<n>``: the drawn positions, unprobed)."""
         positions = sample_positions(n, min(self.n_positions, n), self.generator)
+        if self.random_positions:
+            helped = torch.zeros(n, dtype=torch.bool)
+            helped[positions] = True
+            return helped
         with torch.no_grad(), eval_mode(module):
             scores = probe_scores(module, batch, positions, self.corruption_weight)
         correct = (scores.argmax(-1) == batch["labels"].unsqueeze(0)).sum(-1)
