@@ -453,6 +453,8 @@ def aggregate(rows: list[dict], group_by: list[str] | None = None) -> list[dict]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row.get(c) for c in group_by), []).append(row)
+    for members in groups.values():
+        _refuse_unlike(members, group_by)
     out = []
     for key in sorted(groups, key=lambda k: tuple(_order(v) for v in k)):
         members = groups[key]
@@ -465,6 +467,55 @@ def aggregate(rows: list[dict], group_by: list[str] | None = None) -> list[dict]
             agg[f"{metric}_n"] = len(values)
         out.append(agg)
     return out
+
+
+# Config keys that differ between seeds of one experiment without changing it: where the run
+# writes and logs, its name, and the resume mode.
+_PER_RUN_PREFIXES = ("paths.", "logger.", "hydra.", "callbacks.")
+_PER_RUN_KEYS = {"seed", "run_name", "resume"}
+
+
+def _run_settings(row: dict) -> dict | None:
+    """A run's resolved config, flattened to dotted keys, less the per-run keys and the keys
+    that only repeat its seed (``method.seed: ${seed}``); None for a run without a local
+    config (a W&B API row)."""
+    from omegaconf import OmegaConf
+
+    run = Path(str(row.get("run", "")))
+    cfg = _config(run) if run.is_dir() else None
+    if cfg is None:
+        return None
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    flat = {}
+    stack = [("", tree)]
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, dict):
+            stack += [(f"{prefix}{k}.", v) for k, v in node.items()]
+        else:
+            flat[prefix[:-1]] = node
+    seed = flat.get("seed")
+    return {k: v for k, v in flat.items()
+            if k not in _PER_RUN_KEYS and not k.startswith(_PER_RUN_PREFIXES)
+            and not (k.endswith(".seed") and v in (seed, "${seed}"))}
+
+
+def _refuse_unlike(members: list[dict], group_by: list[str]) -> None:
+    """A mean is over seeds of one experiment: refuse a group whose runs differ in any other
+    setting, naming the keys (``method.length`` 2, 8 and 20 were once averaged into one cell,
+    and a training run with its own ``train=false`` re-evaluation)."""
+    settings = [s for s in map(_run_settings, members) if s is not None]
+    if len(settings) < 2:
+        return
+    keys = sorted({k for s in settings for k in s})
+    differ = [k for k in keys if k not in group_by
+              and len({json.dumps(s.get(k, "<absent>"), sort_keys=True, default=str)
+                       for s in settings}) > 1]
+    if differ:
+        shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+        raise SptError(f"--mean would average runs that differ in {shown}, not only in the "
+                       f"seed: add them to the groups (--group-by {','.join([*group_by, *differ[:3]])}) "
+                       "or point at runs of one setting")
 
 
 def _is_number(v) -> bool:

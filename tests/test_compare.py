@@ -437,3 +437,21 @@ def test_offline_log_records_across_blocks_and_a_torn_tail(tmp_path):
     path.write_bytes(b"not a log at all")
     with pytest.raises(SptError, match="not a W&B run log"):
         list(records(path))
+
+
+def test_mean_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
+    """Three lengths were once averaged into one cell: --mean without method.length in the
+    groups names the key instead; a re-evaluation (train=false) of a seed is refused too."""
+    _seeds(tmp_path, lengths=(2, 8, 20), accs=((0.4,), (0.5,), (0.4,)))
+    assert main([str(tmp_path), "--mean"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differ in method.length" in err[0] and "--group-by" in err[0]
+    assert main([str(tmp_path), "--mean", "--keys", "method.length"]) == 0  # one per length
+    capsys.readouterr()
+    again = tmp_path / "again"
+    _fake_run(again, "a", "prompt", 0.8, 20, seed=1,
+              config={"seed": 1, "train": True, "method": {"length": 4, "seed": 1}})
+    _fake_run(again, "b", "prompt", 0.8, 20, seed=1,
+              config={"seed": 1, "train": False, "method": {"length": 4, "seed": 1}})
+    with pytest.raises(SptError, match="differ in train"):
+        aggregate(collect([again]))
