@@ -449,3 +449,19 @@ def test_init_file_of_another_length(tmp_path):
     with pytest.raises(SptError) as err:
         build(backbone=tiny("llama"), length=5, init="file", init_file=str(path))
     assert "[1, 4, 32]" in str(err.value) and "[1, 5, 32]" in str(err.value)
+
+
+@pytest.mark.parametrize("template", ["{soft}Review: {sentence} Sentiment:",
+                                      "{soft}Review: {sentence} Sentiment: "])
+def test_scorer_and_data_module_tokenise_label_words_alike(template, data_dir):
+    """One tokenisation of the verbalizer: the ids the method scores are the ids the data module
+    sizes its label reserve by (and CPT builds its context from), also when the template ends
+    in a space (the scorer then added a second one)."""
+    from spt.run import build
+    from tests.test_run import _compose
+
+    cfg = _compose("method=prompt", "model=tiny-llama", "data=sst2", f"data.root={data_dir}",
+                   "data.train_limit=8", "data.dev_limit=8", f"data.template='{template}'")
+    _, dm, m = build(cfg)
+    assert m.task_labels[0].lists() == dm.label_word_ids()
+    assert dm.task.label_after_space == template.endswith(" ")

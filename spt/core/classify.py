@@ -91,7 +91,8 @@ class ClassificationMixin:
             self.head = nn.ModuleList(heads) if self.multitask else heads[0]
         else:
             self.task_labels = [label_tokens(self.base.tokenizer, list(t.label_words),
-                                             self.base.arch) for t in self.tasks]
+                                             self.base.arch, t.label_after_space)
+                                for t in self.tasks]
             self.labels = self.task_labels[0]
         metrics = [classification_metrics(t.metrics, t.num_classes) for t in self.tasks]
         self.val_metrics = nn.ModuleList(metrics) if self.multitask else metrics[0]

@@ -76,20 +76,21 @@ class LabelTokens:
         return [row[m].tolist() for row, m in zip(self.ids, self.mask, strict=True)]
 
 
-def label_tokens(tokenizer, words: list[str], arch: str) -> LabelTokens:
+def label_tokens(tokenizer, words: list[str], arch: str, after_space: bool = False) -> LabelTokens:
     """Tokenize label words as the LM would produce them.
 
-    Decoder-only: the word follows the template after a space (``" positive"``); a lone
-    word-boundary token that some SentencePiece tokenizers emit for the space is dropped.
-    Encoder-decoder: the word is the whole target, with the tokenizer's end-of-sequence token.
+    Decoder-only: the word as it follows the template, by the same function the data module
+    uses (:func:`spt.data.template.verbalizer_ids`; ``after_space``: the template ends in a
+    space). Encoder-decoder: the word is the whole target, with the tokenizer's end-of-sequence
+    token.
     """
+    from spt.data.template import space_mode, verbalizer_ids
+
+    mode = space_mode(tokenizer) if arch == "decoder" else None
     seqs = []
     for word in words:
         if arch == "decoder":
-            ids = tokenizer(" " + word.strip(), add_special_tokens=False)["input_ids"]
-            bare = tokenizer(word.strip(), add_special_tokens=False)["input_ids"]
-            if len(ids) == len(bare) + 1 and ids[1:] == bare and not tokenizer.decode(ids[:1]).strip():
-                ids = bare
+            ids = verbalizer_ids(tokenizer, word, after_space, mode)
         else:
             ids = tokenizer(word.strip(), add_special_tokens=True)["input_ids"]
         if not ids:

@@ -15,7 +15,8 @@ class TaskInfo:
 
     ``label_names[i]`` and ``label_words[i]`` belong to class index ``i`` (the ``labels`` tensor
     of a batch). ``label_words`` are the verbalizer strings (possibly several tokens each);
-    ``metrics`` are names from :data:`METRICS`.
+    ``metrics`` are names from :data:`METRICS`. ``label_after_space``: the template ends in a
+    space, so a decoder's label word follows it without one of its own.
     """
 
     name: str
@@ -23,6 +24,7 @@ class TaskInfo:
     label_words: tuple[str, ...]
     metrics: tuple[str, ...]
     num_classes: int
+    label_after_space: bool = False
 
 
 def refuse_image_backbone(data: str, arch: str | None) -> None:

@@ -116,6 +116,29 @@ def space_mode(tokenizer) -> str:
     return "keep"
 
 
+def verbalizer_ids(tokenizer, word: str, after_space: bool = False,
+                   mode: str | None = None) -> list[int]:
+    """Token ids of a label word as a decoder would produce it after the template: the one
+    tokenisation both the scorer (:func:`spt.core.scoring.label_tokens`) and the data module
+    (label reserve, CPT's context) use. ``after_space``: the template ends in a space, which
+    the word then does not repeat (unless the tokenizer moves spaces onto the next piece);
+    ``mode`` is :func:`space_mode` (computed when not given). A lone word-boundary token that
+    some SentencePiece tokenizers emit for a leading space is dropped."""
+    mode = mode or space_mode(tokenizer)
+    bare = word.strip()
+    text = bare if mode == "drop" or (mode == "keep" and after_space) else " " + bare
+
+    def enc(t: str) -> list[int]:
+        return list(tokenizer(t, add_special_tokens=False)["input_ids"])
+
+    ids = enc(text)
+    if text != bare:
+        plain = enc(bare)
+        if len(ids) == len(plain) + 1 and ids[1:] == plain and not tokenizer.decode(ids[:1]).strip():
+            ids = plain
+    return ids
+
+
 def fit_lengths(lengths: Sequence[int], budget: int) -> list[int]:
     """Cut the longest field first until ``sum <= budget`` (water-filling, no loop per token)."""
     if sum(lengths) <= budget:
@@ -190,13 +213,7 @@ class TemplateEncoder:
 
     def label_word_ids(self, word: str) -> list[int]:
         """Ids of ``word`` as it would follow the template's last piece (for decoders)."""
-        if self.mode == "drop":
-            text = word.strip()
-        elif self.mode == "move" or not self.ends_with_space:
-            text = " " + word.strip()
-        else:
-            text = word.strip()
-        return self._enc([text])[0]
+        return verbalizer_ids(self.tokenizer, word, self.ends_with_space, self.mode)
 
     def soft_counts(self, n_soft: int) -> tuple[int, ...]:
         """Tokens per soft slot for ``n_soft`` in all; explicit counts must add up to it."""

@@ -234,6 +234,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
             label_words=tuple(self.label_words),
             metrics=tuple(self.metrics),
             num_classes=len(self.label_names),
+            label_after_space=self.encoder.ends_with_space,
         )
 
     def label_word_ids(self) -> list[list[int]]:
