@@ -465,3 +465,27 @@ def test_scorer_and_data_module_tokenise_label_words_alike(template, data_dir):
     _, dm, m = build(cfg)
     assert m.task_labels[0].lists() == dm.label_word_ids()
     assert dm.task.label_after_space == template.endswith(" ")
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_mean_label_score_is_the_per_token_log_probability(family):
+    """data.label_score=mean: each class's summed log-probability divided by its number of
+    label tokens ("bad" and "great" differ in length on the tiny byte-level tokenizer)."""
+    import dataclasses
+
+    mean_task = dataclasses.replace(TASK, label_score="mean")
+    a = PromptTuning(tiny(family, hidden=64), TASK, length=4, init="uniform", seed=1).eval()
+    b = PromptTuning(tiny(family, hidden=64), mean_task, length=4, init="uniform", seed=1).eval()
+    batch = make_batch(a.base, TEXTS, 4)
+    lengths = a.task_labels[0].mask.sum(1)
+    assert lengths[0] != lengths[1]
+    torch.testing.assert_close(b(batch), a(batch) / lengths.float())
+
+
+def test_label_score_must_be_sum_or_mean(data_dir):
+    from spt.run import build
+    from tests.test_run import _compose
+
+    with pytest.raises(SptError, match="data.label_score='max': choose sum or mean"):
+        build(_compose("model=tiny-llama", "data=sst2", f"data.root={data_dir}",
+                       "data.label_score=max"))

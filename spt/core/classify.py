@@ -158,9 +158,14 @@ class ClassificationMixin:
             pooling = getattr(self, "pooling", None) or self.base.pooling
             head = self.head[t] if self.multitask else self.head
             return head(pooled(self.backbone, embeds, mask, pooling, prefix).float())
+        labels = self.task_labels[t]
         if self.base.arch == "decoder":
-            return decoder_scores(self.backbone, embeds, mask, self.task_labels[t], prefix)
-        return seq2seq_scores(self.backbone, embeds, mask, self.task_labels[t], prefix)
+            scores = decoder_scores(self.backbone, embeds, mask, labels, prefix)
+        else:
+            scores = seq2seq_scores(self.backbone, embeds, mask, labels, prefix)
+        if self.tasks[t].label_score == "mean":  # per label token (data.label_score)
+            scores = scores / labels.mask.sum(1).to(scores)
+        return scores
 
     def sequence_loss(self, batch: dict) -> torch.Tensor:
         """Text-to-text: the target's token cross-entropy with this method's prompt."""

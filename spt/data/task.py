@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from spt.core.errors import SptError
 
 METRICS = ("acc", "f1_macro")
+LABEL_SCORES = ("sum", "mean")  # a multi-token label word's total or per-token log-probability
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,8 @@ class TaskInfo:
     ``label_names[i]`` and ``label_words[i]`` belong to class index ``i`` (the ``labels`` tensor
     of a batch). ``label_words`` are the verbalizer strings (possibly several tokens each);
     ``metrics`` are names from :data:`METRICS`. ``label_after_space``: the template ends in a
-    space, so a decoder's label word follows it without one of its own.
+    space, so a decoder's label word follows it without one of its own. ``label_score``: one
+    of :data:`LABEL_SCORES`, how a class of several label tokens is scored.
     """
 
     name: str
@@ -25,6 +27,7 @@ class TaskInfo:
     metrics: tuple[str, ...]
     num_classes: int
     label_after_space: bool = False
+    label_score: str = "sum"
 
 
 def refuse_image_backbone(data: str, arch: str | None) -> None:

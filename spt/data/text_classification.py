@@ -41,7 +41,7 @@ from spt.data.readers import (
     read_local,
     to_plain,
 )
-from spt.data.task import METRICS, TaskInfo, refuse_image_backbone
+from spt.data.task import LABEL_SCORES, METRICS, TaskInfo, refuse_image_backbone
 from spt.data.template import Encoded, TemplateEncoder, mark_soft
 
 log = logging.getLogger("spt.data")
@@ -124,6 +124,9 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         task_index: value of ``task_ids`` in every batch.
         group_by_length: training batches of rows of similar length, and evaluation in order
             of length, longest first (less padding; see :mod:`spt.data.loaders`).
+        label_score: how a decoder or T5 scores a class whose label word is several tokens:
+            ``sum`` (its total log-probability) or ``mean`` (per token, length-normalised, as
+            rank-classification setups often do so long words are not penalised).
     """
 
     def __init__(
@@ -150,6 +153,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         label_reserve: int | None = 0,
         task_index: int = 0,
         group_by_length: bool = False,
+        label_score: str = "sum",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"], logger=False)
@@ -193,6 +197,9 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         self.n_soft = n_soft
         self.task_index = int(task_index)
         self.group_by_length = bool(group_by_length)
+        if label_score not in LABEL_SCORES:
+            raise SptError(f"data.label_score={label_score!r}: choose {' or '.join(LABEL_SCORES)}")
+        self.label_score = label_score
 
         self.encoder = TemplateEncoder(str(template), self.text_fields, tokenizer)
         self.template = str(template)
@@ -235,6 +242,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
             metrics=tuple(self.metrics),
             num_classes=len(self.label_names),
             label_after_space=self.encoder.ends_with_space,
+            label_score=self.label_score,
         )
 
     def label_word_ids(self) -> list[list[int]]:
