@@ -22,8 +22,10 @@ from spt.methods.prompt import PromptTuning
 FAMILIES = ("bert", "llama", "t5")
 TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great"),
                 metrics=("acc",), num_classes=2)
+# One token per label word on the byte-level tiny tokenizer: after a template ending in a space
+# the word brings no space byte of its own.
 SINGLE_TOKEN_TASK = TaskInfo(name="s", label_names=("neg", "pos"), label_words=("a", "b"),
-                             metrics=("acc",), num_classes=2)
+                             metrics=("acc",), num_classes=2, label_after_space=True)
 TEXTS = ["a fine film", "dull", "not bad at all, really"]
 PAD = 0
 
@@ -324,7 +326,8 @@ def test_decoder_scores_multi_token_match_manual():
 
 def test_decoder_scores_single_token_fast_path_match_manual():
     bb = tiny("llama")
-    lists = label_tokens(bb.tokenizer, list(SINGLE_TOKEN_TASK.label_words), "decoder").lists()
+    lists = label_tokens(bb.tokenizer, list(SINGLE_TOKEN_TASK.label_words), "decoder",
+                         after_space=True).lists()
     assert [len(x) for x in lists] == [1, 1]
     m = build(backbone=bb, task=SINGLE_TOKEN_TASK, length=3, init="sampled_vocab").eval()
     assert m.labels.single_token

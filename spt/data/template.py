@@ -122,8 +122,10 @@ def verbalizer_ids(tokenizer, word: str, after_space: bool = False,
     tokenisation both the scorer (:func:`spt.core.scoring.label_tokens`) and the data module
     (label reserve, CPT's context) use. ``after_space``: the template ends in a space, which
     the word then does not repeat (unless the tokenizer moves spaces onto the next piece);
-    ``mode`` is :func:`space_mode` (computed when not given). A lone word-boundary token that
-    some SentencePiece tokenizers emit for a leading space is dropped."""
+    ``mode`` is :func:`space_mode` (computed when not given). A lone SentencePiece
+    word-boundary token (``"\u2581"``) emitted for the leading space is dropped: the word's own
+    first piece carries the boundary. (A byte-level tokenizer's space byte is kept: the word
+    follows the template after it.)"""
     mode = mode or space_mode(tokenizer)
     bare = word.strip()
     text = bare if mode == "drop" or (mode == "keep" and after_space) else " " + bare
@@ -132,9 +134,9 @@ def verbalizer_ids(tokenizer, word: str, after_space: bool = False,
         return list(tokenizer(t, add_special_tokens=False)["input_ids"])
 
     ids = enc(text)
-    if text != bare:
+    if text != bare and ids and tokenizer.convert_ids_to_tokens(ids[0]) == "\u2581":
         plain = enc(bare)
-        if len(ids) == len(plain) + 1 and ids[1:] == plain and not tokenizer.decode(ids[:1]).strip():
+        if ids[1:] == plain:
             ids = plain
     return ids
 
