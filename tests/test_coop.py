@@ -176,7 +176,8 @@ def test_text_backbone_is_refused(clip):
 @pytest.mark.parametrize("class_specific", [False, True])
 def test_nemesis_probe_and_penalty_on_coop_contexts(clip, class_specific):
     """The batched PAN probe equals each corrupted context scored alone, and PUN is the mean
-    per-position norm of the context (averaged over classes when class-specific)."""
+    per-position norm of the context (summed over classes when class-specific, as the authors'
+    normalize does; the logged norms average over classes)."""
     m = _coop(clip, class_specific=class_specific)
     with torch.no_grad():
         m.prompt.normal_(generator=torch.Generator().manual_seed(1))
@@ -194,7 +195,8 @@ def test_nemesis_probe_and_penalty_on_coop_contexts(clip, class_specific):
     attach(reg, m)
     term, logs = reg(m, batch)
     norms = m.prompt[0].norm(dim=-1).mean(0)  # [length], averaged over the class axis
-    assert term.item() == pytest.approx(norms.mean().item(), rel=1e-5)
+    summed = m.prompt[0].norm(dim=-1).sum(0)  # [length], summed over it (1 class: the same)
+    assert term.item() == pytest.approx(summed.mean().item(), rel=1e-5)
     assert logs["train/prompt_norm/3"].item() == pytest.approx(norms[3].item(), rel=1e-5)
     term.backward()
     assert m.prompt.grad.abs().sum() > 0
