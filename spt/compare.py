@@ -472,7 +472,7 @@ def aggregate(rows: list[dict], group_by: list[str] | None = None) -> list[dict]
 # Config keys that differ between seeds of one experiment without changing it: where the run
 # writes and logs, its name, and the resume mode.
 _PER_RUN_PREFIXES = ("paths.", "logger.", "hydra.", "callbacks.")
-_PER_RUN_KEYS = {"seed", "run_name", "resume"}
+_PER_RUN_KEYS = {"seed", "run_name", "resume", "trainer.default_root_dir"}
 
 
 def _run_settings(row: dict) -> dict | None:
@@ -495,9 +495,11 @@ def _run_settings(row: dict) -> dict | None:
         else:
             flat[prefix[:-1]] = node
     seed = flat.get("seed")
+    here = str(run.resolve())
     return {k: v for k, v in flat.items()
             if k not in _PER_RUN_KEYS and not k.startswith(_PER_RUN_PREFIXES)
-            and not (k.endswith(".seed") and v in (seed, "${seed}"))}
+            and not (k.endswith(".seed") and v in (seed, "${seed}"))
+            and not (isinstance(v, str) and here in v)}  # a path inside the run itself
 
 
 def _refuse_unlike(members: list[dict], group_by: list[str]) -> None:
