@@ -45,4 +45,7 @@ class PromptEncoder(nn.Module):
         return self.mlp(x)
 
     def forward(self, task_ids: torch.Tensor) -> torch.Tensor:
+        # The LSTM (and its inter-layer dropout) runs once per task, shared by the task's rows:
+        # the authors' encoder runs once per step on the one pseudo-token sequence and every
+        # row gets its output (THUDM/P-tuning PromptEncoder.forward, embedding(seq).unsqueeze(0)).
         return self.table().index_select(0, task_ids)
