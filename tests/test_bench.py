@@ -17,8 +17,8 @@ def test_quick_benchmark_writes_every_contender_and_ratio(tmp_path, data_dir):
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(out.read_text())
-    contenders = {"spt prompt", "peft prompt", "floor", "spt prefix", "peft prefix",
-                  "spt ptuning", "peft ptuning"}
+    contenders = {"spt prompt", "peft prompt", "peft-cls prompt", "floor", "spt prefix",
+                  "peft prefix", "spt ptuning", "peft ptuning"}
     assert set(results["train"]) == contenders
     assert set(results["infer"]) == {"spt mixed 8 tasks", "spt single task", "peft 8 adapters"}
     # memory: one forked child per contender, a positive step peak over the same model
@@ -32,7 +32,8 @@ def test_quick_benchmark_writes_every_contender_and_ratio(tmp_path, data_dir):
     assert len({tuple(c[0] for c in v["curve"]) for v in tta.values()}) == 1
     assert all(0 <= c[2] <= 1 for v in tta.values() for c in v["curve"])
     assert results["tta"]["spt_overrides"] == ["data.group_by_length=true"]
-    assert all(v > 0 for v in results["ratios"].values())
+    assert all(v is None or v > 0 for v in results["ratios"].values())  # None: noisy
+    assert all(v["spread"] >= 1 for part in ("train", "infer") for v in results[part].values())
     assert {"train prompt spt/peft", "memory prompt spt/peft",
             "infer mixed/single throughput"} <= set(results["ratios"])
     assert "| train prompt spt/peft |" in r.stdout
@@ -56,3 +57,58 @@ def test_time_to_accuracy_alone_names_only_its_own_model(data_dir):
                        "max_steps": 4, "dev_limit": 16, "train_limit": 32, "spt_overrides": []})
     assert not {"model", "batch_size"} & set(results)
     assert results["tta"]["batch_size"] == 8 and results["tta"]["model"] != "smollm2-135m"
+
+
+def _timing(median, minimum):
+    return {"median_s": median, "min_s": minimum, "repeats": 6,
+            "spread": round(median / minimum, 3), "noisy": median / minimum > 1.25}
+
+
+def test_a_noisy_contender_gets_no_ratio_and_a_rerun_note():
+    """Medians 2-8x their minima (a busy machine) once printed ratios of 0.33 and 15.7 as if
+    valid: such a contender is flagged and every ratio with it is withheld."""
+    from spt.bench import noisy, ratios, table
+
+    train = {n: _timing(1.0, 0.95) for n in ("spt prompt", "peft prompt", "peft-cls prompt",
+                                              "floor", "spt prefix", "peft prefix",
+                                              "spt ptuning", "peft ptuning")}
+    train["spt prefix"] = _timing(18.157, 1.714)
+    results = {"train": train}
+    results["ratios"] = ratios(results)
+    assert results["ratios"]["train prefix spt/peft"] is None
+    assert results["ratios"]["train prompt spt/floor"] == 1.0
+    assert noisy(results) == ["train: spt prefix"]
+    text = table(results)
+    assert "| train prefix spt/peft | noisy: rerun |" in text
+    assert "NOISY: train: spt prefix" in text and "Rerun on a quiet machine" in text
+
+
+def test_peft_p_tuning_encoder_is_the_size_of_spts():
+    """Like for like: PEFT's P-tuning encoder at encoder_hidden_size = d/2 has exactly spt's
+    encoder's parameters (PEFT's default, d, is about 3x larger)."""
+    from spt.backbones import tiny
+    from spt.bench import peft_model
+    from spt.methods.ptuning import PTuning
+    from tests.test_prompt import TASK
+
+    backbone = tiny("llama", hidden=64)
+    spt_count = sum(p.numel() for p in PTuning(backbone, TASK, length=6).prompt_encoder.parameters())
+    pm = peft_model("ptuning", backbone.model)
+    peft_count = sum(p.numel() for n, p in pm.named_parameters()
+                     if p.requires_grad and "prompt_encoder" in n)
+    assert peft_count == spt_count
+
+
+def test_peft_contenders_run_without_spts_lm_head_fix():
+    """PEFT is timed as its users run it: the deep copy of spt's backbone loses spt's
+    contiguous-input hook on the LM head (the bench would otherwise lend PEFT spt's fix)."""
+    from spt.backbones import tiny
+    from spt.backbones.base import contiguous_input
+    from spt.bench import peft_model
+
+    backbone = tiny("llama", hidden=64)
+    head_hooks = backbone.model.get_output_embeddings()._forward_pre_hooks.values()
+    assert contiguous_input in list(head_hooks)
+    pm = peft_model("prompt", backbone.model)
+    assert contiguous_input not in list(pm.get_output_embeddings()._forward_pre_hooks.values())
+    assert contiguous_input in list(head_hooks)  # spt's own model keeps it
