@@ -20,7 +20,7 @@ run: setup
 # The default suite (tiny models) plus the few real-backbone tests marked `ci`.
 # Two pytest workers (pytest-xdist), one per core of the 2-core machines this runs on.
 test: setup
-	$(PY) -m pytest -m "not slow or ci" -n 2 $(ARGS)
+	$(PY) -m pytest -m "not slow or ci" -n 2 --dist worksteal $(ARGS)
 
 # Everything, including every real-backbone test.
 test-all: setup

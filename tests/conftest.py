@@ -42,3 +42,10 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+def pytest_collection_modifyitems(config, items):
+    """Real-backbone tests (``slow``; CI runs those marked ``ci``) first: on two xdist workers
+    the longest test then starts at once instead of being the tail that the other worker waits
+    for. The sort is stable, so the rest keep their order."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
