@@ -32,7 +32,8 @@ test-all: setup
 # show whether the new release still works.
 test-latest:
 	bash scripts/setup.sh latest
-	SPT_UNTESTED_TRANSFORMERS=1 .venv-latest/bin/python -m pytest -m "not slow or ci" -n 2 $(ARGS)
+	SPT_TEST_LATEST=1 SPT_UNTESTED_TRANSFORMERS=1 .venv-latest/bin/python -m pytest \
+	  -m "not slow or ci" -n 2 --dist worksteal $(ARGS)
 
 # Refresh requirements-lock.txt after editing pyproject.toml (ARGS=--upgrade to move every
 # pin to the newest allowed). uv pip compile writes a plain requirements file that pip

@@ -8,6 +8,7 @@ that day (issue 17: transformers 5.24 broke T5 prefixes on fresh clones).
 
 from __future__ import annotations
 
+import os
 import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -120,7 +121,9 @@ def _backbones() -> dict[str, str]:
 
 
 def test_the_venv_holds_exactly_the_locked_versions():
-    """A venv made before the lock last changed fails here (rerun `make setup`)."""
+    """A venv made before the lock last changed fails here (rerun `make setup`). Under `make
+    test-latest` the venv differs from the lock on purpose: the differences are the skip's
+    reason instead."""
     stale = []
     expected = {name: v for name, (v, _) in _lock().items()} | _backbones()
     for name, want in sorted(expected.items()):
@@ -130,4 +133,6 @@ def test_the_venv_holds_exactly_the_locked_versions():
             have = "missing"
         if have != want:
             stale.append(f"{name}: installed {have}, locked {want}")
+    if os.environ.get("SPT_TEST_LATEST") == "1":
+        pytest.skip("make test-latest; not in the lock: " + ("; ".join(stale) or "nothing"))
     assert stale == [], "the venv differs from requirements-lock.txt: run make setup"
