@@ -52,8 +52,9 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
 
 TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great"),
                 metrics=("acc",), num_classes=2)
+# One token per label word on the byte-level tiny tokenizer (no space byte of their own).
 SINGLE = TaskInfo(name="s", label_names=("neg", "pos"), label_words=("a", "b"),
-                  metrics=("acc",), num_classes=2)
+                  metrics=("acc",), num_classes=2, label_after_space=True)
 PAD = 0
 ATOL = 1e-5
 MAX_DIFF: dict[str, float] = {}  # test -> max |logit difference|, printed at the end
