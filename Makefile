@@ -18,9 +18,11 @@ run: setup
 	$(PY) -m spt.run $(ARGS)
 
 # The default suite (tiny models) plus the few real-backbone tests marked `ci`.
-# Two pytest workers (pytest-xdist), one per core of the 2-core machines this runs on.
+# Two pytest workers (pytest-xdist), one per core of the 2-core machines this runs on, each
+# with one torch/OpenMP thread (two workers of two threads oversubscribe the cores: a third
+# slower; the runs they start inherit it).
 test: setup
-	$(PY) -m pytest -m "not slow or ci" -n 2 --dist worksteal $(ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow or ci" -n 2 --dist worksteal $(ARGS)
 
 # Everything, including every real-backbone test.
 test-all: setup
@@ -32,7 +34,7 @@ test-all: setup
 # show whether the new release still works.
 test-latest:
 	bash scripts/setup.sh latest
-	SPT_TEST_LATEST=1 SPT_UNTESTED_TRANSFORMERS=1 .venv-latest/bin/python -m pytest \
+	OMP_NUM_THREADS=1 SPT_TEST_LATEST=1 SPT_UNTESTED_TRANSFORMERS=1 .venv-latest/bin/python -m pytest \
 	  -m "not slow or ci" -n 2 --dist worksteal $(ARGS)
 
 # Refresh requirements-lock.txt after editing pyproject.toml (ARGS=--upgrade to move every
