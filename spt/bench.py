@@ -117,16 +117,21 @@ def peft_lm_batch(batch: dict, backbone, label_words) -> dict:
     for text, y in zip(text_ids(batch), batch["labels"], strict=True):
         rows.append(text + words[int(y)])
         targets.append([-100] * len(text) + words[int(y)])
+    input_ids, mask = left_padded(rows, tok.pad_token_id)
+    return {"input_ids": input_ids, "attention_mask": mask,
+            "labels": left_padded(targets, -100)[0]}
+
+
+def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` right-aligned in ``[N, longest]`` (``pad`` in front) and the mask of real
+    tokens: a decoder's last position is then every row's last token."""
     width = max(map(len, rows))
-    pad = tok.pad_token_id
-    out = {"input_ids": torch.full((len(rows), width), pad),
-           "attention_mask": torch.zeros(len(rows), width, dtype=torch.long),
-           "labels": torch.full((len(rows), width), -100)}
-    for i, (r, t) in enumerate(zip(rows, targets, strict=True)):  # left padding
-        out["input_ids"][i, width - len(r):] = torch.tensor(r)
-        out["attention_mask"][i, width - len(r):] = 1
-        out["labels"][i, width - len(t):] = torch.tensor(t)
-    return out
+    ids = torch.full((len(rows), width), pad)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -242,13 +247,7 @@ def peft_class_step(pm, batch, backbone, label_words) -> Callable[[], None]:
 
     tok = backbone.tokenizer
     ids = label_tokens(tok, list(label_words), "decoder").ids[:, 0]  # single-token words
-    rows = text_ids(batch)
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), tok.pad_token_id)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):  # left padding: the last position is every row's last token
-        input_ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+    input_ids, mask = left_padded(text_ids(batch), tok.pad_token_id)
     labels = batch["labels"]
     pm.train()
     opt = _adamw(pm.parameters())

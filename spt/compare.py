@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 
 from spt.core.errors import SptError
+from spt.core.trees import flatten
 
 FIXED = ["run", "data", "model", "method", "regularizer", "seed", "status", "steps",
          "trainable", "trainable_pct", "served_params", "served_pct", "prompt_norm",
@@ -485,15 +486,7 @@ def _run_settings(row: dict) -> dict | None:
     cfg = _config(run) if run.is_dir() else None
     if cfg is None:
         return None
-    tree = OmegaConf.to_container(cfg, resolve=False)
-    flat = {}
-    stack = [("", tree)]
-    while stack:
-        prefix, node = stack.pop()
-        if isinstance(node, dict):
-            stack += [(f"{prefix}{k}.", v) for k, v in node.items()]
-        else:
-            flat[prefix[:-1]] = node
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False))
     seed = flat.get("seed")
     here = str(run.resolve())
     return {k: v for k, v in flat.items()

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from spt import __version__
 from spt.core.artifact import atomic_write_text, save_artifact
 from spt.core.errors import SptError, user_error
+from spt.core.trees import flatten
 from spt.regularizers import attach
 
 log = logging.getLogger("spt.run")
@@ -281,17 +282,10 @@ def config_differences(new: dict, old: dict) -> str:
     (the first five), or ``""``. Keys on one side only came or went with a later version of
     the config (a new key's default keeps the old behaviour), so only values both configs
     set are compared; ``resume`` is how a run starts, not what it is."""
-    flat_new, flat_old = _flatten(new), _flatten(old)
+    flat_new, flat_old = flatten(new), flatten(old)
     differ = sorted(k for k in flat_new.keys() & flat_old.keys()
                     if k != "resume" and flat_new[k] != flat_old[k])
     return ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
-
-
-def _flatten(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items()
-                for k, v in _flatten(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
 
 
 def resume_checkpoint(resume: str | None, out_dir: Path, resolved: dict) -> str | None:

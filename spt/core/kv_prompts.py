@@ -57,9 +57,7 @@ class KVPromptMixin:
         seq2seq model; True: one MLP produces all of them."""
         self.sizes = attention_sizes(self.base.config)
         self.encoder_layers = None
-        if cross_attention is None:  # Li & Liang's seq2seq default: cross-attention too
-            cross_attention = self.base.arch == "encoder-decoder"
-        self.cross_attention = bool(cross_attention)
+        self.cross_attention = bool(cross_attention)  # None: decided below (T5 only)
         self.shared_reparam = bool(shared_reparam)
         blocks = None
         if self.cross_attention and self.base.arch != "encoder-decoder":
@@ -70,6 +68,8 @@ class KVPromptMixin:
             from spt.backbones.t5_prefix import check_transformers
 
             check_transformers()  # at load time, not at the first forward (issue 17)
+            if cross_attention is None:  # Li & Liang's seq2seq default: cross-attention too
+                self.cross_attention = True
             self.encoder_layers = self.sizes["n_layers"]
             dec = self.base.config.num_decoder_layers
             self.sizes["n_layers"] += dec * (2 if self.cross_attention else 1)

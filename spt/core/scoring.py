@@ -86,10 +86,11 @@ def label_tokens(tokenizer, words: list[str], arch: str, after_space: bool = Fal
     """
     from spt.data.template import space_mode, verbalizer_ids
 
-    mode = space_mode(tokenizer) if arch == "decoder" else None
+    mode = None
     seqs = []
     for word in words:
         if arch == "decoder":
+            mode = mode or space_mode(tokenizer)  # once per call, not per word
             ids = verbalizer_ids(tokenizer, word, after_space, mode)
         else:
             ids = tokenizer(word.strip(), add_special_tokens=True)["input_ids"]
