@@ -1,0 +1,173 @@
+"""Record, or check, what short seeded training runs of every method produce (issue 19, point 6).
+
+    python scripts/equivalence.py record   # writes tests/golden/<case>.safetensors
+    python scripts/equivalence.py check    # reruns every case, compares with those files
+
+A case is a method on a tiny architecture and a small dataset (SST-2 rows, CIFAR-10 images,
+E2E for text-to-text, a task mixture, the Nemesis regularizer): two optimizer steps through a
+Lightning Trainer, then a dev pass. What is kept: the artifact's tensors, the class scores (or
+generated texts) of the first dev batch, the dev metrics and the artifact's metadata. A
+refactor that changes no numbers reproduces all of it bit for bit (``torch.equal``) on the
+locked environment, one torch thread. ``tests/test_equivalence.py`` runs the same cases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO / "tests" / "golden"
+
+_SST2 = ["data=sst2", "data.root={root}", "data.train_limit=8", "data.dev_limit=8", "data.batch_size=4"]
+_CIFAR = ["data=cifar10_subset", "data.root={root}", "data.shots=1", "data.dev_limit=8", "data.batch_size=4"]
+_E2E = ["data=e2e", "data.root={root}", "data.train_limit=8", "data.dev_limit=3", "data.batch_size=4",
+        "data.max_new_tokens=4"]
+_MIX = ["data=mix_source", "method.n_tasks=3", "data.batch_size=6",
+        "data.tasks.sst2.train_limit=4", "data.tasks.agnews.train_limit=4",
+        "data.tasks.trec.train_limit=4", "data.tasks.sst2.dev_limit=2",
+        "data.tasks.agnews.dev_limit=2", "data.tasks.trec.dev_limit=2",
+        *(f"data.tasks.{t}.root={{root}}" for t in ("sst2", "agnews", "trec"))]
+_TEXT = ("tiny-bert", "tiny-llama", "tiny-t5")
+_SUPPORTS = {"prompt": _TEXT, "prefix": _TEXT, "ptuning": _TEXT, "ptuning_v2": _TEXT,
+             "mpt": _TEXT, "cpt": ("tiny-llama",), "coop": ("tiny-clip",)}
+
+
+def cases() -> dict[str, list[str]]:
+    """Case name -> Hydra overrides (``{root}`` stands for the data directory)."""
+    out = {}
+    small = {"prefix": ["method.hidden=32"]}  # the MLP's width is no code path; 1 MB files
+    for method, models in _SUPPORTS.items():
+        for model in models:
+            data = _CIFAR if model == "tiny-clip" else _SST2
+            out[f"{method}-{model}-{data[0][5:]}"] = [f"method={method}", f"model={model}", *data,
+                                                      *small.get(method, [])]
+    for method in ("prompt", "prefix", "ptuning", "ptuning_v2"):  # text-to-text
+        for model in ("tiny-llama", "tiny-t5"):
+            init = ["method.init=sampled_vocab"] if method == "prompt" else []
+            out[f"{method}-{model}-e2e"] = [f"method={method}", f"model={model}", *_E2E, *init,
+                                            *small.get(method, [])]
+    for model in ("tiny-bert", "tiny-llama"):  # one pass for a mixture's rows
+        out[f"mpt-{model}-mix_source"] = ["method=mpt", f"model={model}", *_MIX]
+    out["prompt-tiny-llama-sst2-nemesis"] = ["method=prompt", "model=tiny-llama", *_SST2,
+                                             "regularizer=nemesis"]
+    out["coop-tiny-clip-cifar10_subset-nemesis"] = ["method=coop", "model=tiny-clip", *_CIFAR,
+                                                    "regularizer=nemesis"]
+    return out
+
+
+def compose(overrides: list[str], data_dir: Path):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from spt import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="run", overrides=[o.format(root=data_dir) for o in overrides])
+
+
+def run_case(overrides: list[str], data_dir: Path):
+    """Fit two steps and validate; returns ``(tensors, record, method, before)``: the tensors
+    to compare, the JSON-able record (metrics, metadata, texts), the fitted method and, for
+    the caller's own checks, the backbone's state and the artifact's tensors before fitting."""
+    import lightning as L
+
+    from spt.run import build
+
+    cfg = compose(overrides, data_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same reduction order wherever it runs
+    try:
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        _, dm, m = build(cfg)
+        before = {"backbone": {k: v.clone() for k, v in m.backbone.state_dict().items()},
+                  "artifact": {k: v.clone() for k, v in m.artifact_tensors().items()}}
+        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, accelerator="cpu", max_steps=2,
+                            val_check_interval=2, num_sanity_val_steps=0, limit_val_batches=1,
+                            deterministic=True)
+        trainer.fit(m, datamodule=dm)
+        tensors = {k: v.detach().clone() for k, v in m.artifact_tensors().items()}
+        record = {"metrics": {k: float(v) for k, v in m.last_val.items()},
+                  "meta": json.loads(json.dumps(m.artifact_meta(), default=str))}
+        loader = dm.val_dataloader()
+        if isinstance(loader, list):  # a mixture validates task by task; train rows mix them
+            loader = dm.train_dataloader()
+        batch = next(iter(loader))
+        m.eval()
+        with torch.no_grad():
+            if m.generative:
+                record["texts"] = m.generate_texts(batch)
+            else:
+                tensors["_scores"] = m(batch).detach().float()
+    finally:
+        torch.set_num_threads(threads)
+    return tensors, record, m, before
+
+
+def save(name: str, tensors: dict, record: dict) -> Path:
+    from safetensors.torch import save_file
+
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    path = GOLDEN / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
+              metadata={"record": json.dumps(record, sort_keys=True)})
+    return path
+
+
+def load(name: str) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    path = GOLDEN / f"{name}.safetensors"
+    with safe_open(str(path), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        record = json.loads(f.metadata()["record"])
+    return tensors, record
+
+
+def differences(name: str, tensors: dict, record: dict) -> list[str]:
+    """What differs from the recorded case (empty when nothing does). Metadata keys added
+    since the recording are allowed; every recorded key must keep its value."""
+    want_t, want_r = load(name)
+    out = []
+    if sorted(tensors) != sorted(want_t):
+        out.append(f"tensors {sorted(tensors)} != recorded {sorted(want_t)}")
+    for k in sorted(tensors.keys() & want_t.keys()):
+        a, b = tensors[k], want_t[k]
+        if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
+            err = (a.float() - b.float()).abs().max().item() if a.shape == b.shape else "shape"
+            out.append(f"{k}: differs (max abs {err})")
+    if record["metrics"] != want_r["metrics"]:
+        out.append(f"metrics {record['metrics']} != recorded {want_r['metrics']}")
+    if record.get("texts") != want_r.get("texts"):
+        out.append(f"texts {record.get('texts')} != recorded {want_r.get('texts')}")
+    for k, v in want_r["meta"].items():
+        if record["meta"].get(k, "<absent>") != v:
+            out.append(f"meta {k}: {record['meta'].get(k, '<absent>')!r} != recorded {v!r}")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    data_dir = Path(os.environ.get("SPT_DATA_DIR") or REPO.parent / "shared" / "data")
+    if len(argv) != 1 or argv[0] not in ("record", "check"):
+        print("usage: python scripts/equivalence.py record|check", file=sys.stderr)
+        return 2
+    failed = 0
+    for name, overrides in cases().items():
+        tensors, record, _, _ = run_case(overrides, data_dir)
+        if argv[0] == "record":
+            print(f"{name}: {save(name, tensors, record).relative_to(REPO)}")
+            continue
+        diff = differences(name, tensors, record)
+        failed += bool(diff)
+        print(f"{name}: {'ok' if not diff else 'DIFFERS: ' + '; '.join(diff)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
