@@ -32,25 +32,28 @@ _MIX = ["data=mix_source", "method.n_tasks=3", "data.batch_size=6",
         "data.tasks.trec.train_limit=4", "data.tasks.sst2.dev_limit=2",
         "data.tasks.agnews.dev_limit=2", "data.tasks.trec.dev_limit=2",
         *(f"data.tasks.{t}.root={{root}}" for t in ("sst2", "agnews", "trec"))]
-_TEXT = ("tiny-bert", "tiny-llama", "tiny-t5")
-_SUPPORTS = {"prompt": _TEXT, "prefix": _TEXT, "ptuning": _TEXT, "ptuning_v2": _TEXT,
-             "mpt": _TEXT, "cpt": ("tiny-llama",), "coop": ("tiny-clip",)}
+TINY = {"encoder": "tiny-bert", "decoder": "tiny-llama", "encoder-decoder": "tiny-t5",
+        "clip": "tiny-clip"}  # architecture -> its tiny model (spt/conf/model)
 
 
 def cases() -> dict[str, list[str]]:
-    """Case name -> Hydra overrides (``{root}`` stands for the data directory)."""
+    """Case name -> Hydra overrides (``{root}`` stands for the data directory): every method
+    of the registry on every tiny architecture it supports, and on E2E where it generates."""
+    from spt import methods
+
     out = {}
     small = {"prefix": ["method.hidden=32"]}  # the MLP's width is no code path; 1 MB files
-    for method, models in _SUPPORTS.items():
-        for model in models:
-            data = _CIFAR if model == "tiny-clip" else _SST2
+    for method, info in methods.registry().items():
+        for arch in info.archs:
+            model, data = TINY[arch], _CIFAR if arch == "clip" else _SST2
             out[f"{method}-{model}-{data[0][5:]}"] = [f"method={method}", f"model={model}", *data,
                                                       *small.get(method, [])]
-    for method in ("prompt", "prefix", "ptuning", "ptuning_v2"):  # text-to-text
-        for model in ("tiny-llama", "tiny-t5"):
-            init = ["method.init=sampled_vocab"] if method == "prompt" else []
-            out[f"{method}-{model}-e2e"] = [f"method={method}", f"model={model}", *_E2E, *init,
-                                            *small.get(method, [])]
+        for arch in ("decoder", "encoder-decoder"):  # text-to-text
+            if info.generation and arch in info.archs:
+                model = TINY[arch]
+                init = ["method.init=sampled_vocab"] if method == "prompt" else []
+                out[f"{method}-{model}-e2e"] = [f"method={method}", f"model={model}", *_E2E,
+                                                *init, *small.get(method, [])]
     for model in ("tiny-bert", "tiny-llama"):  # one pass for a mixture's rows
         out[f"mpt-{model}-mix_source"] = ["method=mpt", f"model={model}", *_MIX]
     out["prompt-tiny-llama-sst2-nemesis"] = ["method=prompt", "model=tiny-llama", *_SST2,

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from spt.core.errors import SptError, cli_error
+from spt import methods
+from spt.errors import SptError, cli_error
 from spt.regularizers.nemesis import corrupted_prompts, eval_mode, position_norms, stack_batch
 
 MODES = ("replace", "rescale")
@@ -168,7 +169,7 @@ def load_run(run_dir: Path, dev_limit: int | None = None):
                        "spt.run run (not its parent; python -m spt.compare lists them)")
     cfg = OmegaConf.load(config)
     cls = get_class(cfg.method._target_)
-    name = getattr(cls, "method_name", cfg.method._target_)
+    name = methods.of_class(cls).name
     missing = [r for r in REQUIRES if not callable(getattr(cls, r, None))]
     if missing:
         works = methods_providing(REQUIRES)

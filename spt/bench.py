@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from spt import CONF_DIR
 from spt.backbones.base import contiguous_input
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 TEXTS = ["a gripping, beautifully acted film", "dull and far too long",
          "the best thing I have seen this year", "a mess from start to finish",
@@ -243,10 +243,8 @@ def peft_class_step(pm, batch, backbone, label_words) -> Callable[[], None]:
     logits of the last position only (``logits_to_keep=1``), cross-entropy over the label
     words' log-probabilities, so the table separates what the objective saves (no LM head over
     the target) from what the framework saves."""
-    from spt.core.scoring import label_tokens
-
     tok = backbone.tokenizer
-    ids = label_tokens(tok, list(label_words), "decoder").ids[:, 0]  # single-token words
+    ids = backbone.ops.label_tokens(tok, list(label_words)).ids[:, 0]  # single-token words
     input_ids, mask = left_padded(text_ids(batch), tok.pad_token_id)
     labels = batch["labels"]
     pm.train()
@@ -263,10 +261,11 @@ def peft_class_step(pm, batch, backbone, label_words) -> Callable[[], None]:
 
 def floor_step(backbone, batch) -> Callable[[], None]:
     """The frozen transformer's forward and backward to its input activations at the batch's
-    token count, one output position (no LM head over the sequence, no weight gradients)."""
-    from spt.core.scoring import position_ids
+    token count, one output position (no LM head over the sequence, no weight gradients).
+    Decoder-only, as every backbone the training benchmark takes (:func:`decoder_backbone`)."""
+    from spt.backbones.arch import position_ids
 
-    body = backbone.model.get_decoder() if backbone.arch == "decoder" else backbone.model
+    body = backbone.model.get_decoder()
     body.requires_grad_(False)  # frozen, as under every method: no weight gradients
     b, length = batch["input_ids"].shape
     x = torch.randn(b, length, backbone.hidden_size, requires_grad=True)

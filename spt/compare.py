@@ -41,8 +41,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from spt.core.errors import SptError
 from spt.core.trees import flatten
+from spt.errors import SptError
 
 FIXED = ["run", "data", "model", "method", "regularizer", "seed", "status", "steps",
          "trainable", "trainable_pct", "served_params", "served_pct", "prompt_norm",

@@ -21,16 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from spt.core.errors import SptError
-from spt.core.scoring import (
-    _prefixed,
-    cross_route,
-    decoder_cache,
-    encode,
-    position_ids,
-    prefix_cache,
-    seq2seq_parts,
-)
+from spt.errors import SptError
 
 
 @torch.no_grad()
@@ -42,8 +33,7 @@ def generate(method, batch: dict, max_new_tokens: int = 32, num_beams: int = 1,
     and stops a row once no running beam can beat its ``num_beams`` finished ones (the
     Hugging Face default, ``early_stopping=False``)."""
     base = method.base
-    if base.arch == "encoder":
-        raise SptError("generation needs a decoder: use a decoder-only or encoder-decoder model")
+    base.ops.check_generation("generation")
     if max_new_tokens < 1 or num_beams < 1:
         raise SptError("max_new_tokens and num_beams must be >= 1")
     tok = base.tokenizer
@@ -60,9 +50,7 @@ def generate(method, batch: dict, max_new_tokens: int = 32, num_beams: int = 1,
         num_beams=num_beams, do_sample=False, use_cache=use_cache, length_penalty=length_penalty,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs,
     )
-    if base.arch == "encoder-decoder":
-        return out[:, 1:]  # drop the decoder start token
-    return out
+    return base.ops.new_tokens(out)  # (an encoder-decoder's start token dropped)
 
 
 @torch.no_grad()
@@ -108,101 +96,9 @@ def _stepper(method, embeds, mask, prefix, use_cache: bool, beams: int = 1):
     if beams > 1:
         embeds, mask = embeds.repeat_interleave(beams, 0), mask.repeat_interleave(beams, 0)
         if prefix is not None:
-            prefix = (tuple(p.repeat_interleave(beams, 0) if p is not None else None
-                            for p in prefix) if isinstance(prefix, tuple)
-                      else prefix.repeat_interleave(beams, 0))
-    model = method.backbone
-    if method.base.arch == "encoder-decoder":
-        return _Seq2SeqStepper(model, embeds, mask, prefix, use_cache)
-    if use_cache:
-        return _CachedDecoderStepper(model, embeds, mask, prefix)
-    return _UncachedDecoderStepper(model, embeds, mask, prefix)
-
-
-class _CachedDecoderStepper:
-    """Decoder-only: prefill the prompt after the key/value prefix, then one token per call."""
-
-    def __init__(self, model, embeds, mask, prefix):
-        self.model, self.embeds, self.prefix = model, embeds, prefix
-        self.full, p = _prefixed(mask, prefix)
-        self.pos = position_ids(mask) + p
-        self.cache = prefix_cache(prefix)
-
-    def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
-        if tokens is None:  # the prompt
-            inputs = {"inputs_embeds": self.embeds}
-        else:
-            self.full = torch.cat([self.full, self.full.new_ones(len(tokens), 1)], 1)
-            self.pos = self.pos[:, -1:] + 1
-            inputs = {"input_ids": tokens[:, None]}
-        out = self.model(**inputs, attention_mask=self.full, position_ids=self.pos,
-                         cache=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.cache
-        return out.logits[:, -1]
-
-    def reorder(self, idx: torch.Tensor) -> None:
-        self.cache.reorder_cache(idx)
-        self.full, self.pos = self.full[idx], self.pos[idx]
-
-
-class _UncachedDecoderStepper:
-    """Decoder-only reference: the prefix, the prompt and every token so far, each call."""
-
-    def __init__(self, model, embeds, mask, prefix):
-        self.model, self.embeds, self.mask, self.prefix = model, embeds, mask, prefix
-
-    def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
-        if tokens is not None:
-            new = self.model.get_input_embeddings()(tokens)[:, None].to(self.embeds.dtype)
-            self.embeds = torch.cat([self.embeds, new], 1)
-            self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], 1)
-        full, p = _prefixed(self.mask, self.prefix)
-        return self.model(inputs_embeds=self.embeds, attention_mask=full,
-                          position_ids=position_ids(self.mask) + p, use_cache=False,
-                          cache=prefix_cache(self.prefix)).logits[:, -1]
-
-    def reorder(self, idx: torch.Tensor) -> None:
-        self.embeds, self.mask = self.embeds[idx], self.mask[idx]
-        if self.prefix is not None:
-            self.prefix = self.prefix[idx]
-
-
-class _Seq2SeqStepper:
-    """Encoder-decoder: encode once (with the encoder prefix); decode from a cache that starts
-    with the decoder and cross-attention prefixes, or re-run the decoder (``use_cache=False``)."""
-
-    def __init__(self, model, embeds, mask, prefix, use_cache: bool):
-        enc, self.dec, self.cross = seq2seq_parts(prefix)
-        self.model, self.mask, self.use_cache = model, mask, use_cache
-        self.hidden = encode(model, embeds, mask, enc)
-        start = model.config.decoder_start_token_id
-        self.history = torch.full((len(mask), 1), start, dtype=torch.long, device=mask.device)
-        self.cache = None
-        if use_cache:
-            from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-            self.cache = decoder_cache(self.dec, self.cross)
-            if self.cache is None:  # (not `or`: an empty self-attention half has len 0)
-                self.cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-
-    def logits(self, tokens: torch.Tensor | None) -> torch.Tensor:
-        if tokens is not None:
-            self.history = torch.cat([self.history, tokens[:, None]], 1)
-        ids = self.history[:, -1:] if self.use_cache else self.history
-        cache = self.cache if self.use_cache else decoder_cache(self.dec, self.cross)
-        with cross_route(self.model, self.cross):
-            out = self.model(encoder_outputs=(self.hidden,), attention_mask=self.mask,
-                             decoder_input_ids=ids, cache=cache,
-                             use_cache=self.use_cache)
-        if self.use_cache:
-            self.cache = out.cache
-        return out.logits[:, -1]
-
-    def reorder(self, idx: torch.Tensor) -> None:
-        self.history, self.hidden, self.mask = self.history[idx], self.hidden[idx], self.mask[idx]
-        self.dec, self.cross = (p[idx] if p is not None else None for p in (self.dec, self.cross))
-        if self.use_cache:
-            self.cache.reorder_cache(idx)
+            rows = torch.arange(len(mask) // beams, device=mask.device).repeat_interleave(beams)
+            prefix = method.base.ops.prefix_rows(prefix, rows)
+    return method.base.ops.stepper(method.backbone, embeds, mask, prefix, use_cache)
 
 
 # -- search loops -------------------------------------------------------------------------

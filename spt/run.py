@@ -25,10 +25,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from spt import __version__
+from spt import __version__, methods
 from spt.core.artifact import atomic_write_text, save_artifact
-from spt.core.errors import SptError, user_error
 from spt.core.trees import flatten
+from spt.errors import SptError, user_error
 from spt.regularizers import attach
 
 log = logging.getLogger("spt.run")
@@ -62,6 +62,11 @@ def build(cfg: DictConfig):
     datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=backbone.tokenizer,
                                                        arch=backbone.arch, **data_extra)
     log.info("instantiating method <%s>", cfg.method._target_)
+    info = methods.of_class(get_class(cfg.method._target_))
+    if not (info.generation or hasattr(datamodule.task, "label_words")):
+        raise SptError(f"method={info.name} classifies with label words; data={cfg.data.name} "
+                       "is a generation task: use a classification dataset, or "
+                       f"method={'|'.join(methods.names(generation=True))}")
     make = instantiate(cfg.method, _partial_=True)
     extra = {}
     if "datamodule" in inspect.signature(get_class(cfg.method._target_)).parameters:

@@ -60,16 +60,22 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from pydantic import BaseModel, Field
 
+from spt import methods
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
-from spt.core.errors import SptError, cli_error
 from spt.data.multitask import MixCollator, MultiTaskInfo
 from spt.data.text_classification import EncodedDataset
+from spt.errors import SptError, cli_error
 
 log = logging.getLogger("spt.serve")
 
-# artifact ``method`` -> how its prompt is served: "input" (vectors at the soft slots) or "kv"
-SERVED_METHODS = {"prompt": "input", "ptuning": "input", "mpt": "input",
-                  "prefix": "kv", "ptuning_v2": "kv"}
+# The prompt kinds (spt.methods.PROMPT_KINDS) served: a materialised table of input vectors
+# (served by a Prompt Tuning module, whatever method trained it) or of key/value prefixes
+# (served by the module of the method that trained it).
+SERVED_KINDS = ("input", "kv")
+
+
+def served_methods() -> list[str]:
+    return [n for kind in SERVED_KINDS for n in methods.names(prompt=kind)]
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -117,9 +123,9 @@ def _read_run(name: str | None, path: str | Path) -> _Run:
         raise SptError(f"{config} lacks {missing}: it was not written by spt.run")
     tensors, meta = load_artifact(artifact)
     run = _Run(name, run_dir, cfg, tensors, meta)
-    if run.method not in SERVED_METHODS:
+    if run.method not in served_methods():
         raise SptError(f"{run_dir} holds a method={run.method} prompt, which spt.serve does "
-                       f"not serve: it serves method={', '.join(SERVED_METHODS)} "
+                       f"not serve: it serves method={', '.join(served_methods())} "
                        "(classification runs)")
     if meta.get("task_kind") == "text-to-text" or "label_names" not in meta:
         raise SptError(f"{run_dir} is a text-to-text run (data={meta.get('data')}): spt.serve "
@@ -221,12 +227,12 @@ class _Group:
 
 
 def _group_key(run: _Run) -> tuple:
-    family = SERVED_METHODS[run.method]
-    if family == "input":
+    info = methods.get(run.method)
+    if info.prompt == "input":
         return ("input", int(_tensor(run, "prompt").shape[1]))
-    pooling = run.cfg.method.get("pooling") if run.method == "ptuning_v2" else None
+    settings = tuple(sorted(info.cls.serving_settings(run.cfg.method).items()))
     return (run.method, int(_tensor(run, "prefix").shape[1]),
-            bool(run.meta.get("cross_attention", False)), pooling)
+            bool(run.meta.get("cross_attention", False)), settings)
 
 
 def _tensor(run: _Run, key: str) -> torch.Tensor:
@@ -239,19 +245,15 @@ def _tensor(run: _Run, key: str) -> torch.Tensor:
 def _build_group(key: tuple, backbone, names: list[str], runs: list[_Run], tasks: list) -> Any:
     """A method module with one prompt-table row (and head) per task, holding the runs'
     materialised prompts."""
-    from spt.methods.prefix import PrefixTuning
-    from spt.methods.prompt import PromptTuning
-    from spt.methods.ptuning_v2 import PTuningV2
-
     info = MultiTaskInfo("serve", tuple(tasks))
     common = dict(backbone=backbone, task=info, n_tasks=len(runs), task_names=names)
     if key[0] == "input":
-        module = PromptTuning(length=key[1], init="uniform", **common)
+        module = methods.get("prompt").cls(length=key[1], init="uniform", **common)
         table, name = module.prompt.weight, "prompt"
     else:
-        cls = PrefixTuning if key[0] == "prefix" else PTuningV2
-        extra = {"pooling": key[3]} if key[0] == "ptuning_v2" else {}
-        module = cls(length=key[1], reparam=False, cross_attention=key[2], **extra, **common)
+        cls = methods.get(key[0]).cls
+        module = cls(length=key[1], reparam=False, cross_attention=key[2], **dict(key[3]),
+                     **common)
         table, name = module.prefix.weight, "prefix"
     with torch.no_grad():
         for t, run in enumerate(runs):
@@ -290,7 +292,7 @@ class PromptServer:
         ``runs``: run directories (each task is named by its run's ``data.name``), a mapping
         task name -> run directory, or ``(name or None, directory)`` pairs. Every run must
         have been trained on the same base model (artifact fingerprints agree), with a served
-        method (:data:`SERVED_METHODS`) on one classification task. Runs whose prompts share
+        method (:func:`served_methods`) on one classification task. Runs whose prompts share
         a shape are stacked into one table (see the module docstring).
         """
         loaded = [_read_run(name, path) for name, path in _normalise_runs(runs)]
@@ -326,7 +328,7 @@ class PromptServer:
                 tasks[n] = _Task(n, loaded[i].dir, loaded[i].method, data[n], g, row)
             pad = data[gnames[0]].pad_id
             groups.append(_Group(key, module, gnames,
-                                 MixCollator(pad, left=backbone.arch == "decoder")))
+                                 MixCollator(pad, left=backbone.ops.left_padded)))
             log.info("serving %s as one %s table", gnames, key[0])
         return cls(backbone, tasks, groups)
 

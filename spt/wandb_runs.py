@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 MAGIC = b":W&B"
 FILE_HEADER = 7  # magic, u16 0xBEE1, u8 version

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from spt.analysis import load_run, low_norm_effect, main, replaced_prompts
+from spt.regularizers import methods_providing
 from tests.test_run import REPO, run_dirs, spt_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -163,6 +164,7 @@ def test_method_without_soft_prompts_and_missing_artifact(run, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith("spt: error: method=prefix has no soft-prompt vectors")
     named = {m.strip() for m in err.split("needs a run of method=")[-1].split("|")}
+    assert named == set(methods_providing(("soft_prompts", "scores_with_prompts")))
     assert {"prompt", "ptuning", "mpt"} <= named
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 import spt.core.artifact as artifact
 from spt.core.artifact import check_base, load_artifact, save_artifact
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 IDENTITY_A = {"name": "base-a", "arch": "decoder", "model_type": "llama", "hidden_size": 8,
               "fingerprint": "aaaaaaaaaaaaaaaa"}

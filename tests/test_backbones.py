@@ -14,7 +14,7 @@ import torch
 
 import spt.backbones
 from spt.backbones import Backbone, from_gguf, from_package, from_pretrained, loaders, tiny
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 FAMILIES = {"bert": "encoder", "llama": "decoder", "t5": "encoder-decoder"}
 FAKE_REPO = "spt-test/tiny-t5"
@@ -25,7 +25,7 @@ FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _RUNNER = textwrap.dedent("""
     import json, sys, time
     from spt.backbones import from_pretrained
-    from spt.core.errors import SptError
+    from spt.errors import SptError
 
     out = []
     for name in sys.argv[1:]:

@@ -10,8 +10,8 @@ import pytest
 from spt.backbones import tiny
 from spt.compare import aggregate, collect, main, plot
 from spt.compare import columns as main_columns
-from spt.core.errors import SptError
 from spt.data.task import TaskInfo
+from spt.errors import SptError
 from spt.methods.mpt import MPT
 from spt.methods.prefix import PrefixTuning
 from spt.methods.prompt import PromptTuning

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from spt.backbones import tiny
 from spt.core.artifact import load_artifact, save_artifact
-from spt.core.errors import SptError
 from spt.data.task import TaskInfo
+from spt.errors import SptError
 from spt.methods.coop import CoOp, class_prompt_tokens
 from spt.regularizers import attach
 from spt.regularizers.nemesis import Nemesis, corrupted_prompts, probe_scores

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from spt.backbones import tiny
 from spt.backbones.tiny_models import tiny_tokenizer
 from spt.core.artifact import save_artifact
-from spt.core.errors import SptError
 from spt.data import TextClassificationDataModule
+from spt.errors import SptError
 from spt.methods.cpt import CPT, FORMAT, INPUT, LABEL, SPECIAL
 from spt.methods.prompt import PromptTuning
 from tests.test_prompt import _manual_decoder  # the one-sequence reference scorer

@@ -21,10 +21,10 @@ from transformers import PreTrainedTokenizerFast
 
 from spt import CONF_DIR
 from spt.backbones.tiny_models import tiny_tokenizer
-from spt.core.errors import SptError
 from spt.data import TaskInfo, TextClassificationDataModule
 from spt.data.loaders import EpochShuffle
 from spt.data.template import TemplateEncoder, fit_lengths, space_mode
+from spt.errors import SptError
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR / "data"

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from spt import methods
 from spt.backbones import tiny
-from spt.core.errors import SptError
 from spt.data.task import TaskInfo
+from spt.errors import SptError
 from spt.generate import _greedy, _stepper, beam_search, generate, greedy_reference
 from spt.methods.mpt import MPT
 from spt.methods.prefix import PrefixTuning
@@ -40,7 +41,7 @@ def _method(family: str, cls=PromptTuning):
     return m
 
 
-INPUT_METHODS = [PromptTuning, PTuning, MPT]
+INPUT_METHODS = [methods.get(n).cls for n in methods.names(prompt="input")]  # the registry's
 
 
 def _batch(m: PromptTuning, texts: list[str], task_ids: list[int]) -> dict:

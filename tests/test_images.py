@@ -17,8 +17,8 @@ from transformers import CLIPImageProcessorPil
 
 import spt.data.images as images_module
 from spt import CONF_DIR
-from spt.core.errors import SptError
 from spt.data import FewShotImageDataModule, TaskInfo
+from spt.errors import SptError
 
 CONF = CONF_DIR
 COOP = sorted(p.stem for p in (CONF / "data").glob("coop_*.yaml"))

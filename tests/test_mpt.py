@@ -11,7 +11,7 @@ import torch
 
 from spt.backbones import tiny
 from spt.core.artifact import save_artifact
-from spt.core.errors import SptError
+from spt.errors import SptError
 from spt.methods.mpt import MPT, distill_kl
 from spt.methods.prompt import PromptTuning
 from spt.modules.low_rank_prompts import LowRankTaskPrompts

@@ -12,8 +12,8 @@ from hydra import compose, initialize_config_dir
 
 from spt.backbones import tiny
 from spt.backbones.tiny_models import tiny_tokenizer
-from spt.core.errors import SptError
 from spt.data import MultiTaskDataModule, TextClassificationDataModule
+from spt.errors import SptError
 from spt.methods.mpt import MPT
 from spt.methods.prefix import PrefixTuning
 from spt.methods.prompt import PromptTuning

@@ -18,11 +18,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
+from spt import methods
 from spt.backbones import tiny
-from spt.core.errors import SptError
-from spt.methods.mpt import MPT
+from spt.errors import SptError
 from spt.methods.prompt import PromptTuning
-from spt.methods.ptuning import PTuning
 from spt.regularizers import attach, methods_providing
 from spt.regularizers.nemesis import (
     Nemesis,
@@ -155,15 +154,11 @@ def test_pan_draws_n_positions_and_mixes_with_pun_by_beta():
 
 
 @pytest.mark.parametrize("family", ["bert", "llama", "t5"])
-@pytest.mark.parametrize("kind", ["prompt", "ptuning", "mpt"])
+@pytest.mark.parametrize("kind", methods.names(prompt="input"))  # every input-vector method
 def test_batched_probe_equals_each_corrupted_variant_run_alone(kind, family):
     bb = tiny(family)
-    if kind == "prompt":
-        m = PromptTuning(bb, task=TASK, length=4, init="uniform", optimizer=ADAM)
-    elif kind == "ptuning":
-        m = PTuning(bb, task=TASK, length=4, optimizer=ADAM)
-    else:
-        m = MPT(bb, TASK, length=4, init="uniform", optimizer=ADAM)
+    init = {} if kind == "ptuning" else {"init": "uniform"}
+    m = methods.get(kind).cls(bb, TASK, length=4, optimizer=ADAM, **init)
     m.eval()
     batch = make_batch(bb, ["a fine film", "dull", "not bad"], 4)
     positions = torch.tensor([2, 0, 3])

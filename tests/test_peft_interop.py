@@ -37,10 +37,10 @@ from peft import (  # noqa: E402
 )
 
 from spt.backbones import tiny  # noqa: E402
+from spt.backbones.arch import position_ids, prefix_cache  # noqa: E402
 from spt.core.artifact import load_artifact, save_artifact  # noqa: E402
-from spt.core.errors import SptError  # noqa: E402
-from spt.core.scoring import position_ids, prefix_cache  # noqa: E402
 from spt.data.task import TaskInfo  # noqa: E402
+from spt.errors import SptError  # noqa: E402
 from spt.interop.peft import export_peft, import_peft, main  # noqa: E402
 from spt.methods.prefix import PrefixTuning  # noqa: E402
 from spt.methods.prompt import PromptTuning  # noqa: E402
@@ -406,7 +406,7 @@ def test_export_refusals(tmp_path):
         export_peft(save(t5, tmp_path / "t5"), tmp_path / "a")
     art = save_artifact(tmp_path / "cpt", {"delta": torch.zeros(1, 2, 32)},
                         {"method": "cpt", "base": tiny("llama").identity()})
-    with pytest.raises(SptError, match="CPT.*Exportable methods"):
+    with pytest.raises(SptError, match="method=cpt.*Exportable methods"):
         export_peft(art, tmp_path / "a")
     with pytest.raises(SptError, match="holds no prompt.safetensors"):
         export_peft(tmp_path, tmp_path / "a")

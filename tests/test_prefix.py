@@ -10,11 +10,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from spt import methods
 from spt.backbones import tiny
+from spt.backbones.arch import prefix_cache
+from spt.backbones.encoder import Encoder
+from spt.backbones.encoder_decoder import cross_route, decoder_cache, encode
 from spt.core.artifact import save_artifact
-from spt.core.errors import SptError
-from spt.core.scoring import cross_route, decoder_cache, encode, pooled, prefix_cache
 from spt.data.task import TaskInfo
+from spt.errors import SptError
 from spt.methods.prefix import PrefixTuning, attention_sizes
 from spt.methods.ptuning_v2 import PTuningV2
 
@@ -23,7 +26,7 @@ TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great
 ADAMW = functools.partial(torch.optim.AdamW, lr=0.05)
 
 
-KV_METHODS = [PrefixTuning, PTuningV2]
+KV_METHODS = [methods.get(n).cls for n in methods.names(prompt="kv")]  # the registry's
 
 
 def _method(family: str, cls=PrefixTuning, **kw):
@@ -85,7 +88,7 @@ def test_t5_encoder_prefix_changes_the_encoder_output():
     batch = _batch(m, TEXTS, [0, 0, 0])
     embeds = m.base.input_embeddings(batch["input_ids"])
     kv = m.prefix(batch["task_ids"])
-    n_enc = m.encoder_layers
+    n_enc = m.layout.parts[0]
     assert n_enc == m.backbone.config.num_layers
     assert kv.shape[1] == n_enc + m.backbone.config.num_decoder_layers
     plain = encode(m.backbone, embeds, batch["attention_mask"])
@@ -181,7 +184,7 @@ def test_encoder_prefix_equals_real_tokens_in_front(kind):
     kv = torch.stack(seen).view(2, 2, 2, 3, heads, -1)  # [layers, k/v, B, P, heads, d]
     kv = kv.permute(2, 0, 1, 4, 3, 5)  # [B, layers, 2, heads, P, d]
     rest_mask = torch.ones(2, 4, dtype=torch.long)
-    got = pooled(model, embeds[:, 3:], rest_mask, "mean", kv)
+    got = Encoder().pooled(model, embeds[:, 3:], rest_mask, "mean", kv)
     torch.testing.assert_close(got, full[:, 3:].mean(1), atol=1e-5, rtol=1e-5)
 
 
@@ -190,7 +193,7 @@ def test_encoder_prefix_past_the_position_table_is_refused():
     embeds = model.get_input_embeddings()(torch.ones(1, 30, dtype=torch.long))
     prefix = torch.zeros(1, 2, 2, 4, 10, 8)
     with pytest.raises(SptError, match="lower data.max_length to 28"):
-        pooled(model, embeds, torch.ones(1, 30, dtype=torch.long), "mean", prefix)
+        Encoder().pooled(model, embeds, torch.ones(1, 30, dtype=torch.long), "mean", prefix)
 
 
 def test_t5_prefix_defaults_follow_li_and_liang():
@@ -219,7 +222,7 @@ def test_t5_decoder_prefix_changes_the_scores():
     batch = _batch(m, TEXTS, [0, 0, 0])
     embeds = m.base.input_embeddings(batch["input_ids"])
     kv = m.prefix(batch["task_ids"])
-    enc, dec = kv[:, : m.encoder_layers], kv[:, m.encoder_layers:]
+    enc, dec = kv[:, : m.layout.parts[0]], kv[:, m.layout.parts[0]:]
     with_dec = m.class_scores(embeds, batch["attention_mask"], (enc, dec))
     without = m.class_scores(embeds, batch["attention_mask"], (enc, None))
     assert (with_dec - without).abs().max() > 1e-4

@@ -12,11 +12,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from spt.backbones import tiny
+from spt.backbones.arch import arch_ops
+from spt.backbones.decoder import Decoder
+from spt.backbones.encoder_decoder import EncoderDecoder
 from spt.core import inits
 from spt.core.artifact import save_artifact
-from spt.core.errors import SptError
-from spt.core.scoring import decoder_scores, label_tokens, seq2seq_scores
 from spt.data.task import TaskInfo
+from spt.errors import SptError
 from spt.methods.prompt import PromptTuning
 
 FAMILIES = ("bert", "llama", "t5")
@@ -97,9 +99,9 @@ def _label_ids_for_init(bb) -> list[list[int]]:
     encoder-only and decoder-only models, the seq2seq target without its eos for T5."""
     words = list(TASK.label_words)
     if bb.arch == "encoder-decoder":
-        lists = label_tokens(bb.tokenizer, words, "encoder-decoder").lists()
+        lists = arch_ops("encoder-decoder").label_tokens(bb.tokenizer, words).lists()
         return [[i for i in ids if i != bb.tokenizer.eos_token_id] for ids in lists]
-    return label_tokens(bb.tokenizer, words, "decoder").lists()
+    return arch_ops("decoder").label_tokens(bb.tokenizer, words).lists()
 
 
 # -- construction, forward and the inits -------------------------------------------------
@@ -314,7 +316,7 @@ def test_decoder_scores_multi_token_match_manual():
     batch = make_batch(bb, TEXTS, 3)
     with torch.no_grad():
         emb = m.embed(batch)
-        scores = decoder_scores(m.backbone, emb, batch["attention_mask"], m.labels)
+        scores = Decoder().label_scores(m.backbone, emb, batch["attention_mask"], m.labels)
         assert torch.equal(scores, m(batch))
         for i in range(len(TEXTS)):
             x = emb[i, batch["attention_mask"][i].bool()]
@@ -326,8 +328,8 @@ def test_decoder_scores_multi_token_match_manual():
 
 def test_decoder_scores_single_token_fast_path_match_manual():
     bb = tiny("llama")
-    lists = label_tokens(bb.tokenizer, list(SINGLE_TOKEN_TASK.label_words), "decoder",
-                         after_space=True).lists()
+    lists = Decoder().label_tokens(bb.tokenizer, list(SINGLE_TOKEN_TASK.label_words),
+                                   after_space=True).lists()
     assert [len(x) for x in lists] == [1, 1]
     m = build(backbone=bb, task=SINGLE_TOKEN_TASK, length=3, init="sampled_vocab").eval()
     assert m.labels.single_token
@@ -350,7 +352,7 @@ def test_seq2seq_scores_match_manual():
     assert lists[0][-1] == bb.tokenizer.eos_token_id and len(lists[0]) != len(lists[1])
     with torch.no_grad():
         emb = m.embed(batch)
-        scores = seq2seq_scores(m.backbone, emb, batch["attention_mask"], m.labels)
+        scores = EncoderDecoder().label_scores(m.backbone, emb, batch["attention_mask"], m.labels)
         assert torch.equal(scores, m(batch))
         for i in range(len(TEXTS)):
             x = emb[i, batch["attention_mask"][i].bool()].unsqueeze(0)

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from spt import CONF_DIR
 from spt.backbones.tiny_models import TINY_ARCHS
-from spt.core.errors import SptError
+from spt.errors import SptError
 from spt.run import build
 
 REPO = Path(__file__).resolve().parents[1]

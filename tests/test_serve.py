@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from spt.core.artifact import save_artifact
-from spt.core.errors import SptError
+from spt.errors import SptError
 from spt.run import build
 from spt.serve import PromptServer, create_app, load_test, main
 from tests.test_run import _compose, run_dirs, spt_run

@@ -21,10 +21,10 @@ from rouge_score import rouge_scorer
 
 from spt import CONF_DIR
 from spt.backbones.tiny_models import tiny_tokenizer
-from spt.core.errors import SptError
 from spt.data import GenerationTaskInfo, TextToTextDataModule, generation_metrics
 from spt.data.generation import reference_streams
 from spt.data.tables import carve_dev, linearize_mr, linearize_triples
+from spt.errors import SptError
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR / "data"
@@ -426,7 +426,7 @@ def test_lm_loss_equals_the_models_own_loss(family):
     """spt's text-to-text loss (which also takes prefixes) is the usual shifted token
     cross-entropy: with no prompt it equals Hugging Face's ``labels=`` loss on a real batch."""
     from spt.backbones import tiny
-    from spt.core.scoring import lm_loss
+    from spt.backbones.arch import arch_ops
 
     dm = e2e(family)
     dm.setup("fit")
@@ -435,9 +435,9 @@ def test_lm_loss_equals_the_models_own_loss(family):
     model = backbone.model.eval()
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     embeds = model.get_input_embeddings()(ids)
-    ours = lm_loss(model, FAMILY_ARCH[family], embeds, mask, labels)
+    ours = arch_ops(FAMILY_ARCH[family]).lm_loss(model, embeds, mask, labels)
     if family == "llama":
-        from spt.core.scoring import position_ids
+        from spt.backbones.arch import position_ids
 
         theirs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                        labels=labels).loss

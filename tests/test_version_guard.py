@@ -15,8 +15,8 @@ import transformers
 
 from spt.backbones import t5_prefix, tiny
 from spt.backbones.t5_prefix import TESTED_TRANSFORMERS, UNTESTED_ENV, check_transformers
-from spt.core.errors import SptError
 from spt.data.task import TaskInfo
+from spt.errors import SptError
 from spt.methods.prefix import PrefixTuning
 
 REPO = Path(__file__).resolve().parents[1]

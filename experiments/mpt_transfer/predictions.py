@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from spt.core.errors import SptError, cli_error
+from spt.errors import SptError, cli_error
 from spt.data.readers import read_local
 from spt.serve import PromptServer
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from spt.backbones.arch import Arch, arch_ops
+
 ARCHS = ("encoder", "decoder", "encoder-decoder", "clip")
 
 # Config keys that change with how a model was loaded, not with what it is.
@@ -46,6 +48,8 @@ class Backbone:
             SentencePiece and byte-level BPE vocabularies, false for WordPiece).
         image_processor: for ``clip``, the processor that turns PIL images into the vision
             tower's ``pixel_values``; None for text backbones.
+        ops: the architecture's operations (:mod:`spt.backbones.arch`): scoring, prefix
+            routes, LM loss, decoding steps, padding side.
     """
 
     model: nn.Module
@@ -56,12 +60,13 @@ class Backbone:
     vocab_sorted_by_frequency: bool = True
     image_processor: object | None = None
     _identity: dict | None = field(default=None, repr=False)
+    ops: Arch = field(init=False, repr=False)  # what differs by architecture (spt.backbones.arch)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        head = (self.model.get_output_embeddings()
-                if self.arch in ("decoder", "encoder-decoder") else None)
+        self.ops = arch_ops(self.arch)
+        head = self.ops.lm_head(self.model)
         if head is not None and not any(h is contiguous_input
                                         for h in head._forward_pre_hooks.values()):
             head.register_forward_pre_hook(contiguous_input)
@@ -77,9 +82,7 @@ class Backbone:
     @property
     def input_embeddings(self) -> nn.Embedding:
         """The token embedding table (of the text tower, for CLIP)."""
-        if self.arch == "clip":  # CLIPModel does not implement get_input_embeddings
-            return self.model.text_model.get_input_embeddings()
-        return self.model.get_input_embeddings()
+        return self.ops.input_embeddings(self.model)
 
     def identity(self) -> dict:
         """Name plus a fingerprint of the embedding matrix and the config (cached).

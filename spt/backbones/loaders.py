@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from spt.backbones.base import ARCHS, Backbone
-from spt.core.errors import SptError
-from spt.core.hub import offline_reason
+from spt.errors import SptError
+from spt.hub import offline_reason
 
 log = logging.getLogger(__name__)
 

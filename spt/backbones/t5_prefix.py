@@ -32,7 +32,7 @@ import warnings
 
 import torch
 
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 # The transformers releases the T5 routes were tested on; the lock pins one of them. Widen it
 # only after `make test-latest` passes on the new release.
@@ -145,7 +145,7 @@ class EncoderPrefixRoute(_Route):
 
     def active(self, prefix: torch.Tensor):
         """``prefix [B, enc_layers, 2, heads, P, head_dim]`` for the encoder calls inside."""
-        from spt.core.scoring import prefix_cache
+        from spt.backbones.arch import prefix_cache
 
         return self._activate(prefix.shape[-2], prefix_cache(prefix))
 

@@ -22,7 +22,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3; bytes follow
 TINY_ARCHS = {"bert": "encoder", "llama": "decoder", "t5": "encoder-decoder", "clip": "clip"}

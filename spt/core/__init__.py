@@ -1,3 +1,1 @@
-from spt.core.errors import SptError
-
-__all__ = ["SptError"]
+"""The library core: the frozen-backbone contract, classification plumbing, artifacts."""

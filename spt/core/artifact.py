@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 FORMAT_VERSION = 1
 

@@ -5,7 +5,7 @@ each other.
 
 Text-to-text tasks (a :class:`~spt.data.generation.GenerationTaskInfo`, e.g. ``data=e2e``)
 take the same steps in generation mode: training minimises the target text's token
-cross-entropy (:func:`~spt.core.scoring.lm_loss`), validation generates with
+cross-entropy (the architecture's ``lm_loss``), validation generates with
 :func:`spt.generate.generate` and scores BLEU / ROUGE-L through the data module.
 
 A regularizer (``spt/conf/regularizer``, attached by :func:`spt.regularizers.attach` as
@@ -17,15 +17,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from spt.core.errors import SptError
-from spt.core.scoring import (
-    LabelTokens,
-    decoder_scores,
-    label_tokens,
-    lm_loss,
-    pooled,
-    seq2seq_scores,
-)
 from spt.core.steps import (
     best_trackers,
     check_finite,
@@ -34,6 +25,7 @@ from spt.core.steps import (
     log_epoch_metrics,
     log_metric_values,
 )
+from spt.errors import SptError
 
 
 class ClassificationMixin:
@@ -43,7 +35,7 @@ class ClassificationMixin:
 
     def setup_method(self, frame, *, backbone, task, backbone_dropout: bool, supports, loss: str,
                      head_dropout: float, head_lr, task_names, n_tasks: int, optimizer,
-                     scheduler, warmup_steps: int) -> None:
+                     scheduler, warmup_steps: int, pooling: str | None = None) -> None:
         """The construction steps every classification method shares, in order: hparams (from
         the method's ``__init__`` ``frame``), the frozen backbone, the scorer, task names and
         the optimizer settings."""
@@ -52,16 +44,19 @@ class ClassificationMixin:
                                   frame=frame, logger=False)
         self.attach_backbone(backbone, backbone_dropout, method=self.method_name,
                              supports=supports)
-        self.setup_classification(task, loss, head_dropout, head_lr, self.method_name)
+        self.setup_classification(task, loss, head_dropout, head_lr, self.method_name, pooling)
         self.set_task_names(task_names, n_tasks, task.name)
         self.optimizer_factory = optimizer
         self.scheduler_name = scheduler
         self.warmup_steps = warmup_steps
 
     def setup_classification(self, task, loss: str, head_dropout: float,
-                             head_lr: float | None, method: str) -> None:
+                             head_lr: float | None, method: str,
+                             pooling: str | None = None) -> None:
         """One task (``TaskInfo`` / ``GenerationTaskInfo``) or a mixture (``MultiTaskInfo``,
-        whose tasks each keep their own label words, head and metrics)."""
+        whose tasks each keep their own label words, head and metrics). The class scorer
+        comes from the backbone's architecture (``self.base.ops.classifier``); ``pooling``
+        is the encoder head's input (None: the backbone's)."""
         self.task = task
         self.tasks = tuple(task.tasks) if hasattr(task, "tasks") else (task,)
         self.multitask = hasattr(task, "tasks")
@@ -69,34 +64,37 @@ class ClassificationMixin:
         self.head_lr = head_lr
         self.head = None
         self.generative = not hasattr(self.tasks[0], "label_words")
+        self.scorer = None
         if self.generative:
-            if self.base.arch == "encoder":
-                raise SptError(f"data={task.name} is a generation task and {self.base.name} is "
-                               "encoder-only: use a decoder-only or encoder-decoder model")
-            if not getattr(self, "supports_generation", True):
+            self.base.ops.check_generation(f"data={task.name} (a generation task on "
+                                           f"{self.base.name})")
+            if not self.supports_generation:
                 raise SptError(f"method={method} classifies with label words; data={task.name} "
                                "is a generation task: use a classification dataset (sst2, rte, "
-                               "cb, boolq, agnews, trec) or method=prompt|prefix|ptuning|"
-                               "ptuning_v2")
+                               "cb, boolq, agnews, trec) or a method that generates text")
             self.loss_kind = "lm"
             self.val_best = best_trackers(task.metrics)
             self.val_outputs: list[tuple[int, str]] = []
             return
-        if self.base.arch == "clip":
-            pass  # CLIP scores images against prompted class names (spt.methods.coop)
-        elif self.base.arch == "encoder":
-            heads = [nn.Sequential(nn.Dropout(head_dropout),
-                                   nn.Linear(self.base.hidden_size, t.num_classes))
-                     for t in self.tasks]
-            self.head = nn.ModuleList(heads) if self.multitask else heads[0]
-        else:
-            self.task_labels = [label_tokens(self.base.tokenizer, list(t.label_words),
-                                             self.base.arch, t.label_after_space)
-                                for t in self.tasks]
-            self.labels = self.task_labels[0]
+        # None on CLIP, which scores images against prompted class names (spt.methods.coop)
+        self.scorer = self.base.ops.classifier(self.base, self.tasks, self.multitask,
+                                               head_dropout, pooling)
+        if self.scorer is not None:
+            self.head = self.scorer.head  # a trained head (encoder-only) is the method's state
         metrics = [classification_metrics(t.metrics, t.num_classes) for t in self.tasks]
         self.val_metrics = nn.ModuleList(metrics) if self.multitask else metrics[0]
         self.val_best = best_trackers(task.metrics)
+
+    @property
+    def task_labels(self) -> list:
+        """Each task's label words as token ids (label-word scorers: decoder-only and
+        encoder-decoder backbones)."""
+        return self.scorer.labels
+
+    @property
+    def labels(self):
+        """The first task's label tokens."""
+        return self.task_labels[0]
 
     def set_task_names(self, task_names, n_tasks: int, default: str) -> None:
         if self.multitask:
@@ -131,48 +129,25 @@ class ClassificationMixin:
             if shared is not None:
                 scores = shared(rows, t)
             else:
-                scores = self._task_scores(embeds[rows], mask[rows], _select_rows(prefix, rows),
+                scores = self._task_scores(embeds[rows], mask[rows], _select_rows(self.base.ops, prefix, rows),
                                            t)
             out[rows, : scores.shape[1]] = scores.float()
         return out
 
     def _shared_pass(self, embeds, mask, prefix):
-        """In a mixture, one backbone pass for every row when the tasks differ only after it:
-        encoder heads on the pooled output, or decoder label words of one token each (scored
-        as one union of label ids). Returns ``(rows, task) -> scores``, or None where each
-        task needs its own pass (multi-token label words, T5)."""
-        if self.base.arch == "encoder":
-            pooling = getattr(self, "pooling", None) or self.base.pooling
-            hidden = pooled(self.backbone, embeds, mask, pooling, prefix).float()
-            return lambda rows, t: self.head[t](hidden[rows])
-        if self.base.arch == "decoder" and all(lt.single_token for lt in self.task_labels):
-            union = LabelTokens(torch.cat([lt.ids for lt in self.task_labels]),
-                                torch.cat([lt.mask for lt in self.task_labels]))
-            scores = decoder_scores(self.backbone, embeds, mask, union, prefix)
-            ends = torch.tensor([t.num_classes for t in self.tasks]).cumsum(0).tolist()
-            return lambda rows, t: scores[rows, ends[t] - self.tasks[t].num_classes: ends[t]]
-        return None
+        """In a mixture, one backbone pass for every row when the tasks differ only after it
+        (``(rows, task) -> scores``), or None where each task needs its own pass."""
+        return self.scorer.shared_pass(self.backbone, embeds, mask, prefix)
 
     def _task_scores(self, embeds, mask, prefix, t: int) -> torch.Tensor:
-        if self.base.arch == "encoder":
-            pooling = getattr(self, "pooling", None) or self.base.pooling
-            head = self.head[t] if self.multitask else self.head
-            return head(pooled(self.backbone, embeds, mask, pooling, prefix).float())
-        labels = self.task_labels[t]
-        if self.base.arch == "decoder":
-            scores = decoder_scores(self.backbone, embeds, mask, labels, prefix)
-        else:
-            scores = seq2seq_scores(self.backbone, embeds, mask, labels, prefix)
-        if self.tasks[t].label_score == "mean":  # per label token (data.label_score)
-            scores = scores / labels.mask.sum(1).to(scores)
-        return scores
+        return self.scorer.task_scores(self.backbone, embeds, mask, prefix, t)
 
     def sequence_loss(self, batch: dict) -> torch.Tensor:
         """Text-to-text: the target's token cross-entropy with this method's prompt."""
         embeds = self.embed(batch)
         prefix = self.kv_prefix(batch, embeds.dtype) if hasattr(self, "kv_prefix") else None
-        return lm_loss(self.backbone, self.base.arch, embeds, batch["attention_mask"],
-                       batch["labels"], prefix)
+        return self.base.ops.lm_loss(self.backbone, embeds, batch["attention_mask"],
+                                     batch["labels"], prefix)
 
     # -- Lightning steps -------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -333,10 +308,6 @@ class SoftPromptScoring:
                                  task_ids=batch["task_ids"])
 
 
-def _select_rows(prefix, rows: torch.Tensor):
-    """The prefix (a tensor, a T5 tuple of tensors/None, or None) of the given batch rows."""
-    if prefix is None:
-        return None
-    if isinstance(prefix, tuple):
-        return tuple(p[rows] if p is not None else None for p in prefix)
-    return prefix[rows]
+def _select_rows(ops, prefix, rows: torch.Tensor):
+    """The prefix (None, or as the architecture splits it) of the given batch rows."""
+    return None if prefix is None else ops.prefix_rows(prefix, rows)

@@ -17,7 +17,7 @@ from collections import Counter
 
 import torch
 
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 log = logging.getLogger(__name__)
 

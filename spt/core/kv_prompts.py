@@ -14,19 +14,9 @@ from __future__ import annotations
 import torch
 
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
-from spt.core.errors import SptError
 from spt.core.steps import LOSSES
+from spt.errors import SptError
 from spt.modules.prefix_encoder import PrefixEncoder
-
-
-def attention_sizes(config) -> dict[str, int]:
-    """Layers, KV heads and head dim of a Hugging Face config (GQA-aware; T5 names too)."""
-    layers = config.num_hidden_layers
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    hidden = config.hidden_size
-    head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None) or hidden // heads
-    return {"n_layers": layers, "n_kv_heads": kv_heads, "head_dim": head_dim, "d_model": hidden}
 
 
 def validate_kv(*, length, n_tasks, hidden, loss, init, init_file, reference: str) -> None:
@@ -55,31 +45,23 @@ class KVPromptMixin:
         """``shared_reparam=False`` (T5 with ``reparam``): the encoder, decoder and
         cross-attention prefixes each get their own embedding and MLP, as in Li & Liang's
         seq2seq model; True: one MLP produces all of them."""
-        self.sizes = attention_sizes(self.base.config)
-        self.encoder_layers = None
-        self.cross_attention = bool(cross_attention)  # None: decided below (T5 only)
+        # where the table's rows go (one stack; T5's encoder, decoder[, cross-attention])
+        self.layout = self.base.ops.kv_layout(self.base.config, cross_attention, shared_reparam)
+        self.sizes = dict(self.layout.sizes)
+        self.cross_attention = self.layout.cross_attention
         self.shared_reparam = bool(shared_reparam)
-        blocks = None
-        if self.cross_attention and self.base.arch != "encoder-decoder":
-            raise SptError(f"method.cross_attention=true needs an encoder-decoder backbone; "
-                           f"{self.base.name} is {self.base.arch}-only: set "
-                           "method.cross_attention=false")
-        if self.base.arch == "encoder-decoder":  # encoder, decoder self-attn[, cross-attn]
-            from spt.backbones.t5_prefix import check_transformers
-
-            check_transformers()  # at load time, not at the first forward (issue 17)
-            if cross_attention is None:  # Li & Liang's seq2seq default: cross-attention too
-                self.cross_attention = True
-            self.encoder_layers = self.sizes["n_layers"]
-            dec = self.base.config.num_decoder_layers
-            self.sizes["n_layers"] += dec * (2 if self.cross_attention else 1)
-            if not self.shared_reparam:
-                blocks = (self.encoder_layers, dec, *((dec,) if self.cross_attention else ()))
+        blocks = self.layout.blocks
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.prefix = PrefixEncoder(n_tasks, length, reparam=reparam, hidden=hidden,
                                         dropout=dropout, init_std=init_std, blocks=blocks,
                                         **self.sizes)
+
+    @classmethod
+    def serving_settings(cls, method_cfg) -> dict:
+        """Constructor settings (beyond the prefix table) a served module of this method takes
+        from a run's ``method`` config; runs stack into one served table only when they agree."""
+        return {}
 
     @property
     def n_soft_tokens(self) -> int:
@@ -92,13 +74,7 @@ class KVPromptMixin:
     def kv_prefix(self, batch: dict, dtype=torch.float32):
         """Per-row prefixes ``[B, layers, 2, heads, P, d]``; on T5 an (encoder, decoder self-attn,
         cross-attn or None) triple."""
-        prefix = self.prefix(batch["task_ids"]).to(dtype)
-        if self.encoder_layers is not None:
-            e = self.encoder_layers
-            d = self.base.config.num_decoder_layers
-            cross = prefix[:, e + d:] if self.cross_attention else None
-            return prefix[:, :e], prefix[:, e: e + d], cross
-        return prefix
+        return self.layout.split(self.prefix(batch["task_ids"]).to(dtype))
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Class scores ``[B, C]``: the input embeddings plus per-layer key/value prompts."""

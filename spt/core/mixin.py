@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from spt.backbones import Backbone
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,10 @@ class FrozenBackboneMixin:
     """Mix into a ``LightningModule`` before it; call :meth:`attach_backbone` first in
     ``__init__`` and :meth:`check_frozen` last."""
 
+    # What the method registry (spt.methods) reads; a method sets method_name (= its module
+    # and YAML name) and prompt_kind (a spt.methods.PROMPT_KINDS key), and narrows these.
     supported_archs: tuple[str, ...] = ("encoder", "decoder", "encoder-decoder")
+    supports_generation = True  # trains and validates on text-to-text tasks too
 
     def attach_backbone(self, backbone: Backbone, backbone_dropout: bool = False,
                         method: str | None = None, supports=None) -> None:

@@ -8,7 +8,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 LOSSES = ("class_ce", "lm")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 GENERATION_METRICS = ("bleu", "rougeL")
 

@@ -48,11 +48,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spt.core.errors import SptError
+from spt.backbones.arch import arch_ops
+from spt.backbones.clip import CLIP_MODELS
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import ROOT_HINT, check_root, hub_source, load_hub_split, read_rows, to_plain
 from spt.data.tables import check_split_spec
 from spt.data.task import METRICS, TaskInfo
+from spt.errors import SptError
 
 log = logging.getLogger("spt.data")
 
@@ -61,7 +63,6 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
 LOCAL_KEYS = {"path", "format", "image", "label", "classname"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 HUB_KEYS = {"path", "name", "split", "revision", "image", "label"}
-CLIP_MODELS = "model=tiny-clip, clip-vit-b16 or clip-vit-b32"
 
 
 def readable(name: str, split_camel: bool = False) -> str:
@@ -221,11 +222,8 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer", "image_processor"], logger=False)
         self.name = str(name)
-        if arch is not None and arch != "clip":
-            raise SptError(
-                f"data={self.name} holds images; the model is a text backbone ({arch}): "
-                f"use a CLIP model ({CLIP_MODELS})."
-            )
+        if arch is not None:
+            arch_ops(arch).check_data("images", self.name)
         if image_processor is None:
             raise SptError(
                 f"data={self.name} holds images but no image_processor was given. The run passes "

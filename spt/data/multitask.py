@@ -20,10 +20,11 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from spt.core.errors import SptError
+from spt.backbones.arch import arch_ops
 from spt.data.loaders import EpochShuffle, make_loader
 from spt.data.task import TaskInfo
 from spt.data.text_classification import Collator
+from spt.errors import SptError
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ class MultiTaskDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _collator(self) -> MixCollator:
-        return MixCollator(self.pad_id, left=self.arch == "decoder")
+        return MixCollator(self.pad_id, left=arch_ops(self.arch).left_padded)
 
     def train_dataloader(self) -> DataLoader:
         parts = [_Tagged(c._dataset("train"), i) for i, c in enumerate(self.children)]

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spt.core.errors import SptError
 from spt.data.readers import ROOT_HINT, hub_source, load_hub_split
+from spt.errors import SptError
 
 KINDS = ("e2e", "webnlg")
 LOCAL_KEYS = {"path"}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spt.core.errors import SptError
-
 METRICS = ("acc", "f1_macro")
 LABEL_SCORES = ("sum", "mean")  # a multi-token label word's total or per-token log-probability
 
@@ -29,10 +27,3 @@ class TaskInfo:
     label_after_space: bool = False
     label_score: str = "sum"
 
-
-def refuse_image_backbone(data: str, arch: str | None) -> None:
-    """A text data module's refusal of a CLIP backbone, with the fix."""
-    if arch == "clip":
-        raise SptError(f"data={data} is a text task and the model is CLIP (arch=clip), which "
-                       "scores images: use method=coop with image data (data=cifar10_subset or "
-                       "a coop_* dataset), or a text model")

@@ -12,8 +12,8 @@ Batch contract (every loader)::
     labels          [B]    long   class index into task.label_names
     task_ids        [B]    long   task_index of this data module (for multi-task prompt tables)
 
-Padding is on the left for ``arch == "decoder"`` (so the label word can be appended at the end),
-on the right otherwise.
+Padding is on the left where the architecture says so (decoder-only: the label word is appended
+at the end), on the right otherwise.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spt.core.errors import SptError
+from spt.backbones.arch import arch_ops
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import (
     HUB_KEYS,
@@ -41,12 +41,12 @@ from spt.data.readers import (
     read_local,
     to_plain,
 )
-from spt.data.task import LABEL_SCORES, METRICS, TaskInfo, refuse_image_backbone
+from spt.data.task import LABEL_SCORES, METRICS, TaskInfo
 from spt.data.template import Encoded, TemplateEncoder, mark_soft
+from spt.errors import SptError
 
 log = logging.getLogger("spt.data")
 
-ARCHS = ("encoder", "decoder", "encoder-decoder")
 SPLITS = ("train", "dev")
 
 
@@ -120,7 +120,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         seed: seed of those subsets (shuffling follows the run's Lightning seed).
         n_soft: soft-token slots per input; may be set as an attribute before ``setup()``.
         label_reserve: tokens kept free at the end for the label word a decoder appends;
-            None = the longest label word for ``arch == "decoder"``, else 0.
+            None = the architecture's (decoder-only: the longest label word; else 0).
         task_index: value of ``task_ids`` in every batch.
         group_by_length: training batches of rows of similar length, and evaluation in order
             of length, longest first (less padding; see :mod:`spt.data.loaders`).
@@ -159,9 +159,8 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         self.save_hyperparameters(ignore=["tokenizer"], logger=False)
         self.name = str(name)
         self.tokenizer = tokenizer
-        refuse_image_backbone(name, arch)
-        if arch not in ARCHS:
-            raise SptError(f"arch must be one of {ARCHS}, got {arch!r}.")
+        self.ops = arch_ops(arch)  # padding side and label reserve follow the architecture
+        self.ops.check_data("text", self.name)
         self.arch = arch
         self.text_fields = [str(f) for f in to_plain(text_fields)]
         self.label_names = [str(x) for x in to_plain(label_names)]
@@ -205,7 +204,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         self.template = str(template)
         if label_reserve is None:
             longest = max(len(ids) for ids in self.label_word_ids())
-            label_reserve = longest if arch == "decoder" else 0
+            label_reserve = self.ops.label_reserve(longest)
         if not isinstance(label_reserve, int) or label_reserve < 0:
             raise SptError(f"data.label_reserve must be null or an int >= 0, "
                            f"got {label_reserve!r}.")
@@ -298,7 +297,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _collator(self) -> Collator:
-        return Collator(self.pad_id, left=self.arch == "decoder", task_index=self.task_index)
+        return Collator(self.pad_id, left=self.ops.left_padded, task_index=self.task_index)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         ds = self._dataset(split)

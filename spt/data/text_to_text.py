@@ -48,7 +48,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spt.core.errors import SptError
+from spt.backbones.arch import arch_ops
 from spt.data.generation import GENERATION_METRICS, GenerationTaskInfo, generation_metrics
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import ROOT_HINT, check_root, to_plain
@@ -62,14 +62,13 @@ from spt.data.tables import (
     read_hub_entries,
     read_local_entries,
 )
-from spt.data.task import refuse_image_backbone
 from spt.data.template import TemplateEncoder, mark_soft
+from spt.errors import SptError
 
 __all__ = ["GenerationTaskInfo", "TextToTextDataModule", "generation_metrics"]
 
 log = logging.getLogger("spt.data")
 
-ARCHS = ("decoder", "encoder-decoder")
 SPLITS = ("train", "dev", "test")
 FIELD = "table"  # the template's text field
 IGNORE = -100  # label value the loss skips
@@ -204,13 +203,9 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         self.save_hyperparameters(ignore=["tokenizer"], logger=False)
         self.name = str(name)
         self.tokenizer = tokenizer
-        if arch == "encoder":
-            raise SptError(f"{self.name}: text-to-text generation needs a decoder, but the "
-                           "backbone is encoder-only (arch='encoder'). Use a decoder-only or "
-                           "encoder-decoder model.")
-        refuse_image_backbone(name, arch)
-        if arch not in ARCHS:
-            raise SptError(f"arch must be one of {ARCHS}, got {arch!r}.")
+        self.ops = arch_ops(arch)  # padding side and where the target goes
+        self.ops.check_data("text", self.name)
+        self.ops.check_generation(f"data={self.name} (text-to-text generation)")
         self.arch = arch
         if kind not in KINDS:
             raise SptError(f"data.kind must be one of {KINDS}, got {kind!r}.")
@@ -250,8 +245,8 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
 
         self.template = str(template)
         self.encoder = TemplateEncoder(self.template, [FIELD], tokenizer)
-        if arch == "decoder":
-            # the target continues the prompt: no end-of-text special token between them
+        if self.ops.target_follows_prompt:
+            # no end-of-text special token between the prompt and the target it continues
             self.encoder.suffix = []
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
@@ -370,7 +365,7 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
 
     def _target_ids(self, refs: list[str]) -> tuple[list[list[int]], int]:
         """Token ids (+ eos) of each reference, cut to ``max_target_length``; and how many cut."""
-        if self.arch == "decoder":  # the text follows the template's last piece
+        if self.ops.target_follows_prompt:  # the text follows the template's last piece
             ids = [self.encoder.label_word_ids(r) for r in refs]
         else:
             ids = [list(x) for x in self.tokenizer([r.strip() for r in refs],
@@ -404,7 +399,7 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         n_cut = 0
         if split == "train":
             targets, n_cut = self._target_ids([r[0] for r in refs])
-            if self.arch == "decoder":
+            if self.ops.target_follows_prompt:  # one sequence, labels aligned with it
                 labels = [[IGNORE] * len(p) + t for p, t in zip(enc.ids, targets, strict=True)]
                 ids = [p + t for p, t in zip(enc.ids, targets, strict=True)]
             else:
@@ -435,8 +430,8 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        collate = TextToTextCollator(self.pad_id, left=self.arch == "decoder",
-                                     labels_aligned=self.arch == "decoder",
+        collate = TextToTextCollator(self.pad_id, left=self.ops.left_padded,
+                                     labels_aligned=self.ops.target_follows_prompt,
                                      task_index=self.task_index)
         return make_loader(self._dataset(split), batch_size=batch_size, shuffle=shuffle,
                            collate_fn=collate, num_workers=self.num_workers)

@@ -67,23 +67,71 @@ from pathlib import Path
 
 import torch
 
-from spt import CONF_DIR
+from spt import CONF_DIR, methods
 from spt.core.artifact import load_artifact, save_artifact
-from spt.core.errors import SptError, cli_error
+from spt.errors import SptError, cli_error
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 WEIGHT_KEY = "prompt_embeddings"
 
-PROMPT_METHODS = ("prompt", "ptuning", "mpt")  # a materialised ``prompt`` table at the input
-KV_METHODS = ("prefix", "ptuning_v2")  # a materialised ``prefix`` table in every layer
-TASK_TYPES = {"decoder": "CAUSAL_LM", "encoder-decoder": "SEQ_2_SEQ_LM",
-              "encoder": "FEATURE_EXTRACTION"}
+# prompt kind (spt.methods.PROMPT_KINDS) -> the artifact table exported: input vectors
+# become PEFT prompt tuning, key/value prefixes PEFT prefix tuning
+EXPORTED = {"input": "prompt", "kv": "prefix"}
+UNEXPORTABLE = {
+    "context": "its prompt is a context of real examples with token-type offsets, a layout "
+               "PEFT's prompt and prefix tuning adapters cannot hold",
+    "clip": "its context vectors live in CLIP's text tower around class names; PEFT has no "
+            "CLIP prompt learner",
+}
+
+
+def exportable_methods() -> list[str]:
+    return [n for kind in EXPORTED for n in methods.names(prompt=kind)]
 IMPORTABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
-# PEFT task types that fit each backbone family (``None``: a base PeftModel, no check)
-ARCH_TASK_TYPES = {"decoder": ("CAUSAL_LM",), "encoder-decoder": ("SEQ_2_SEQ_LM",),
-                   "encoder": ("FEATURE_EXTRACTION", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS")}
+
+_BOS_NOTE = ("PEFT puts the virtual tokens in front of the tokenizer's leading special token "
+             "(BOS/CLS); spt's templates put them after it, so scores under PEFT differ "
+             "somewhat from spt's (they are equal for the same placement)")
+
+
+@dataclass(frozen=True)
+class PeftArch:
+    """What a PEFT adapter can hold of an spt prompt on one architecture family: the one
+    place interop knows how the families differ (a table, not a branch per function)."""
+
+    task_type: str  # what an export writes
+    task_types: tuple[str, ...]  # what an import accepts (``None`` in the adapter: no check)
+    export_notes: tuple[str, ...] = ()  # what a prompt export leaves behind
+    import_refusal: str | None = None  # why no PEFT prompt imports onto it
+    import_notes: tuple[str, ...] = ()
+    prefix_refusal: str | None = None  # why prefix tuning does not convert (None: it does)
+
+
+PEFT_ARCHS = {
+    "decoder": PeftArch(
+        "CAUSAL_LM", ("CAUSAL_LM",), export_notes=(_BOS_NOTE,),
+        import_notes=("PEFT trained these vectors in front of the BOS token; spt's templates "
+                      "put the soft slots after it, so scores in spt differ somewhat from "
+                      "PEFT's",)),
+    "encoder-decoder": PeftArch(
+        "SEQ_2_SEQ_LM", ("SEQ_2_SEQ_LM",),
+        prefix_refusal="PEFT puts one prefix into both the decoder's self- and "
+                       "cross-attention and none into the encoder, while spt's T5 prefixes are "
+                       "separate encoder, decoder and cross-attention blocks"),
+    "encoder": PeftArch(
+        "FEATURE_EXTRACTION", ("FEATURE_EXTRACTION", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"),
+        export_notes=("the classification head (head.*) is not exported: a PEFT "
+                      "FEATURE_EXTRACTION adapter returns the prompted hidden states; put a "
+                      "classifier on them", _BOS_NOTE),
+        import_refusal="spt's prompt tuning on encoder-only models scores classes with its "
+                       "own trained head, which a PEFT prompt adapter does not hold. Use a "
+                       "decoder-only or encoder-decoder model, or train method=prompt on this "
+                       "one",
+        prefix_refusal="the encoder-only export has not been compared against PEFT's prefix "
+                       "path, and the classification head has no place in a PEFT adapter"),
+}
 
 
 @dataclass(frozen=True)
@@ -118,13 +166,11 @@ def export_peft(artifact_path: str | os.PathLike, out_dir: str | os.PathLike,
     method = meta.get("method")
     base = meta.get("base") or {}
     arch = base.get("arch")
-    if method in PROMPT_METHODS:
-        name = "prompt"
-    elif method in KV_METHODS:
-        name = "prefix"
-    else:
-        raise SptError(_unsupported_method(method, path))
-    if arch not in TASK_TYPES:
+    kind = methods.registry()[method].prompt if method in methods.registry() else None
+    if kind not in EXPORTED:
+        raise SptError(_unsupported_method(method, kind, path))
+    name = EXPORTED[kind]
+    if arch not in PEFT_ARCHS:
         raise SptError(f"{path} was trained on a {arch or 'unknown'} backbone "
                        f"({base.get('name')!r}): PEFT prompt adapters cover decoder-only, "
                        "encoder-decoder and encoder-only language models; export a run on one "
@@ -171,15 +217,11 @@ def _artifact_path(source) -> Path:
     return p
 
 
-def _unsupported_method(method, path) -> str:
-    why = {
-        "cpt": "CPT's prompt is a context of real examples with token-type offsets, a layout "
-               "PEFT's prompt and prefix tuning adapters cannot hold",
-        "coop": "CoOp's context vectors live in CLIP's text tower around class names; PEFT "
-                "has no CLIP prompt learner",
-    }.get(method, f"spt has no PEFT mapping for method={method!r}")
+def _unsupported_method(method, kind, path) -> str:
+    why = (f"method={method}: {UNEXPORTABLE[kind]}" if kind in UNEXPORTABLE
+           else f"spt has no PEFT mapping for method={method!r}")
     return (f"cannot export {path} to PEFT: {why}. Exportable methods: "
-            f"{', '.join(PROMPT_METHODS + KV_METHODS)}")
+            f"{', '.join(exportable_methods())}")
 
 
 def _task_names(meta: dict, n: int) -> list[str]:
@@ -218,7 +260,7 @@ def _prompt_config(method, arch, row, base, base_name):
         raise SptError(f"the prompt's width {d} differs from the base model's hidden size "
                        f"{base.get('hidden_size')} in its own metadata: the artifact is damaged")
     config = peft.PromptTuningConfig(
-        task_type=TASK_TYPES[arch], num_virtual_tokens=length, token_dim=d,
+        task_type=PEFT_ARCHS[arch].task_type, num_virtual_tokens=length, token_dim=d,
         num_transformer_submodules=1,  # encoder input only, as spt does (also on T5)
         prompt_tuning_init="RANDOM", base_model_name_or_path=base_name, inference_mode=True)
     notes = []
@@ -231,24 +273,12 @@ def _prompt_config(method, arch, row, base, base_name):
     if method == "mpt":
         notes.append("MPT's shared prompt and task factors are not exported, only this task's "
                      "materialised prompt (as PEFT prompt tuning)")
-    if arch == "encoder":
-        notes.append("the classification head (head.*) is not exported: a PEFT "
-                     "FEATURE_EXTRACTION adapter returns the prompted hidden states; put a "
-                     "classifier on them")
-    if arch in ("decoder", "encoder"):
-        notes.append("PEFT puts the virtual tokens in front of the tokenizer's leading special "
-                     "token (BOS/CLS); spt's templates put them after it, so scores under PEFT "
-                     "differ somewhat from spt's (they are equal for the same placement)")
-    return config, notes
+    return config, [*notes, *PEFT_ARCHS[arch].export_notes]
 
 
 def _prefix_config(method, arch, row, meta, base, path, base_name):
-    if arch != "decoder":
-        why = ("PEFT puts one prefix into both the decoder's self- and cross-attention and none "
-               "into the encoder, while spt's T5 prefixes are separate encoder, decoder and "
-               "cross-attention blocks" if arch == "encoder-decoder" else
-               "the encoder-only export has not been compared against PEFT's prefix path, and "
-               "the classification head has no place in a PEFT adapter")
+    why = PEFT_ARCHS[arch].prefix_refusal
+    if why:
         raise SptError(f"cannot export {path} (method={method} on {base.get('name')}, "
                        f"{arch}) as a PEFT prefix-tuning adapter: {why}. Prefix export covers "
                        "decoder-only models; for this model train method=prompt and export that")
@@ -330,17 +360,16 @@ def import_peft(adapter_dir: str | os.PathLike, backbone, out_path: str | os.Pat
                        "trained on (--model ...)")
     arch = backbone.arch
     task_type = config.get("task_type")
-    if arch not in ARCH_TASK_TYPES:
+    if arch not in PEFT_ARCHS:
         raise SptError(f"cannot import a PEFT adapter onto {backbone.name} ({arch}): spt imports "
                        "PEFT prompts for decoder-only and encoder-decoder language models")
-    if arch == "encoder":
-        raise SptError(f"cannot import {adir} onto the encoder-only {backbone.name}: spt's "
-                       "prompt tuning on encoder-only models scores classes with its own trained "
-                       "head, which a PEFT prompt adapter does not hold. Use a decoder-only or "
-                       "encoder-decoder model, or train method=prompt on this one")
-    if task_type is not None and task_type not in ARCH_TASK_TYPES[arch]:
+    if PEFT_ARCHS[arch].import_refusal:
+        raise SptError(f"cannot import {adir} onto the {arch} {backbone.name}: "
+                       f"{PEFT_ARCHS[arch].import_refusal}")
+    accepted = PEFT_ARCHS[arch].task_types
+    if task_type is not None and task_type not in accepted:
         raise SptError(f"{adir} is a PEFT {task_type} adapter, but {backbone.name} is "
-                       f"{arch} (PEFT task type {' or '.join(ARCH_TASK_TYPES[arch])}): the "
+                       f"{arch} (PEFT task type {' or '.join(accepted)}): the "
                        f"adapter was made for another kind of model "
                        f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
                        "import it with that model (--model ...)")
@@ -469,9 +498,7 @@ def _prompt_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path, peft
     if peft_type == "P_TUNING":
         notes.append("a saved PEFT P-tuning adapter holds only the prompt its encoder produced "
                      "(not the encoder): imported as method=prompt")
-    if backbone.arch == "decoder":
-        notes.append("PEFT trained these vectors in front of the BOS token; spt's templates put "
-                     "the soft slots after it, so scores in spt differ somewhat from PEFT's")
+    notes += PEFT_ARCHS[backbone.arch].import_notes
     prompt = emb[:n].detach().float().unsqueeze(0)
     meta = {"method": "prompt", "length": n, "init_text": None,
             "trainable_parameters": prompt.numel()}
@@ -479,14 +506,13 @@ def _prompt_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path, peft
 
 
 def _prefix_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path):
-    from spt.core.kv_prompts import attention_sizes
+    from spt.backbones.arch import attention_sizes
 
-    if backbone.arch != "decoder":
+    why = PEFT_ARCHS[backbone.arch].prefix_refusal
+    if why:
         raise SptError(f"cannot import the PEFT prefix-tuning adapter {adir} onto "
-                       f"{backbone.name} ({backbone.arch}): PEFT's T5 prefixes go into the "
-                       "decoder's self- and cross-attention as one tensor, which spt's separate "
-                       "encoder/decoder/cross-attention prefixes do not represent. Prefix import "
-                       "covers decoder-only models")
+                       f"{backbone.name} ({backbone.arch}): {why}. Prefix import covers "
+                       "decoder-only models")
     sizes = attention_sizes(backbone.config)
     layers, kv_heads, head_dim = sizes["n_layers"], sizes["n_kv_heads"], sizes["head_dim"]
     kv_dim = kv_heads * head_dim

@@ -35,12 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from spt.backbones import Backbone
+from spt.backbones.arch import insert_soft
 from spt.core.artifact import check_base, load_artifact
 from spt.core.classify import ClassificationMixin
-from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
-from spt.core.scoring import insert_soft
 from spt.data.task import TaskInfo
+from spt.errors import SptError
 
 POSITIONS = ("end", "middle", "front")
 INITS = ("normal", "text", "file")
@@ -50,7 +50,7 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
     """CoOp context vectors for a frozen CLIP.
 
     Args:
-        backbone: a CLIP :class:`~spt.backbones.Backbone` (``arch == "clip"``).
+        backbone: a CLIP :class:`~spt.backbones.Backbone` (arch ``clip``).
         task: the class names (``label_words``) and metrics, from an image data module.
         length: context vectors (CoOp: 16; 4 with "a photo of a").
         class_token_position: ``end`` | ``middle`` | ``front``.
@@ -69,6 +69,7 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
     """
 
     method_name = "coop"
+    prompt_kind = "clip"  # spt.methods.PROMPT_KINDS
     supported_archs = ("clip",)
     supports_generation = False
     served_tensors = ("prompt",)

@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from spt.backbones import Backbone
 from spt.core.artifact import check_base, load_artifact
 from spt.core.classify import ClassificationMixin
-from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
 from spt.core.steps import LOSSES, check_finite, classification_loss
 from spt.data.task import TaskInfo
 from spt.data.template import special_affixes
+from spt.errors import SptError
 from spt.modules import PromptTable
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
     """
 
     method_name = "cpt"
+    prompt_kind = "context"  # spt.methods.PROMPT_KINDS
     served_tensors = ("context_embeds",)  # the trained context, tokens plus deltas
     supported_archs = ("decoder",)
     supports_generation = False  # classification only: the context ends in label words

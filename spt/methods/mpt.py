@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from spt.backbones import Backbone
+from spt.backbones.arch import insert_soft
 from spt.core import inits
 from spt.core.artifact import check_base, load_artifact
 from spt.core.classify import ClassificationMixin, SoftPromptScoring
-from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
-from spt.core.scoring import insert_soft
 from spt.core.steps import LOSSES, check_finite, classification_loss
+from spt.errors import SptError
 from spt.modules.low_rank_prompts import LowRankTaskPrompts
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
     """
 
     method_name = "mpt"
+    prompt_kind = "input"  # spt.methods.PROMPT_KINDS
     supports_generation = False
 
     def __init__(
@@ -163,10 +164,10 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         self.load_head_tensors(tensors, path)
 
     def _load_teachers(self, teachers: dict[str, str]) -> None:
-        if self.base.arch == "encoder":
+        if self.base.ops.lm_head(self.backbone) is None:  # the hidden states it reads
             raise SptError("method.teachers: distillation compares LM-head class scores; "
-                           f"{self.base.name} is encoder-only: use a decoder-only or "
-                           "encoder-decoder model, or method.teachers=null")
+                           f"{self.base.name} ({self.base.arch}-only) has no LM head: use a "
+                           "decoder-only or encoder-decoder model, or method.teachers=null")
         names = [t.name for t in self.tasks]
         if sorted(teachers) != sorted(names):
             raise SptError(f"method.teachers names {sorted(teachers)} but the tasks are "

@@ -24,8 +24,9 @@ import inspect
 import lightning as L
 
 from spt.backbones import Backbone
+from spt.backbones.arch import attention_sizes
 from spt.core.classify import ClassificationMixin
-from spt.core.kv_prompts import KVPromptMixin, attention_sizes, validate_kv
+from spt.core.kv_prompts import KVPromptMixin, validate_kv
 from spt.core.mixin import FrozenBackboneMixin
 
 __all__ = ["PrefixTuning", "attention_sizes"]
@@ -59,6 +60,7 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
     """
 
     method_name = "prefix"
+    prompt_kind = "kv"  # spt.methods.PROMPT_KINDS
     served_tensors = ("prefix", "head.")  # the materialised prefixes, not the MLP
 
     def __init__(

@@ -16,14 +16,14 @@ import lightning as L
 import torch
 
 from spt.backbones import Backbone
+from spt.backbones.arch import insert_soft
 from spt.core import inits
 from spt.core.artifact import check_base, load_artifact
 from spt.core.classify import ClassificationMixin, SoftPromptScoring
-from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
-from spt.core.scoring import insert_soft, label_tokens
 from spt.core.steps import LOSSES
 from spt.data.task import TaskInfo  # noqa: I001
+from spt.errors import SptError
 from spt.modules import PromptTable
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
     """
 
     method_name = "prompt"
+    prompt_kind = "input"  # spt.methods.PROMPT_KINDS
 
     def __init__(
         self,
@@ -106,9 +107,9 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
         if init == "class_labels":  # each task's row from its own label words
             tok = self.base.tokenizer
             words = []
-            for t, info in enumerate(self.tasks):
-                ids = label_tokens(tok, list(info.label_words), "decoder").lists() \
-                    if self.base.arch == "encoder" else self.task_labels[t].lists()
+            for info in self.tasks:
+                ids = self.base.ops.label_tokens(tok, list(info.label_words),
+                                                 info.label_after_space).lists()
                 words.append([[i for i in w if i != tok.eos_token_id] or w for w in ids])
         vec = inits.initial_prompt(init, self.base, self.prompt.length,
                                    torch.Generator().manual_seed(seed), init_text=init_text,

@@ -15,12 +15,12 @@ import lightning as L
 import torch
 
 from spt.backbones import Backbone
+from spt.backbones.arch import insert_soft
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
 from spt.core.classify import ClassificationMixin, SoftPromptScoring
-from spt.core.errors import SptError
 from spt.core.mixin import FrozenBackboneMixin
-from spt.core.scoring import insert_soft
 from spt.core.steps import LOSSES
+from spt.errors import SptError
 from spt.modules.prompt_encoder import PromptEncoder
 
 
@@ -38,6 +38,7 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
     """
 
     method_name = "ptuning"
+    prompt_kind = "input"  # spt.methods.PROMPT_KINDS
 
     def __init__(
         self,

@@ -15,9 +15,9 @@ import lightning as L
 
 from spt.backbones import Backbone
 from spt.core.classify import ClassificationMixin
-from spt.core.errors import SptError
 from spt.core.kv_prompts import KVPromptMixin, validate_kv
 from spt.core.mixin import FrozenBackboneMixin
+from spt.errors import SptError
 
 
 class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.LightningModule):
@@ -35,7 +35,12 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
     """
 
     method_name = "ptuning_v2"
+    prompt_kind = "kv"  # spt.methods.PROMPT_KINDS
     served_tensors = ("prefix", "head.")  # the materialised prefixes, not the MLP
+
+    @classmethod
+    def serving_settings(cls, method_cfg) -> dict:
+        return {"pooling": method_cfg.get("pooling")}  # the head reads what it was trained on
 
     def __init__(
         self,
@@ -68,12 +73,10 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
                     init_file=init_file, reference="Liu et al. use 20 for classification")
         if pooling not in (None, "auto", "cls", "mean", "pooler"):
             raise SptError(f"method.pooling={pooling!r}: choose auto, pooler, cls, mean or null")
-        if pooling == "auto":
-            # The reference classifier reads BERT's pooler output, outputs[1], then dropout and
-            # a linear layer (P-tuning-v2 model/sequence_classification.py,
-            # BertPrefixForSequenceClassification.forward).
-            has_pooler = getattr(backbone.model, "pooler", None) is not None
-            pooling = "pooler" if has_pooler else "cls"
+        # auto: the reference classifier reads BERT's pooler output, outputs[1], then dropout
+        # and a linear layer (P-tuning-v2 model/sequence_classification.py,
+        # BertPrefixForSequenceClassification.forward)
+        pooling = backbone.ops.resolve_pooling(backbone.model, pooling)
         if not 0.0 <= prompt_dropout < 1.0:
             raise SptError(f"method.prompt_dropout={prompt_dropout!r} must be in [0, 1)")
         self.pooling = pooling
@@ -81,7 +84,7 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
             inspect.currentframe(), backbone=backbone, task=task,
             backbone_dropout=backbone_dropout, supports=supports, loss=loss,
             head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
-            optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps)
+            optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps, pooling=pooling)
         self.setup_kv_prompts(n_tasks, length, reparam, hidden, prompt_dropout, init_std, seed,
                               cross_attention)
         if init == "file":

@@ -8,26 +8,16 @@ have them.
 
 from __future__ import annotations
 
-import importlib
-import inspect
-import pkgutil
-
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 
 def methods_providing(names: tuple[str, ...]) -> list[str]:
-    """The ``method=`` names whose class defines every attribute in ``names``."""
-    import spt.methods
+    """The ``method=`` names (:func:`spt.methods.registry`) whose class defines every
+    attribute in ``names``."""
+    from spt import methods
 
-    found = []
-    for info in pkgutil.iter_modules(spt.methods.__path__):
-        module = importlib.import_module(f"spt.methods.{info.name}")
-        classes = [c for c in vars(module).values()
-                   if inspect.isclass(c) and c.__module__ == module.__name__
-                   and getattr(c, "method_name", None) == info.name]
-        if any(all(callable(getattr(c, n, None)) for n in names) for c in classes):
-            found.append(info.name)
-    return sorted(found)
+    return sorted(n for n, info in methods.registry().items()
+                  if all(callable(getattr(info.cls, a, None)) for a in names))
 
 
 def attach(regularizer, method) -> None:

@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from spt.core.errors import SptError
+from spt.errors import SptError
 
 SCHEDULES = ("logistic", "constant")
 NORM_ORDERS = {1: 1.0, 2: 2.0, "1": 1.0, "2": 2.0, "inf": math.inf, math.inf: math.inf}
