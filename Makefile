@@ -47,5 +47,9 @@ lock: setup
 	  -c scripts/lock-constraints.txt --custom-compile-command "make lock" \
 	  -o requirements-lock.txt $(ARGS)
 
+# Style and layering, run by CI after the tests (and by pre-commit before each commit): ruff's
+# lint rules and formatting, and the import contracts of pyproject.toml (lint-imports).
 lint: setup
 	$(VENV)/bin/ruff check spt tests scripts
+	$(VENV)/bin/ruff format --check spt tests scripts
+	$(VENV)/bin/lint-imports

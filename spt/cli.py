@@ -14,10 +14,10 @@ import sys
 # command -> (module, one-line summary)
 COMMANDS = {
     "run": ("spt.run", "train and evaluate one job, or sweep with -m (Hydra overrides)"),
-    "serve": ("spt.serve", "score many trained prompts on one backbone (library, HTTP server)"),
-    "compare": ("spt.compare", "compare finished runs: a table of metrics and settings"),
-    "analysis": ("spt.analysis", "plots and tables of a study's runs"),
-    "bench": ("spt.bench", "speed and memory benchmarks, measured side by side"),
+    "serve": ("spt.serve.cli", "score many trained prompts on one backbone (library, HTTP server)"),
+    "compare": ("spt.tools.compare", "compare finished runs: a table of metrics and settings"),
+    "analysis": ("spt.tools.analysis", "plots and tables of a study's runs"),
+    "bench": ("spt.tools.bench", "speed and memory benchmarks, measured side by side"),
     "peft": ("spt.interop.peft", "export a trained prompt to Hugging Face PEFT, or import one"),
 }
 

@@ -9,12 +9,10 @@ before training leaves no run directory behind.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import shutil
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -22,125 +20,19 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from spt import __version__, methods
+from spt import __version__
+from spt.build import build, instantiate_callbacks, instantiate_loggers
 from spt.core.artifact import atomic_write_text, save_artifact
-from spt.core.trees import flatten
 from spt.errors import SptError, user_error
-from spt.regularizers import attach
+from spt.resume import ConfigStamp, FitClock, finished_run, in_run_dir, resume_checkpoint
 
 log = logging.getLogger("spt.run")
 # The frozen backbone stays in eval mode on purpose (see FrozenBackboneMixin.train).
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-
-def _lookup(table, key):
-    """``${spt.lookup:${table},${key}}``: ``table[key]``, for settings that follow another one
-    (e.g. CoOp's epochs per shot count)."""
-    if key not in table:
-        raise SptError(f"no entry for {key!r} in {dict(table)}: use one of {list(table)} or "
-                       "set the dependent key directly")
-    return table[key]
-
-
-OmegaConf.register_new_resolver("spt.lookup", _lookup, replace=True)
-
-
-def build(cfg: DictConfig):
-    """Backbone, data module and method (with its regularizer, if any) from config (no
-    Trainer); used by run and tests."""
-    log.info("instantiating backbone <%s>", cfg.model._target_)
-    backbone = instantiate(cfg.model)
-    log.info("instantiating data <%s> (%s)", cfg.data._target_, cfg.data.name)
-    # Objects go in through a partial: instantiate() would turn dataclass kwargs into configs.
-    data_extra = {}
-    if "image_processor" in inspect.signature(get_class(cfg.data._target_)).parameters:
-        data_extra["image_processor"] = backbone.image_processor  # image data (CLIP)
-    datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=backbone.tokenizer,
-                                                       arch=backbone.arch, **data_extra)
-    log.info("instantiating method <%s>", cfg.method._target_)
-    info = methods.of_class(get_class(cfg.method._target_))
-    if not (info.generation or hasattr(datamodule.task, "label_words")):
-        raise SptError(f"method={info.name} classifies with label words; data={cfg.data.name} "
-                       "is a generation task: use a classification dataset, or "
-                       f"method={'|'.join(methods.names(generation=True))}")
-    make = instantiate(cfg.method, _partial_=True)
-    extra = {}
-    if "datamodule" in inspect.signature(get_class(cfg.method._target_)).parameters:
-        extra["datamodule"] = datamodule  # methods that read training examples (CPT's context)
-    method = make(backbone=backbone, task=datamodule.task, init_texts=datamodule.train_texts(),
-                  **extra)
-    reg = cfg.get("regularizer")
-    if reg and "_target_" in reg:  # regularizer=none composes an empty group
-        log.info("instantiating regularizer <%s>", reg._target_)
-        # a partial, so a bad setting raises its own SptError rather than Hydra's wrapper
-        attach(instantiate(reg, _partial_=True)(), method)  # refuses a method it cannot serve
-    if cfg.get("zero_shot"):
-        method.use_soft_prompt = False
-    datamodule.n_soft = method.n_soft_tokens
-    return backbone, datamodule, method
-
-
-def _loggers(cfg: DictConfig) -> list:
-    loggers = []
-    for name, conf in (cfg.get("logger") or {}).items():
-        if conf is not None and "_target_" in conf:
-            log.info("instantiating logger <%s>", name)
-            loggers.append(instantiate(conf))
-    return loggers
-
-
-def _callbacks(cfg: DictConfig, fit: bool, metric: str) -> list:
-    out = []
-    for conf in (cfg.get("callbacks") or {}).values():
-        if conf is not None and "_target_" in conf:
-            extra = {}
-            if "ModelCheckpoint" in conf._target_:
-                if not fit:
-                    continue
-                if conf.get("monitor", "") is None:
-                    extra["monitor"] = metric
-            out.append(instantiate(conf, **extra))
-    return out
-
-
-class FitClock(L.Callback):
-    """Seconds spent fitting, carried in the checkpoint: a resumed run reports the time of
-    every stretch that led to its checkpoint plus its own, not only the stretch since the
-    resume (work lost after the last checkpoint, which the resume redoes, is not counted)."""
-
-    def __init__(self) -> None:
-        self.before, self.started = 0.0, None
-
-    def seconds(self) -> float:
-        return self.before + (time.perf_counter() - self.started if self.started else 0.0)
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self.started = time.perf_counter()
-
-    def on_fit_end(self, trainer, pl_module) -> None:
-        self.before, self.started = self.seconds(), None
-
-    def state_dict(self) -> dict:
-        return {"seconds": self.seconds()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.before = float(state.get("seconds", 0.0))
-
-
-class ConfigStamp(L.Callback):
-    """Writes the run's resolved config (as :func:`in_run_dir` gives it) into every checkpoint
-    (``spt_config``), so a resume can tell whether it continues the run it thinks it does
-    (see :func:`check_resumed_config`)."""
-
-    def __init__(self, stamp: dict) -> None:
-        self.stamp = stamp
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint["spt_config"] = self.stamp
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict:
@@ -157,12 +49,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     backbone, datamodule, method = build(cfg)
     metric = optimized_metric(cfg, datamodule.task)
     fit = bool(cfg.train) and not cfg.zero_shot
-    loggers = _loggers(cfg)
+    loggers = instantiate_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams(resolved)
     clock = FitClock()
     trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                     callbacks=[*_callbacks(cfg, fit, metric), clock,
+                                     callbacks=[*instantiate_callbacks(cfg, fit, metric), clock,
                                                 ConfigStamp(stamp)])
     if fit:
         log.info("fitting")
@@ -219,107 +111,6 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def finished_run(resume: str | None, out_dir: Path, stamp: dict) -> dict | None:
-    """With ``resume=auto``: the metrics of a run already finished in ``out_dir`` under the
-    same config (a rerun sweep skips it), else None. A finished run with another config is
-    refused, naming the keys that differ, rather than silently kept or overwritten; keys that
-    only one of the two configs has (added to or dropped from spt/conf/ since) are not compared.
-    ``stamp`` is this run's resolved config with run-dir paths relative (:func:`in_run_dir`).
-    The saved one is compared with its paths relative to ``out_dir`` and, failing that, to
-    the directory it was written in (its ``paths.output_dir``), so a finished run moved
-    elsewhere still compares equal, and so does one whose ``paths.output_dir`` lies outside
-    its run directory."""
-    done = out_dir / "metrics.json"
-    if resume != "auto" or not done.is_file():
-        return None
-    saved_path = out_dir / "config.yaml"
-    saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.is_file() else {}
-    differ = config_differences(stamp, in_run_dir(saved, out_dir))
-    written_in = (saved.get("paths") or {}).get("output_dir")
-    if differ and written_in and not config_differences(stamp,
-                                                        in_run_dir(saved, Path(written_in))):
-        differ = ""  # moved here from where it ran
-    if differ:
-        raise SptError(f"resume=auto: {out_dir} holds a finished run with another config "
-                       f"({differ} differ); pass another hydra.run.dir / hydra.sweep.dir, or "
-                       "drop resume=auto to train it again there")
-    log.info("resume=auto: %s already finished; kept as it is", out_dir)
-    return json.loads(done.read_text())
-
-
-def check_resumed_config(resume: str, ckpt_path: Path, saved: dict | None,
-                         resolved: dict) -> None:
-    """A checkpoint found by ``resume=auto`` / ``resume=last`` continues only the run that
-    wrote it: one written under another config (a sweep rerun with changed overrides, say)
-    is refused, naming the keys, before any model loads; the checkpoint is left as it is.
-    Naming the checkpoint's path (``resume=<path>``) resumes it under the new config anyway,
-    with a warning. Checkpoints written before spt stamped its config are not checked."""
-    differ = config_differences(resolved, saved or {})
-    if not differ:
-        return
-    if resume in ("auto", "last"):
-        raise SptError(f"resume={resume}: {ckpt_path} was written by a run with another config "
-                       f"({differ} differ), so resuming it would mix two runs. Pass the same "
-                       "overrides as that run, or another hydra.run.dir / hydra.sweep.dir to "
-                       f"start afresh, or resume={ckpt_path} to continue it under this config "
-                       "on purpose")
-    log.warning("resume=%s: continuing a checkpoint written under another config (%s differ)",
-                ckpt_path, differ)
-
-
-def in_run_dir(tree, out_dir: Path):
-    """``tree`` with every string that is ``out_dir`` or a path inside it written as
-    ``<run dir>/...``: a run directory moved elsewhere (scratch to home) still compares equal."""
-    root = str(out_dir)
-    if isinstance(tree, dict):
-        return {k: in_run_dir(v, out_dir) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [in_run_dir(v, out_dir) for v in tree]
-    if isinstance(tree, str) and (tree == root or tree.startswith(root + "/")):
-        return "<run dir>" + tree[len(root):]
-    return tree
-
-
-def config_differences(new: dict, old: dict) -> str:
-    """The dotted keys whose values differ between two resolved configs, comma-separated
-    (the first five), or ``""``. Keys on one side only came or went with a later version of
-    the config (a new key's default keeps the old behaviour), so only values both configs
-    set are compared; ``resume`` is how a run starts, not what it is."""
-    flat_new, flat_old = flatten(new), flatten(old)
-    differ = sorted(k for k in flat_new.keys() & flat_old.keys()
-                    if k != "resume" and flat_new[k] != flat_old[k])
-    return ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
-
-
-def resume_checkpoint(resume: str | None, out_dir: Path, resolved: dict) -> str | None:
-    """The checkpoint ``resume`` names (``last`` = this run directory's ``last.ckpt``; ``auto``
-    = that one if it exists, else none), checked before any model loads (that it loads
-    safely, and that it was written under ``resolved``, given with paths relative to the run
-    directory: :func:`check_resumed_config`); None to start afresh."""
-    how = resume
-    if not resume:
-        return None
-    if resume == "auto":  # "last" where the run directory has one
-        if not (out_dir / "checkpoints" / "last.ckpt").is_file():
-            return None
-        resume = "last"
-    path = out_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
-    if not path.is_file():
-        where = ("this run directory has none: pass hydra.run.dir=<the killed run's directory> "
-                 "(or, for a sweep job, hydra.sweep.dir=<the sweep's directory>)"
-                 if resume == "last" else "check the path")
-        raise SptError(f"resume={resume}: no checkpoint at {path}; {where}")
-    try:  # checked now, before the model loads; weights_only: no pickled code ever runs
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("spt_config")
-    except Exception as err:
-        raise SptError(f"resume={resume}: {path} is not a checkpoint spt can load safely "
-                       f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Checkpoints "
-                       "load with weights_only=True, so one holding other Python objects is "
-                       "refused: resume from a checkpoint spt wrote") from None
-    check_resumed_config(how, path, saved, resolved)
-    return str(path)
 
 
 def optimized_metric(cfg: DictConfig, task) -> str:

@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from spt.analysis import load_run, low_norm_effect, main, replaced_prompts
 from spt.regularizers import methods_providing
+from spt.tools.analysis import load_run, low_norm_effect, main, replaced_prompts
 from tests.test_run import REPO, run_dirs, spt_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")

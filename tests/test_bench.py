@@ -50,7 +50,7 @@ def test_unknown_part_is_refused_with_the_choices():
 def test_time_to_accuracy_alone_names_only_its_own_model(data_dir):
     """A ``--parts tta`` run carries the model and batch size of the encoder it trained, not
     the decoder defaults of the parts it did not run."""
-    from spt.bench import run
+    from spt.tools.bench import run
 
     results = run("smollm2-135m", 8, 2, parts=("tta",),
                   tta={"model": "tiny-bert", "target": 0.5, "batch_size": 8, "eval_every": 4,
@@ -67,7 +67,7 @@ def _timing(median, minimum):
 def test_a_noisy_contender_gets_no_ratio_and_a_rerun_note():
     """Medians 2-8x their minima (a busy machine) once printed ratios of 0.33 and 15.7 as if
     valid: such a contender is flagged and every ratio with it is withheld."""
-    from spt.bench import noisy, ratios, table
+    from spt.tools.bench import noisy, ratios, table
 
     train = {n: _timing(1.0, 0.95) for n in ("spt prompt", "peft prompt", "peft-cls prompt",
                                               "floor", "spt prefix", "peft prefix",
@@ -87,8 +87,8 @@ def test_peft_p_tuning_encoder_is_the_size_of_spts():
     """Like for like: PEFT's P-tuning encoder at encoder_hidden_size = d/2 has exactly spt's
     encoder's parameters (PEFT's default, d, is about 3x larger)."""
     from spt.backbones import tiny
-    from spt.bench import peft_model
     from spt.methods.ptuning import PTuning
+    from spt.tools.bench import peft_model
     from tests.test_prompt import TASK
 
     backbone = tiny("llama", hidden=64)
@@ -104,7 +104,7 @@ def test_peft_contenders_run_without_spts_lm_head_fix():
     contiguous-input hook on the LM head (the bench would otherwise lend PEFT spt's fix)."""
     from spt.backbones import tiny
     from spt.backbones.base import contiguous_input
-    from spt.bench import peft_model
+    from spt.tools.bench import peft_model
 
     backbone = tiny("llama", hidden=64)
     head_hooks = backbone.model.get_output_embeddings()._forward_pre_hooks.values()

@@ -8,8 +8,6 @@ import json
 import pytest
 
 from spt.backbones import tiny
-from spt.compare import aggregate, collect, main, plot
-from spt.compare import columns as main_columns
 from spt.data.task import TaskInfo
 from spt.errors import SptError
 from spt.methods.mpt import MPT
@@ -17,6 +15,8 @@ from spt.methods.prefix import PrefixTuning
 from spt.methods.prompt import PromptTuning
 from spt.methods.ptuning import PTuning
 from spt.methods.ptuning_v2 import PTuningV2
+from spt.tools.compare import aggregate, collect, main, plot
+from spt.tools.compare import columns as main_columns
 
 TASK = TaskInfo(name="t", label_names=("a", "b"), label_words=("bad", "good"),
                 metrics=("acc",), num_classes=2)
@@ -402,7 +402,7 @@ def _history(step: int, **values) -> bytes:
 def test_offline_log_records_across_blocks_and_a_torn_tail(tmp_path):
     from wandb.proto import wandb_internal_pb2 as pb
 
-    from spt.wandb_runs import read_offline_run, records
+    from spt.tools.wandb_runs import read_offline_run, records
 
     run = pb.Record()
     run.run.run_id, run.run.run_group = "abc", "study"

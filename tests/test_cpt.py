@@ -409,7 +409,7 @@ def test_generation_continues_after_the_trained_context(dm):
     """spt.generate decodes after CPT's context (its trained keys/values as a prefix): cached
     greedy and beam search equal their uncached references, the context changes what is
     generated, and mixed-task rows decode as if alone."""
-    from spt.generate import beam_search, generate, greedy_reference
+    from spt.core.generate import beam_search, generate, greedy_reference
 
     m = build(dm, n_tasks=2).eval()
     randomise(m, 0.5)

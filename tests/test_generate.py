@@ -9,9 +9,9 @@ import torch
 
 from spt import methods
 from spt.backbones import tiny
+from spt.core.generate import _greedy, _stepper, beam_search, generate, greedy_reference
 from spt.data.task import TaskInfo
 from spt.errors import SptError
-from spt.generate import _greedy, _stepper, beam_search, generate, greedy_reference
 from spt.methods.mpt import MPT
 from spt.methods.prefix import PrefixTuning
 from spt.methods.prompt import PromptTuning

@@ -171,7 +171,7 @@ def test_bad_settings_name_the_key(kw, match):
 def test_generation_with_task_prompts(family, data_dir, tmp_path):
     """MPT's prompts sit in the input, so spt.generate takes the Hugging Face path: cached
     greedy decoding equals the uncached reference for a batch mixing both tasks."""
-    from spt.generate import generate, greedy_reference
+    from spt.core.generate import generate, greedy_reference
 
     m, dm = _source(data_dir, tmp_path, family=family, teachers=False)
     with torch.no_grad():

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from spt.backbones import tiny
-from spt.backbones.arch import arch_ops
+from spt.backbones.archs import arch_ops
 from spt.backbones.decoder import Decoder
 from spt.backbones.encoder_decoder import EncoderDecoder
 from spt.core import inits

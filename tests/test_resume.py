@@ -238,7 +238,7 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
 
 def test_resumed_config_check_refuses_auto_warns_on_a_named_path_and_skips_unstamped(caplog):
     from spt.errors import SptError
-    from spt.run import check_resumed_config, in_run_dir
+    from spt.resume import check_resumed_config, in_run_dir
 
     ckpt = Path("/runs/x/checkpoints/last.ckpt")
     saved = {"seed": 1, "data": {"dev_limit": 16}, "resume": None}
@@ -262,7 +262,7 @@ def test_finished_run_compares_paths_relative_to_where_it_ran(tmp_path):
     from omegaconf import OmegaConf
 
     from spt.errors import SptError
-    from spt.run import finished_run, in_run_dir
+    from spt.resume import finished_run, in_run_dir
 
     def config(root):
         return {"seed": 1, "paths": {"output_dir": str(root)},

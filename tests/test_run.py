@@ -206,7 +206,7 @@ def test_run_with_wandb_offline_groups_and_finishes(tmp_path, data_dir):
     # What the W&B UI will show once synced: the study as group, the tags, spt's resolved
     # config untouched (Lightning's own hparams logging would overwrite seed with data.seed),
     # and the final metrics including what serving the prompt takes.
-    from spt.wandb_runs import read_offline_run
+    from spt.tools.wandb_runs import read_offline_run
 
     logged = read_offline_run(offline[0], history=True)
     resolved = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))

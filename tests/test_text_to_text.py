@@ -426,7 +426,7 @@ def test_lm_loss_equals_the_models_own_loss(family):
     """spt's text-to-text loss (which also takes prefixes) is the usual shifted token
     cross-entropy: with no prompt it equals Hugging Face's ``labels=`` loss on a real batch."""
     from spt.backbones import tiny
-    from spt.backbones.arch import arch_ops
+    from spt.backbones.archs import arch_ops
 
     dm = e2e(family)
     dm.setup("fit")

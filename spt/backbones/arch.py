@@ -4,7 +4,7 @@ injection and scoring belong to the backbone, not to every method).
 :class:`Arch` is the interface and its defaults; :mod:`spt.backbones.encoder`,
 :mod:`~spt.backbones.decoder`, :mod:`~spt.backbones.encoder_decoder` and
 :mod:`~spt.backbones.clip` implement it. Methods and data modules call ``backbone.ops`` (or
-:func:`arch_ops` on a data module's ``arch`` string) and never test the architecture's name, so
+:func:`spt.backbones.archs.arch_ops` on a data module's ``arch`` string) and never test the architecture's name, so
 adding an architecture is one class here, not a branch in every function (PEFT's
 ``peft_model.py`` pattern, which spt avoids).
 
@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from spt.errors import SptError
+
+CLIP_MODELS = "model=tiny-clip, clip-vit-b16 or clip-vit-b32"  # the CLIP configs (spt/conf/model)
 
 # -- shared pieces ---------------------------------------------------------------------------
 
@@ -166,8 +168,6 @@ class Arch:
     def check_data(self, modality: str, data: str) -> None:
         """Refuse a data module whose inputs (``text`` or ``images``) this model cannot read."""
         if modality == "images":
-            from spt.backbones.clip import CLIP_MODELS
-
             raise SptError(f"data={data} holds images; the model is a text backbone "
                            f"({self.name}): use a CLIP model ({CLIP_MODELS}).")
 
@@ -240,17 +240,3 @@ def check_target_tokens(target: torch.Tensor) -> None:
     if not bool((target != -100).any()):
         raise SptError("a training batch has no target tokens: raise data.max_target_length "
                        "or data.max_source_length")
-
-
-def arch_ops(name: str) -> Arch:
-    """The operations of architecture ``name`` (one of :data:`spt.backbones.ARCHS`)."""
-    from spt.backbones.clip import ClipText
-    from spt.backbones.decoder import Decoder
-    from spt.backbones.encoder import Encoder
-    from spt.backbones.encoder_decoder import EncoderDecoder
-
-    table = {"encoder": Encoder, "decoder": Decoder, "encoder-decoder": EncoderDecoder,
-             "clip": ClipText}
-    if name not in table:
-        raise SptError(f"arch must be one of {tuple(table)}, got {name!r}.")
-    return table[name]()

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from spt.backbones.arch import Arch, arch_ops
+from spt.backbones.arch import Arch
+from spt.backbones.archs import arch_ops
 
 ARCHS = ("encoder", "decoder", "encoder-decoder", "clip")
 

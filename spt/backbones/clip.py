@@ -7,8 +7,6 @@ from __future__ import annotations
 from spt.backbones.arch import Arch
 from spt.errors import SptError
 
-CLIP_MODELS = "model=tiny-clip, clip-vit-b16 or clip-vit-b32"
-
 
 class ClipText(Arch):
     name = "clip"

@@ -6,7 +6,7 @@ each other.
 Text-to-text tasks (a :class:`~spt.data.generation.GenerationTaskInfo`, e.g. ``data=e2e``)
 take the same steps in generation mode: training minimises the target text's token
 cross-entropy (the architecture's ``lm_loss``), validation generates with
-:func:`spt.generate.generate` and scores BLEU / ROUGE-L through the data module.
+:func:`spt.core.generate.generate` and scores BLEU / ROUGE-L through the data module.
 
 A regularizer (``spt/conf/regularizer``, attached by :func:`spt.regularizers.attach` as
 ``self.regularizer``) adds its term to the classification training loss; methods whose prompt is
@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spt.core.generate import generate
 from spt.core.steps import (
     best_trackers,
     check_finite,
@@ -220,8 +221,6 @@ class ClassificationMixin:
     @torch.no_grad()
     def generate_texts(self, batch: dict) -> list[str]:
         """Decoded generations for a batch (the text before the first end-of-sequence)."""
-        from spt.generate import generate
-
         tok = self.base.tokenizer
         tokens = generate(self, batch, max_new_tokens=self.task.max_new_tokens,
                           num_beams=self.task.num_beams)

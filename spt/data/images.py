@@ -48,8 +48,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spt.backbones.arch import arch_ops
-from spt.backbones.clip import CLIP_MODELS
+from spt.backbones.arch import CLIP_MODELS
+from spt.backbones.archs import arch_ops
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import ROOT_HINT, check_root, hub_source, load_hub_split, read_rows, to_plain
 from spt.data.tables import check_split_spec

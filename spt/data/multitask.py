@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from spt.backbones.arch import arch_ops
+from spt.backbones.archs import arch_ops
 from spt.data.loaders import EpochShuffle, make_loader
 from spt.data.task import TaskInfo
 from spt.data.text_classification import Collator

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spt.backbones.arch import arch_ops
+from spt.backbones.archs import arch_ops
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import (
     HUB_KEYS,

@@ -48,7 +48,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spt.backbones.arch import arch_ops
+from spt.backbones.archs import arch_ops
 from spt.data.generation import GENERATION_METRICS, GenerationTaskInfo, generation_metrics
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import ROOT_HINT, check_root, to_plain

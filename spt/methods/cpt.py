@@ -297,7 +297,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         """Class scores ``[B, C]`` for a batch from the data module."""
         return self._scores(batch)[0]
 
-    # -- generation (spt.generate): the context as a key/value prefix before the query ------
+    # -- generation (spt.core.generate): the context as a key/value prefix before the query ------
     def embed(self, batch: dict) -> torch.Tensor:
         return self._query(batch)[0]
 

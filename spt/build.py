@@ -1,0 +1,86 @@
+"""Objects from config: the backbone, data module and method (with its regularizer) of a run, its
+loggers and callbacks. Configs build objects; the objects never read configs."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from spt import methods
+from spt.errors import SptError
+from spt.regularizers import attach
+
+log = logging.getLogger("spt.run")
+
+
+def _lookup(table, key):
+    """``${spt.lookup:${table},${key}}``: ``table[key]``, for settings that follow another one
+    (e.g. CoOp's epochs per shot count)."""
+    if key not in table:
+        raise SptError(f"no entry for {key!r} in {dict(table)}: use one of {list(table)} or "
+                       "set the dependent key directly")
+    return table[key]
+
+
+OmegaConf.register_new_resolver("spt.lookup", _lookup, replace=True)
+
+
+def build(cfg: DictConfig):
+    """Backbone, data module and method (with its regularizer, if any) from config (no
+    Trainer); used by run and tests."""
+    log.info("instantiating backbone <%s>", cfg.model._target_)
+    backbone = instantiate(cfg.model)
+    log.info("instantiating data <%s> (%s)", cfg.data._target_, cfg.data.name)
+    # Objects go in through a partial: instantiate() would turn dataclass kwargs into configs.
+    data_extra = {}
+    if "image_processor" in inspect.signature(get_class(cfg.data._target_)).parameters:
+        data_extra["image_processor"] = backbone.image_processor  # image data (CLIP)
+    datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=backbone.tokenizer,
+                                                       arch=backbone.arch, **data_extra)
+    log.info("instantiating method <%s>", cfg.method._target_)
+    info = methods.of_class(get_class(cfg.method._target_))
+    if not (info.generation or hasattr(datamodule.task, "label_words")):
+        raise SptError(f"method={info.name} classifies with label words; data={cfg.data.name} "
+                       "is a generation task: use a classification dataset, or "
+                       f"method={'|'.join(methods.names(generation=True))}")
+    make = instantiate(cfg.method, _partial_=True)
+    extra = {}
+    if "datamodule" in inspect.signature(get_class(cfg.method._target_)).parameters:
+        extra["datamodule"] = datamodule  # methods that read training examples (CPT's context)
+    method = make(backbone=backbone, task=datamodule.task, init_texts=datamodule.train_texts(),
+                  **extra)
+    reg = cfg.get("regularizer")
+    if reg and "_target_" in reg:  # regularizer=none composes an empty group
+        log.info("instantiating regularizer <%s>", reg._target_)
+        # a partial, so a bad setting raises its own SptError rather than Hydra's wrapper
+        attach(instantiate(reg, _partial_=True)(), method)  # refuses a method it cannot serve
+    if cfg.get("zero_shot"):
+        method.use_soft_prompt = False
+    datamodule.n_soft = method.n_soft_tokens
+    return backbone, datamodule, method
+
+
+def instantiate_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, conf in (cfg.get("logger") or {}).items():
+        if conf is not None and "_target_" in conf:
+            log.info("instantiating logger <%s>", name)
+            loggers.append(instantiate(conf))
+    return loggers
+
+
+def instantiate_callbacks(cfg: DictConfig, fit: bool, metric: str) -> list:
+    out = []
+    for conf in (cfg.get("callbacks") or {}).values():
+        if conf is not None and "_target_" in conf:
+            extra = {}
+            if "ModelCheckpoint" in conf._target_:
+                if not fit:
+                    continue
+                if conf.get("monitor", "") is None:
+                    extra["monitor"] = metric
+            out.append(instantiate(conf, **extra))
+    return out
