@@ -23,17 +23,46 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
 
-_SST2 = ["data=sst2", "data.root={root}", "data.train_limit=8", "data.dev_limit=8", "data.batch_size=4"]
-_CIFAR = ["data=cifar10_subset", "data.root={root}", "data.shots=1", "data.dev_limit=8", "data.batch_size=4"]
-_E2E = ["data=e2e", "data.root={root}", "data.train_limit=8", "data.dev_limit=3", "data.batch_size=4",
-        "data.max_new_tokens=4"]
-_MIX = ["data=mix_source", "method.n_tasks=3", "data.batch_size=6",
-        "data.tasks.sst2.train_limit=4", "data.tasks.agnews.train_limit=4",
-        "data.tasks.trec.train_limit=4", "data.tasks.sst2.dev_limit=2",
-        "data.tasks.agnews.dev_limit=2", "data.tasks.trec.dev_limit=2",
-        *(f"data.tasks.{t}.root={{root}}" for t in ("sst2", "agnews", "trec"))]
-TINY = {"encoder": "tiny-bert", "decoder": "tiny-llama", "encoder-decoder": "tiny-t5",
-        "clip": "tiny-clip"}  # architecture -> its tiny model (spt/conf/model)
+_SST2 = [
+    "data=sst2",
+    "data.root={root}",
+    "data.train_limit=8",
+    "data.dev_limit=8",
+    "data.batch_size=4",
+]
+_CIFAR = [
+    "data=cifar10_subset",
+    "data.root={root}",
+    "data.shots=1",
+    "data.dev_limit=8",
+    "data.batch_size=4",
+]
+_E2E = [
+    "data=e2e",
+    "data.root={root}",
+    "data.train_limit=8",
+    "data.dev_limit=3",
+    "data.batch_size=4",
+    "data.max_new_tokens=4",
+]
+_MIX = [
+    "data=mix_source",
+    "method.n_tasks=3",
+    "data.batch_size=6",
+    "data.tasks.sst2.train_limit=4",
+    "data.tasks.agnews.train_limit=4",
+    "data.tasks.trec.train_limit=4",
+    "data.tasks.sst2.dev_limit=2",
+    "data.tasks.agnews.dev_limit=2",
+    "data.tasks.trec.dev_limit=2",
+    *(f"data.tasks.{t}.root={{root}}" for t in ("sst2", "agnews", "trec")),
+]
+TINY = {
+    "encoder": "tiny-bert",
+    "decoder": "tiny-llama",
+    "encoder-decoder": "tiny-t5",
+    "clip": "tiny-clip",
+}  # architecture -> its tiny model (spt/conf/model)
 
 
 def cases() -> dict[str, list[str]]:
@@ -46,20 +75,37 @@ def cases() -> dict[str, list[str]]:
     for method, info in methods.registry().items():
         for arch in info.archs:
             model, data = TINY[arch], _CIFAR if arch == "clip" else _SST2
-            out[f"{method}-{model}-{data[0][5:]}"] = [f"method={method}", f"model={model}", *data,
-                                                      *small.get(method, [])]
+            out[f"{method}-{model}-{data[0][5:]}"] = [
+                f"method={method}",
+                f"model={model}",
+                *data,
+                *small.get(method, []),
+            ]
         for arch in ("decoder", "encoder-decoder"):  # text-to-text
             if info.generation and arch in info.archs:
                 model = TINY[arch]
                 init = ["method.init=sampled_vocab"] if method == "prompt" else []
-                out[f"{method}-{model}-e2e"] = [f"method={method}", f"model={model}", *_E2E,
-                                                *init, *small.get(method, [])]
+                out[f"{method}-{model}-e2e"] = [
+                    f"method={method}",
+                    f"model={model}",
+                    *_E2E,
+                    *init,
+                    *small.get(method, []),
+                ]
     for model in ("tiny-bert", "tiny-llama"):  # one pass for a mixture's rows
         out[f"mpt-{model}-mix_source"] = ["method=mpt", f"model={model}", *_MIX]
-    out["prompt-tiny-llama-sst2-nemesis"] = ["method=prompt", "model=tiny-llama", *_SST2,
-                                             "regularizer=nemesis"]
-    out["coop-tiny-clip-cifar10_subset-nemesis"] = ["method=coop", "model=tiny-clip", *_CIFAR,
-                                                    "regularizer=nemesis"]
+    out["prompt-tiny-llama-sst2-nemesis"] = [
+        "method=prompt",
+        "model=tiny-llama",
+        *_SST2,
+        "regularizer=nemesis",
+    ]
+    out["coop-tiny-clip-cifar10_subset-nemesis"] = [
+        "method=coop",
+        "model=tiny-clip",
+        *_CIFAR,
+        "regularizer=nemesis",
+    ]
     return out
 
 
@@ -70,7 +116,9 @@ def compose(overrides: list[str], data_dir: Path):
     from spt import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="run", overrides=[o.format(root=data_dir) for o in overrides])
+        return hydra_compose(
+            config_name="run", overrides=[o.format(root=data_dir) for o in overrides]
+        )
 
 
 def run_case(overrides: list[str], data_dir: Path):
@@ -87,16 +135,28 @@ def run_case(overrides: list[str], data_dir: Path):
     try:
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         _, dm, m = build(cfg)
-        before = {"backbone": {k: v.clone() for k, v in m.backbone.state_dict().items()},
-                  "artifact": {k: v.clone() for k, v in m.artifact_tensors().items()}}
-        trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, accelerator="cpu", max_steps=2,
-                            val_check_interval=2, num_sanity_val_steps=0, limit_val_batches=1,
-                            deterministic=True)
+        before = {
+            "backbone": {k: v.clone() for k, v in m.backbone.state_dict().items()},
+            "artifact": {k: v.clone() for k, v in m.artifact_tensors().items()},
+        }
+        trainer = L.Trainer(
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            max_steps=2,
+            val_check_interval=2,
+            num_sanity_val_steps=0,
+            limit_val_batches=1,
+            deterministic=True,
+        )
         trainer.fit(m, datamodule=dm)
         tensors = {k: v.detach().clone() for k, v in m.artifact_tensors().items()}
-        record = {"metrics": {k: float(v) for k, v in m.last_val.items()},
-                  "meta": json.loads(json.dumps(m.artifact_meta(), default=str))}
+        record = {
+            "metrics": {k: float(v) for k, v in m.last_val.items()},
+            "meta": json.loads(json.dumps(m.artifact_meta(), default=str)),
+        }
         loader = dm.val_dataloader()
         if isinstance(loader, list):  # a mixture validates task by task; train rows mix them
             loader = dm.train_dataloader()
@@ -117,8 +177,11 @@ def save(name: str, tensors: dict, record: dict) -> Path:
 
     GOLDEN.mkdir(parents=True, exist_ok=True)
     path = GOLDEN / f"{name}.safetensors"
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path),
-              metadata={"record": json.dumps(record, sort_keys=True)})
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()},
+        str(path),
+        metadata={"record": json.dumps(record, sort_keys=True)},
+    )
     return path
 
 

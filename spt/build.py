@@ -10,6 +10,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from spt import methods
+from spt.data.generation import GenerationTaskInfo
 from spt.errors import SptError
 from spt.regularizers import attach
 
@@ -20,8 +21,10 @@ def _lookup(table, key):
     """``${spt.lookup:${table},${key}}``: ``table[key]``, for settings that follow another one
     (e.g. CoOp's epochs per shot count)."""
     if key not in table:
-        raise SptError(f"no entry for {key!r} in {dict(table)}: use one of {list(table)} or "
-                       "set the dependent key directly")
+        raise SptError(
+            f"no entry for {key!r} in {dict(table)}: use one of {list(table)} or "
+            "set the dependent key directly"
+        )
     return table[key]
 
 
@@ -38,20 +41,24 @@ def build(cfg: DictConfig):
     data_extra = {}
     if "image_processor" in inspect.signature(get_class(cfg.data._target_)).parameters:
         data_extra["image_processor"] = backbone.image_processor  # image data (CLIP)
-    datamodule = instantiate(cfg.data, _partial_=True)(tokenizer=backbone.tokenizer,
-                                                       arch=backbone.arch, **data_extra)
+    datamodule = instantiate(cfg.data, _partial_=True)(
+        tokenizer=backbone.tokenizer, arch=backbone.arch, **data_extra
+    )
     log.info("instantiating method <%s>", cfg.method._target_)
     info = methods.of_class(get_class(cfg.method._target_))
-    if not (info.generation or hasattr(datamodule.task, "label_words")):
-        raise SptError(f"method={info.name} classifies with label words; data={cfg.data.name} "
-                       "is a generation task: use a classification dataset, or "
-                       f"method={'|'.join(methods.names(generation=True))}")
+    if isinstance(datamodule.task, GenerationTaskInfo) and not info.generation:
+        raise SptError(
+            f"method={info.name} classifies with label words; data={cfg.data.name} "
+            "is a generation task: use a classification dataset, or "
+            f"method={'|'.join(methods.names(generation=True))}"
+        )
     make = instantiate(cfg.method, _partial_=True)
     extra = {}
     if "datamodule" in inspect.signature(get_class(cfg.method._target_)).parameters:
         extra["datamodule"] = datamodule  # methods that read training examples (CPT's context)
-    method = make(backbone=backbone, task=datamodule.task, init_texts=datamodule.train_texts(),
-                  **extra)
+    method = make(
+        backbone=backbone, task=datamodule.task, init_texts=datamodule.train_texts(), **extra
+    )
     reg = cfg.get("regularizer")
     if reg and "_target_" in reg:  # regularizer=none composes an empty group
         log.info("instantiating regularizer <%s>", reg._target_)

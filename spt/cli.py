@@ -36,8 +36,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"spt: error: unknown command {name!r}: choose one of {', '.join(COMMANDS)} "
-              "(spt --help)", file=sys.stderr)
+        print(
+            f"spt: error: unknown command {name!r}: choose one of {', '.join(COMMANDS)} "
+            "(spt --help)",
+            file=sys.stderr,
+        )
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     if name == "run":  # a Hydra app reads its overrides from sys.argv

@@ -72,19 +72,19 @@ def finished_run(resume: str | None, out_dir: Path, stamp: dict) -> dict | None:
     saved = OmegaConf.to_container(OmegaConf.load(saved_path)) if saved_path.is_file() else {}
     differ = config_differences(stamp, in_run_dir(saved, out_dir))
     written_in = (saved.get("paths") or {}).get("output_dir")
-    if differ and written_in and not config_differences(stamp,
-                                                        in_run_dir(saved, Path(written_in))):
+    if differ and written_in and not config_differences(stamp, in_run_dir(saved, Path(written_in))):
         differ = ""  # moved here from where it ran
     if differ:
-        raise SptError(f"resume=auto: {out_dir} holds a finished run with another config "
-                       f"({differ} differ); pass another hydra.run.dir / hydra.sweep.dir, or "
-                       "drop resume=auto to train it again there")
+        raise SptError(
+            f"resume=auto: {out_dir} holds a finished run with another config "
+            f"({differ} differ); pass another hydra.run.dir / hydra.sweep.dir, or "
+            "drop resume=auto to train it again there"
+        )
     log.info("resume=auto: %s already finished; kept as it is", out_dir)
     return json.loads(done.read_text())
 
 
-def check_resumed_config(resume: str, ckpt_path: Path, saved: dict | None,
-                         resolved: dict) -> None:
+def check_resumed_config(resume: str, ckpt_path: Path, saved: dict | None, resolved: dict) -> None:
     """A checkpoint found by ``resume=auto`` / ``resume=last`` continues only the run that
     wrote it: one written under another config (a sweep rerun with changed overrides, say)
     is refused, naming the keys, before any model loads; the checkpoint is left as it is.
@@ -94,13 +94,18 @@ def check_resumed_config(resume: str, ckpt_path: Path, saved: dict | None,
     if not differ:
         return
     if resume in ("auto", "last"):
-        raise SptError(f"resume={resume}: {ckpt_path} was written by a run with another config "
-                       f"({differ} differ), so resuming it would mix two runs. Pass the same "
-                       "overrides as that run, or another hydra.run.dir / hydra.sweep.dir to "
-                       f"start afresh, or resume={ckpt_path} to continue it under this config "
-                       "on purpose")
-    log.warning("resume=%s: continuing a checkpoint written under another config (%s differ)",
-                ckpt_path, differ)
+        raise SptError(
+            f"resume={resume}: {ckpt_path} was written by a run with another config "
+            f"({differ} differ), so resuming it would mix two runs. Pass the same "
+            "overrides as that run, or another hydra.run.dir / hydra.sweep.dir to "
+            f"start afresh, or resume={ckpt_path} to continue it under this config "
+            "on purpose"
+        )
+    log.warning(
+        "resume=%s: continuing a checkpoint written under another config (%s differ)",
+        ckpt_path,
+        differ,
+    )
 
 
 def in_run_dir(tree, out_dir: Path):
@@ -112,7 +117,7 @@ def in_run_dir(tree, out_dir: Path):
     if isinstance(tree, list):
         return [in_run_dir(v, out_dir) for v in tree]
     if isinstance(tree, str) and (tree == root or tree.startswith(root + "/")):
-        return "<run dir>" + tree[len(root):]
+        return "<run dir>" + tree[len(root) :]
     return tree
 
 
@@ -122,8 +127,9 @@ def config_differences(new: dict, old: dict) -> str:
     the config (a new key's default keeps the old behaviour), so only values both configs
     set are compared; ``resume`` is how a run starts, not what it is."""
     flat_new, flat_old = flatten(new), flatten(old)
-    differ = sorted(k for k in flat_new.keys() & flat_old.keys()
-                    if k != "resume" and flat_new[k] != flat_old[k])
+    differ = sorted(
+        k for k in flat_new.keys() & flat_old.keys() if k != "resume" and flat_new[k] != flat_old[k]
+    )
     return ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
 
 
@@ -141,16 +147,21 @@ def resume_checkpoint(resume: str | None, out_dir: Path, resolved: dict) -> str 
         resume = "last"
     path = out_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
     if not path.is_file():
-        where = ("this run directory has none: pass hydra.run.dir=<the killed run's directory> "
-                 "(or, for a sweep job, hydra.sweep.dir=<the sweep's directory>)"
-                 if resume == "last" else "check the path")
+        where = (
+            "this run directory has none: pass hydra.run.dir=<the killed run's directory> "
+            "(or, for a sweep job, hydra.sweep.dir=<the sweep's directory>)"
+            if resume == "last"
+            else "check the path"
+        )
         raise SptError(f"resume={resume}: no checkpoint at {path}; {where}")
     try:  # checked now, before the model loads; weights_only: no pickled code ever runs
         saved = torch.load(path, map_location="cpu", weights_only=True).get("spt_config")
     except Exception as err:
-        raise SptError(f"resume={resume}: {path} is not a checkpoint spt can load safely "
-                       f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Checkpoints "
-                       "load with weights_only=True, so one holding other Python objects is "
-                       "refused: resume from a checkpoint spt wrote") from None
+        raise SptError(
+            f"resume={resume}: {path} is not a checkpoint spt can load safely "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Checkpoints "
+            "load with weights_only=True, so one holding other Python objects is "
+            "refused: resume from a checkpoint spt wrote"
+        ) from None
     check_resumed_config(how, path, saved, resolved)
     return str(path)

@@ -53,59 +53,76 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     for lg in loggers:
         lg.log_hyperparams(resolved)
     clock = FitClock()
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=loggers or False,
-                                     callbacks=[*instantiate_callbacks(cfg, fit, metric), clock,
-                                                ConfigStamp(stamp)])
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=[*instantiate_callbacks(cfg, fit, metric), clock, ConfigStamp(stamp)],
+    )
     if fit:
         log.info("fitting")
         # weights_only: a checkpoint someone hands over runs no pickled code when resumed
         trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         if cfg.select == "best":
-            ckpt = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback \
-                else ""
+            ckpt = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            )
             if not ckpt:
                 raise SptError("select=best needs a ModelCheckpoint callback with a monitor")
             state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
             method.load_state_dict(state)
-    if not (fit and cfg.select == "last" and getattr(method, "last_val_step", -1)
-            == trainer.global_step):  # else the fit's final validation already measured it
+    if not (
+        fit and cfg.select == "last" and getattr(method, "last_val_step", -1) == trainer.global_step
+    ):  # else the fit's final validation already measured it
         log.info("evaluating on the dev split")
         trainer.validate(method, datamodule=datamodule, verbose=False)
     metrics = {k: v for k, v in method.last_val.items() if not k.endswith("_best")}
     if metric.endswith("_best"):  # a sweep may optimise the best dev value seen while fitting
         metrics[metric] = method.last_val.get(metric)
-    metrics.update({
-        "fit_seconds": round(clock.seconds(), 1),
-        "steps": int(trainer.global_step),
-        **method.parameter_counts(),
-        "zero_shot": bool(cfg.zero_shot),
-        "method": HydraConfig.get().runtime.choices.get("method"),
-        "model": backbone.name,
-        "data": cfg.data.name,
-        "seed": int(cfg.seed),
-    })
+    metrics.update(
+        {
+            "fit_seconds": round(clock.seconds(), 1),
+            "steps": int(trainer.global_step),
+            **method.parameter_counts(),
+            "zero_shot": bool(cfg.zero_shot),
+            "method": HydraConfig.get().runtime.choices.get("method"),
+            "model": backbone.name,
+            "data": cfg.data.name,
+            "seed": int(cfg.seed),
+        }
+    )
     if cfg.zero_shot:  # the prompt table exists but is not used
         metrics["params/trainable"] = metrics["params/trainable_pct"] = 0
     tensors = None if cfg.zero_shot else method.artifact_tensors()
     if tensors is not None:  # logged too, so a W&B run alone tells what serving it takes
         metrics["params/served"] = method.served_parameters(tensors)
     for lg in loggers:
-        lg.log_metrics({k: v for k, v in metrics.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)},
-                       step=int(trainer.global_step))
+        lg.log_metrics(
+            {
+                k: v
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+            step=int(trainer.global_step),
+        )
         lg.save()  # the trainer already finalized its loggers: CSVLogger would drop these rows
     if trainer.is_global_zero:
         if tensors is not None:
-            meta = {**method.artifact_meta(), "spt_version": __version__, "data": cfg.data.name,
-                    "template": cfg.data.get("template"),
-                    "dev_metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
-                    "served_parameters": metrics["params/served"]}
+            meta = {
+                **method.artifact_meta(),
+                "spt_version": __version__,
+                "data": cfg.data.name,
+                "template": cfg.data.get("template"),
+                "dev_metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
+                "served_parameters": metrics["params/served"],
+            }
             path = save_artifact(out_dir / "prompt.safetensors", tensors, meta)
             metrics["artifact"] = str(path)
             metrics["artifact_bytes"] = path.stat().st_size
         if getattr(method, "last_predictions", None):  # text-to-text: what was scored
-            atomic_write_text(out_dir / "predictions.jsonl", "".join(
-                json.dumps(row) + "\n" for row in method.last_predictions))
+            atomic_write_text(
+                out_dir / "predictions.jsonl",
+                "".join(json.dumps(row) + "\n" for row in method.last_predictions),
+            )
             metrics["predictions"] = str(out_dir / "predictions.jsonl")
         metrics["optimized_metric"] = metric
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
@@ -119,14 +136,17 @@ def optimized_metric(cfg: DictConfig, task) -> str:
     known = [f"val/{m}" for m in task.metrics]
     name = cfg.get("optimized_metric") or known[0]
     if name not in known and name.removesuffix("_best") not in known:
-        raise SptError(f"optimized_metric={name!r}: data={task.name} reports "
-                       f"{', '.join(known)} (each also as <name>_best)")
+        raise SptError(
+            f"optimized_metric={name!r}: data={task.name} reports "
+            f"{', '.join(known)} (each also as <name>_best)"
+        )
     return name
 
 
 def _has_results(out_dir: Path) -> bool:
-    return any((out_dir / p).exists() for p in ("checkpoints", "prompt.safetensors",
-                                                 "metrics.json"))
+    return any(
+        (out_dir / p).exists() for p in ("checkpoints", "prompt.safetensors", "metrics.json")
+    )
 
 
 def _finish_wandb() -> None:
@@ -157,11 +177,17 @@ def main(cfg: DictConfig) -> float | None:
     if "optimized_metric" not in metrics:  # a non-zero rank of a distributed run: rank 0 reports
         return None
     value = metrics.get(metrics.get("optimized_metric"))
-    summary = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items()
-                        if k.startswith("val/"))
-    print(f"spt: dev {summary} | run dir {out_dir}"
-          + (f" | artifact {metrics['artifact']} ({metrics['artifact_bytes']} bytes)"
-             if "artifact" in metrics else ""))
+    summary = ", ".join(
+        f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items() if k.startswith("val/")
+    )
+    print(
+        f"spt: dev {summary} | run dir {out_dir}"
+        + (
+            f" | artifact {metrics['artifact']} ({metrics['artifact_bytes']} bytes)"
+            if "artifact" in metrics
+            else ""
+        )
+    )
     return value
 
 

@@ -52,8 +52,11 @@ TABLE = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 0.0]]])
 def _batches(t: list[list[float]], task_ids: list[list[int]] | None = None) -> list[dict]:
     out = []
     for i, rows in enumerate(t):
-        b = {"pixel_values": torch.zeros(len(rows), 3, 2, 2), "t": torch.tensor(rows),
-             "labels": torch.ones(len(rows), dtype=torch.long)}
+        b = {
+            "pixel_values": torch.zeros(len(rows), 3, 2, 2),
+            "t": torch.tensor(rows),
+            "labels": torch.ones(len(rows), dtype=torch.long),
+        }
         if task_ids is not None:
             b["task_ids"] = torch.tensor(task_ids[i])
         out.append(b)
@@ -83,8 +86,10 @@ def test_corruption_that_helps_or_hurts_is_found_at_its_position(chunk_rows):
 def test_rescale_by_one_changes_nothing_and_noise_is_seeded():
     res = low_norm_effect(_Stub(TABLE), _batches(T), mode="rescale", weight=1.0)
     assert res.accuracy == [res.baseline] * 3
-    a, b = (low_norm_effect(_Stub(TABLE), _batches(T), mode="replace", sigma=3.0, seed=7)
-            for _ in range(2))
+    a, b = (
+        low_norm_effect(_Stub(TABLE), _batches(T), mode="replace", sigma=3.0, seed=7)
+        for _ in range(2)
+    )
     assert a == b
 
 
@@ -109,9 +114,18 @@ def test_mixture_accuracy_is_the_mean_over_tasks():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir):
     out = tmp_path_factory.mktemp("lownorm")
-    r = spt_run("model=tiny-llama", "data=sst2", f"data.root={data_dir}", "data.train_limit=8",
-                "data.dev_limit=16", "data.batch_size=8", "trainer.max_steps=2", "logger=csv",
-                "method.length=4", out=out)
+    r = spt_run(
+        "model=tiny-llama",
+        "data=sst2",
+        f"data.root={data_dir}",
+        "data.train_limit=8",
+        "data.dev_limit=16",
+        "data.batch_size=8",
+        "trainer.max_steps=2",
+        "logger=csv",
+        "method.length=4",
+        out=out,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (path,) = run_dirs(out)
     return path
@@ -130,9 +144,24 @@ def test_uncorrupted_accuracy_is_the_runs_dev_accuracy(run):
 
 
 def test_cli_writes_csv_and_plot(run, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "spt.analysis", str(run), "--mode", "replace",
-                        "--sigma", "2.0", "--out", str(tmp_path)], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spt.analysis",
+            str(run),
+            "--mode",
+            "replace",
+            "--sigma",
+            "2.0",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with (tmp_path / "low_norm_replace.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -146,8 +175,13 @@ def test_cli_writes_csv_and_plot(run, tmp_path):
 
 # -- bad input -------------------------------------------------------------------------------
 def test_missing_run_dir_fails_with_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "spt.analysis", str(tmp_path / "nowhere")],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "spt.analysis", str(tmp_path / "nowhere")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.startswith("spt: error: ") and "Traceback" not in r.stderr
     assert str(tmp_path / "nowhere") in r.stderr and "spt.run" in r.stderr
@@ -158,7 +192,8 @@ def test_method_without_soft_prompts_and_missing_artifact(run, tmp_path, capsys)
     prefix.mkdir()
     config = (run / "config.yaml").read_text()
     (prefix / "config.yaml").write_text(
-        config.replace("spt.methods.prompt.PromptTuning", "spt.methods.prefix.PrefixTuning"))
+        config.replace("spt.methods.prompt.PromptTuning", "spt.methods.prefix.PrefixTuning")
+    )
     shutil.copy(run / "prompt.safetensors", prefix)
     assert main([str(prefix)]) == 2
     err = capsys.readouterr().err

@@ -15,22 +15,40 @@ import spt.core.artifact as artifact
 from spt.core.artifact import check_base, load_artifact, save_artifact
 from spt.errors import SptError
 
-IDENTITY_A = {"name": "base-a", "arch": "decoder", "model_type": "llama", "hidden_size": 8,
-              "fingerprint": "aaaaaaaaaaaaaaaa"}
-IDENTITY_B = {"name": "base-b", "arch": "decoder", "model_type": "llama", "hidden_size": 8,
-              "fingerprint": "bbbbbbbbbbbbbbbb"}
+IDENTITY_A = {
+    "name": "base-a",
+    "arch": "decoder",
+    "model_type": "llama",
+    "hidden_size": 8,
+    "fingerprint": "aaaaaaaaaaaaaaaa",
+}
+IDENTITY_B = {
+    "name": "base-b",
+    "arch": "decoder",
+    "model_type": "llama",
+    "hidden_size": 8,
+    "fingerprint": "bbbbbbbbbbbbbbbb",
+}
 
 
 def _tensors(seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"prompt": torch.randn(2, 3, 8, generator=g),
-            "head.1.weight": torch.randn(2, 8, generator=g),
-            "head.1.bias": torch.randn(2, generator=g)}
+    return {
+        "prompt": torch.randn(2, 3, 8, generator=g),
+        "head.1.weight": torch.randn(2, 8, generator=g),
+        "head.1.bias": torch.randn(2, generator=g),
+    }
 
 
 def _meta() -> dict:
-    return {"method": "prompt", "length": 3, "n_tasks": 2, "task_names": ["t1", "t2"],
-            "init": "uniform", "base": IDENTITY_A}
+    return {
+        "method": "prompt",
+        "length": 3,
+        "n_tasks": 2,
+        "task_names": ["t1", "t2"],
+        "init": "uniform",
+        "base": IDENTITY_A,
+    }
 
 
 def _header(path) -> str | None:
@@ -128,8 +146,7 @@ def test_empty_file(saved):
         load_artifact(path)
 
 
-@pytest.mark.parametrize("text", ["[1, 2, 3]", '"a string"', "42", "null", "{not json",
-                                  ""])
+@pytest.mark.parametrize("text", ["[1, 2, 3]", '"a string"', "42", "null", "{not json", ""])
 def test_json_sibling_not_an_object(saved, text):
     path, _ = saved
     path.with_suffix(".json").write_text(text)
@@ -201,14 +218,20 @@ def _good_bytes(tmp_path_factory) -> tuple[bytes, str]:
 _mutation = st.one_of(
     st.tuples(st.just("random"), st.binary(max_size=400)),
     st.tuples(st.just("truncate"), st.integers(min_value=0, max_value=10_000)),
-    st.tuples(st.just("flip"), st.lists(st.tuples(st.integers(min_value=0),
-                                                  st.integers(min_value=0, max_value=7)),
-                                        min_size=1, max_size=4)),
+    st.tuples(
+        st.just("flip"),
+        st.lists(
+            st.tuples(st.integers(min_value=0), st.integers(min_value=0, max_value=7)),
+            min_size=1,
+            max_size=4,
+        ),
+    ),
 )
 
 
-@settings(max_examples=50, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(mutation=_mutation, keep_json=st.booleans())
 def test_fuzzed_file_gives_sptError_or_success(tmp_path_factory, mutation, keep_json):
     good, side_text = _good_bytes(tmp_path_factory)

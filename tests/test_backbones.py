@@ -45,10 +45,14 @@ _RUNNER = textwrap.dedent("""
 
 
 def _env(hf_home, offline: bool) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))}
-    env.update(HF_HOME=str(hf_home), HF_ENDPOINT="http://127.0.0.1:9",
-               TOKENIZERS_PARALLELISM="false")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HUGGINGFACE_", "TRANSFORMERS_"))
+    }
+    env.update(
+        HF_HOME=str(hf_home), HF_ENDPOINT="http://127.0.0.1:9", TOKENIZERS_PARALLELISM="false"
+    )
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     return env
@@ -71,14 +75,26 @@ def hub_runs(tmp_path_factory):
     online_home = root / "online"
     online_home.mkdir()
     procs = {
-        "offline": (offline_home, subprocess.Popen(
-            [sys.executable, str(script), "google/t5-small-lm-adapt", FAKE_REPO],
-            env=_env(offline_home, offline=True), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)),
-        "online": (online_home, subprocess.Popen(
-            [sys.executable, str(script), "spt-test/no-such-model"],
-            env=_env(online_home, offline=False), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)),
+        "offline": (
+            offline_home,
+            subprocess.Popen(
+                [sys.executable, str(script), "google/t5-small-lm-adapt", FAKE_REPO],
+                env=_env(offline_home, offline=True),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        ),
+        "online": (
+            online_home,
+            subprocess.Popen(
+                [sys.executable, str(script), "spt-test/no-such-model"],
+                env=_env(online_home, offline=False),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        ),
     }
     results = {}
 
@@ -149,8 +165,7 @@ def test_lm_head_gets_a_contiguous_input_and_the_same_logits(family):
     hidden = torch.randn(3, 7, bb.hidden_size)
     sliced = hidden[:, -1:, :]
     assert not sliced.is_contiguous()
-    assert torch.allclose(head(sliced), hidden[:, -1:, :].contiguous() @ head.weight.T,
-                          atol=1e-6)
+    assert torch.allclose(head(sliced), hidden[:, -1:, :].contiguous() @ head.weight.T, atol=1e-6)
     assert seen == [True]
 
 
@@ -173,8 +188,12 @@ def test_tiny_name_is_not_shadowed():
 def test_identity_same_weights_fp32_and_bf16():
     fp32 = tiny("bert", seed=0)
     copy = tiny("bert", seed=0)
-    bf16 = Backbone(model=copy.model.to(torch.bfloat16), tokenizer=copy.tokenizer,
-                    arch=copy.arch, name=copy.name)
+    bf16 = Backbone(
+        model=copy.model.to(torch.bfloat16),
+        tokenizer=copy.tokenizer,
+        arch=copy.arch,
+        name=copy.name,
+    )
     assert bf16.input_embeddings.weight.dtype == torch.bfloat16
     a, b = fp32.identity(), bf16.identity()
     assert a["fingerprint"] == b["fingerprint"]
@@ -182,8 +201,10 @@ def test_identity_same_weights_fp32_and_bf16():
 
 
 def test_identity_differs_for_another_seed():
-    assert tiny("llama", seed=0).identity()["fingerprint"] != \
-        tiny("llama", seed=1).identity()["fingerprint"]
+    assert (
+        tiny("llama", seed=0).identity()["fingerprint"]
+        != tiny("llama", seed=1).identity()["fingerprint"]
+    )
 
 
 def test_identity_fields():

@@ -18,14 +18,22 @@ from spt.methods.ptuning_v2 import PTuningV2
 from spt.tools.compare import aggregate, collect, main, plot
 from spt.tools.compare import columns as main_columns
 
-TASK = TaskInfo(name="t", label_names=("a", "b"), label_words=("bad", "good"),
-                metrics=("acc",), num_classes=2)
+TASK = TaskInfo(
+    name="t", label_names=("a", "b"), label_words=("bad", "good"), metrics=("acc",), num_classes=2
+)
 
 
-@pytest.mark.parametrize(("cls", "kw"), [
-    (PromptTuning, {"init": "uniform"}), (PrefixTuning, {}), (PTuning, {}), (PTuningV2, {}),
-    (MPT, {"init": "uniform"}),
-], ids=lambda x: getattr(x, "method_name", ""))
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        (PromptTuning, {"init": "uniform"}),
+        (PrefixTuning, {}),
+        (PTuning, {}),
+        (PTuningV2, {}),
+        (MPT, {"init": "uniform"}),
+    ],
+    ids=lambda x: getattr(x, "method_name", ""),
+)
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_served_parameters_are_the_materialised_prompt_and_head(cls, kw, family):
     m = cls(tiny(family, hidden=64), TASK, length=4, **kw)
@@ -35,16 +43,37 @@ def test_served_parameters_are_the_materialised_prompt_and_head(cls, kw, family)
     assert m.served_parameters(tensors) == table.numel() + head
 
 
-def _fake_run(root, name, method, acc, trainable, backbone=1000, meta=None, config=None,
-              seed=None, fit_seconds=1.5):
+def _fake_run(
+    root,
+    name,
+    method,
+    acc,
+    trainable,
+    backbone=1000,
+    meta=None,
+    config=None,
+    seed=None,
+    fit_seconds=1.5,
+):
     d = root / name
     d.mkdir(parents=True)
-    (d / "metrics.json").write_text(json.dumps({
-        "val/acc": acc, "val/acc_best": 0.99, "method": method, "model": "m", "data": "sst2",
-        "steps": 10, "fit_seconds": fit_seconds, "params/trainable": trainable,
-        "params/backbone": backbone, "params/trainable_pct": 100 * trainable / (backbone + trainable),
-        **({"seed": seed} if seed is not None else {}),
-    }))
+    (d / "metrics.json").write_text(
+        json.dumps(
+            {
+                "val/acc": acc,
+                "val/acc_best": 0.99,
+                "method": method,
+                "model": "m",
+                "data": "sst2",
+                "steps": 10,
+                "fit_seconds": fit_seconds,
+                "params/trainable": trainable,
+                "params/backbone": backbone,
+                "params/trainable_pct": 100 * trainable / (backbone + trainable),
+                **({"seed": seed} if seed is not None else {}),
+            }
+        )
+    )
     if meta is not None:
         (d / "prompt.json").write_text(json.dumps(meta))
     if config is not None:
@@ -84,11 +113,14 @@ def test_older_runs_count_served_parameters_from_the_artifact(tmp_path):
 
     m = PrefixTuning(tiny("llama", hidden=64), TASK, length=4)
     _fake_run(tmp_path, "old", "prefix", 0.7, m.parameter_counts()["params/trainable"])
-    save_artifact(tmp_path / "old" / "prompt.safetensors", m.artifact_tensors(),
-                  {"method": "prefix"})
+    save_artifact(
+        tmp_path / "old" / "prompt.safetensors", m.artifact_tensors(), {"method": "prefix"}
+    )
     (tmp_path / "old" / "prompt.json").unlink(missing_ok=True)
-    OmegaConf.save({"method": {"_target_": "spt.methods.prefix.PrefixTuning"}},
-                   tmp_path / "old" / "config.yaml")
+    OmegaConf.save(
+        {"method": {"_target_": "spt.methods.prefix.PrefixTuning"}},
+        tmp_path / "old" / "config.yaml",
+    )
     (row,) = collect([tmp_path])
     assert row["served_params"] == m.prefix.table().numel() < row["trainable"]
 
@@ -101,11 +133,16 @@ def test_rows_name_seed_regularizer_and_the_prompts_mean_norm(tmp_path):
     m = PromptTuning(tiny("llama", hidden=64), TASK, length=4, init="uniform")
     for name, reg in (("plain", None), ("nem", "spt.regularizers.nemesis.Nemesis")):
         _fake_run(tmp_path, name, "prompt", 0.7, 256)
-        save_artifact(tmp_path / name / "prompt.safetensors", m.artifact_tensors(),
-                      {"method": "prompt"})
-        OmegaConf.save({"method": {"_target_": "spt.methods.prompt.PromptTuning"},
-                        "regularizer": {"_target_": reg} if reg else {}},
-                       tmp_path / name / "config.yaml")
+        save_artifact(
+            tmp_path / name / "prompt.safetensors", m.artifact_tensors(), {"method": "prompt"}
+        )
+        OmegaConf.save(
+            {
+                "method": {"_target_": "spt.methods.prompt.PromptTuning"},
+                "regularizer": {"_target_": reg} if reg else {},
+            },
+            tmp_path / name / "config.yaml",
+        )
     rows = {r["run"].rsplit("/", 1)[-1]: r for r in collect([tmp_path])}
     assert rows["plain"]["regularizer"] == "none" and rows["nem"]["regularizer"] == "nemesis"
     want = m.prompt.weight.detach().norm(dim=-1).mean().item()
@@ -113,31 +150,49 @@ def test_rows_name_seed_regularizer_and_the_prompts_mean_norm(tmp_path):
 
 
 def _config(method="prompt", length=20, init="class_labels", shots=None, seed=0):
-    return {"method": {"_target_": f"spt.methods.{method}.X", "length": length, "init": init},
-            "data": {"name": "sst2", "shots": shots}, "model": {"name": "m"},
-            "regularizer": {}, "seed": seed}
+    return {
+        "method": {"_target_": f"spt.methods.{method}.X", "length": length, "init": init},
+        "data": {"name": "sst2", "shots": shots},
+        "model": {"name": "m"},
+        "regularizer": {},
+        "seed": seed,
+    }
 
 
 def _seeds(root, lengths=(4,), accs=((0.80, 0.82, 0.84),), method="prompt"):
     """Three seeds per prompt length, each a finished run with a config.yaml."""
     for length, by_seed in zip(lengths, accs, strict=True):
         for seed, acc in enumerate(by_seed):
-            _fake_run(root, f"{method}-{length}/{seed}", method, acc, 20, seed=seed,
-                      fit_seconds=10.0 + seed, config=_config(method, length, seed=seed))
+            _fake_run(
+                root,
+                f"{method}-{length}/{seed}",
+                method,
+                acc,
+                20,
+                seed=seed,
+                fit_seconds=10.0 + seed,
+                config=_config(method, length, seed=seed),
+            )
 
 
 def test_config_values_become_columns(tmp_path, capsys):
     _fake_run(tmp_path, "a", "prompt", 0.8, 20, config=_config(length=20, shots=16))
     _fake_run(tmp_path, "b", "prompt", 0.7, 20, config={"method": {"length": 5}})
     _fake_run(tmp_path, "c", "prompt", 0.6, 20)  # no config.yaml at all
-    rows = {r["run"].rsplit("/", 1)[-1]: r
-            for r in collect([tmp_path], keys=["method.length", "method.init", "data.shots"])}
+    rows = {
+        r["run"].rsplit("/", 1)[-1]: r
+        for r in collect([tmp_path], keys=["method.length", "method.init", "data.shots"])
+    }
     assert rows["a"]["method.length"] == 20 and rows["a"]["method.init"] == "class_labels"
     assert rows["a"]["data.shots"] == 16
     assert rows["b"]["method.length"] == 5 and rows["b"]["method.init"] is None
     assert rows["c"]["method.length"] is None
-    assert main([str(tmp_path), "--keys", "method.length,data.shots",
-                 "--csv", str(tmp_path / "t.csv")]) == 0
+    assert (
+        main(
+            [str(tmp_path), "--keys", "method.length,data.shots", "--csv", str(tmp_path / "t.csv")]
+        )
+        == 0
+    )
     header = capsys.readouterr().out.splitlines()[0]
     assert "| regularizer | method.length | data.shots | seed |" in header
     with open(tmp_path / "t.csv") as f:
@@ -158,7 +213,9 @@ def test_mean_std_and_n_over_seeds(tmp_path, capsys):
     _seeds(tmp_path, lengths=(4, 8), accs=((0.80, 0.82, 0.84), (0.9,)))
     agg = aggregate(collect([tmp_path]), ["method", "method.length"])
     assert [(g["method"], g["method.length"], g["n"]) for g in agg] == [
-        ("prompt", 4, 3), ("prompt", 8, 1)]
+        ("prompt", 4, 3),
+        ("prompt", 8, 1),
+    ]
     assert agg[0]["val/acc_mean"] == pytest.approx(0.82)
     assert agg[0]["val/acc_std"] == pytest.approx(0.02)  # sample std (ddof=1)
     assert agg[0]["fit_seconds_mean"] == pytest.approx(11.0)
@@ -166,15 +223,35 @@ def test_mean_std_and_n_over_seeds(tmp_path, capsys):
     assert agg[1]["val/acc_mean"] == pytest.approx(0.9) and agg[1]["val/acc_std"] is None
     assert agg[0]["prompt_norm_n"] == 0 and agg[0]["prompt_norm_mean"] is None
 
-    assert main([str(tmp_path), "--mean", "--keys", "method.length",
-                 "--csv", str(tmp_path / "mean.csv")]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path),
+                "--mean",
+                "--keys",
+                "method.length",
+                "--csv",
+                str(tmp_path / "mean.csv"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| sst2 | m | prompt | none | 4 | done | 0.8200 ± 0.0200 (n=3) |" in out
     assert "| 0.9000 (n=1) |" in out
     with open(tmp_path / "mean.csv") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0])[:9] == ["data", "model", "method", "regularizer", "method.length",
-                                  "status", "n", "val/acc_mean", "val/acc_std"]
+    assert list(table[0])[:9] == [
+        "data",
+        "model",
+        "method",
+        "regularizer",
+        "method.length",
+        "status",
+        "n",
+        "val/acc_mean",
+        "val/acc_std",
+    ]
     assert table[0]["n"] == "3" and float(table[0]["val/acc_std"]) == pytest.approx(0.02)
     assert table[1]["val/acc_std"] == ""
 
@@ -200,13 +277,16 @@ def test_plot_writes_a_png_with_a_log_axis_for_wide_lengths(tmp_path):
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     assert ax.get_xlabel().startswith("method.length") and "val/acc" in ax.get_ylabel()
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["method=prefix",
-                                                                  "method=prompt"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["method=prefix", "method=prompt"]
     assert len(ax.get_lines()) >= 2
     with Image.open(tmp_path / "plot.png") as image:
         assert image.format == "PNG" and image.size[0] > 100
-    narrow = plot([r for r in rows if r["method.length"] in (5, 20, 100)], "method.length",
-                  "val/acc", hue="method")
+    narrow = plot(
+        [r for r in rows if r["method.length"] in (5, 20, 100)],
+        "method.length",
+        "val/acc",
+        hue="method",
+    )
     assert narrow.axes[0].get_xscale() == "linear"  # 100 / 5 = 20: not wider than 20x
     categorical = plot(rows, "method", "val/acc", hue="method.length")
     assert [t.get_text() for t in categorical.axes[0].get_xticklabels()] == ["prefix", "prompt"]
@@ -221,8 +301,22 @@ def test_plot_refuses_an_absent_metric_and_mixed_runs(tmp_path, capsys):
     with pytest.raises(SptError, match=r"differ in method .*--hue method"):
         plot(rows, "method.length", "val/acc")  # prompt and prefix at length 4
     out = tmp_path / "cli.png"
-    assert main([str(tmp_path), "--plot", "method.length", "--metric", "val/acc",
-                 "--hue", "method", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path),
+                "--plot",
+                "method.length",
+                "--metric",
+                "val/acc",
+                "--hue",
+                "method",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.stat().st_size > 0 and "wrote" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--plot", "method.length"])  # --metric and --out missing
@@ -235,8 +329,10 @@ def _crashed_run(root, name, version=None):
     d = root / name
     (d / ".hydra").mkdir(parents=True)
     OmegaConf.save(_config(length=8, seed=3), d / ".hydra" / "config.yaml")
-    OmegaConf.save({"hydra": {"runtime": {"choices": {"method": "prompt", "model": "tiny"}}}},
-                   d / ".hydra" / "hydra.yaml")
+    OmegaConf.save(
+        {"hydra": {"runtime": {"choices": {"method": "prompt", "model": "tiny"}}}},
+        d / ".hydra" / "hydra.yaml",
+    )
     logs = d / "csv" / (version or "")
     logs.mkdir(parents=True)
     (logs / "metrics.csv").write_text(
@@ -246,7 +342,8 @@ def _crashed_run(root, name, version=None):
         "0,,49,,0.61,0.61,0.5\n"
         "1,,79,0.4,,,\n"
         "1,,99,,0.65,0.65,\n"
-        "2,,119,0.3,,,\n")
+        "2,,119,0.3,,,\n"
+    )
     return d
 
 
@@ -267,7 +364,9 @@ def test_an_unfinished_run_is_a_row_with_its_last_logged_values(tmp_path, capsys
     # the mean never averages a half-trained run with finished ones
     agg = aggregate(list(rows.values()))
     assert [(g["method.length"], g["status"], g["n"]) for g in agg] == [
-        (8, "incomplete", 2), (20, "done", 1)]  # groups sorted by value, numbers numerically
+        (8, "incomplete", 2),
+        (20, "done", 1),
+    ]  # groups sorted by value, numbers numerically
     assert agg[0]["fit_seconds_n"] == 0
 
     assert main([str(tmp_path)]) == 0
@@ -292,8 +391,14 @@ def test_a_run_logged_to_wandb_alone_is_read_from_its_offline_log(tmp_path, data
     offline run-<id>.wandb log for its last dev values and progress."""
     from tests.test_run import run_dirs, spt_run
 
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=wandb", "seed=5", out=tmp_path,
-                env={"WANDB_MODE": "offline"})
+    r = spt_run(
+        "model=tiny-bert",
+        "debug=fast",
+        "logger=wandb",
+        "seed=5",
+        out=tmp_path,
+        env={"WANDB_MODE": "offline"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
     acc = json.loads((run / "metrics.json").read_text())["val/acc"]
@@ -309,14 +414,28 @@ def test_a_run_logged_to_wandb_alone_is_read_from_its_offline_log(tmp_path, data
 class _ApiRun:
     def __init__(self, i, acc, state="finished", method="prompt"):
         self.id, self.group, self.tags, self.state = f"r{i}", "study", ["t"], state
-        self.config = {"_wandb": {}, "seed": i, "data": {"name": "sst2"},
-                       "model": {"name": "m"}, "method": {"_target_": f"spt.methods.{method}.X",
-                                                          "length": 5 * i},
-                       "regularizer": None}
-        self.summary = {"_runtime": 3, "val/acc": acc, "steps": 10, "params/trainable": 20,
-                        "params/backbone": 980, "params/trainable_pct": 2.0,
-                        "params/served": 20, "fit_seconds": 1.0} if state == "finished" \
+        self.config = {
+            "_wandb": {},
+            "seed": i,
+            "data": {"name": "sst2"},
+            "model": {"name": "m"},
+            "method": {"_target_": f"spt.methods.{method}.X", "length": 5 * i},
+            "regularizer": None,
+        }
+        self.summary = (
+            {
+                "_runtime": 3,
+                "val/acc": acc,
+                "steps": 10,
+                "params/trainable": 20,
+                "params/backbone": 980,
+                "params/trainable_pct": 2.0,
+                "params/served": 20,
+                "fit_seconds": 1.0,
+            }
+            if state == "finished"
             else {"val/acc": acc, "trainer/global_step": 3}
+        )
 
 
 def test_wandb_api_runs_become_rows(monkeypatch, capsys):
@@ -334,13 +453,17 @@ def test_wandb_api_runs_become_rows(monkeypatch, capsys):
     monkeypatch.setattr(wandb, "Api", Api)
     rows = collect(["wandb:me/spt/prompt/m/sst2"], keys=["method.length"])
     assert calls == [("me/spt", {"group": "prompt/m/sst2"})]  # the default study has slashes
-    assert [(r["run"], r["status"], r["val/acc"], r["seed"], r["method.length"]) for r in rows] \
-        == [("wandb:me/spt/r1", "done", 0.7, 1, 5), ("wandb:me/spt/r2", "done", 0.8, 2, 10),
-            ("wandb:me/spt/r3", "incomplete", 0.6, 3, 15)]
+    assert [(r["run"], r["status"], r["val/acc"], r["seed"], r["method.length"]) for r in rows] == [
+        ("wandb:me/spt/r1", "done", 0.7, 1, 5),
+        ("wandb:me/spt/r2", "done", 0.8, 2, 10),
+        ("wandb:me/spt/r3", "incomplete", 0.6, 3, 15),
+    ]
     assert rows[0]["method"] == "prompt" and rows[0]["served_pct"] == 2.0
     assert rows[2]["steps"] == 3 and "_config" not in main_columns(rows)
-    assert [r["run"] for r in collect(["wandb:me/spt"], done_only=True)] == \
-        ["wandb:me/spt/r1", "wandb:me/spt/r2"]
+    assert [r["run"] for r in collect(["wandb:me/spt"], done_only=True)] == [
+        "wandb:me/spt/r1",
+        "wandb:me/spt/r2",
+    ]
     assert calls[-1] == ("me/spt", None)
     assert main(["wandb:me/spt/study", "--done-only", "--mean", "--group-by", "method"]) == 0
     assert "0.7500 ± 0.0707 (n=2)" in capsys.readouterr().out
@@ -378,10 +501,12 @@ def _frame(payloads: list[bytes], block: int = 32 * 1024) -> tuple[bytes, set[st
                 out += bytes(left)
                 seen.add("zero fill")
                 continue
-            part, data = data[: left - 7], data[left - 7:]
+            part, data = data[: left - 7], data[left - 7 :]
             kind = (1 if not data else 2) if first else (4 if not data else 3)
-            seen.add({1: "FULL", 2: "FIRST", 3: "MIDDLE", 4: "LAST"}[kind]
-                     + (" empty" if not part else ""))
+            seen.add(
+                {1: "FULL", 2: "FIRST", 3: "MIDDLE", 4: "LAST"}[kind]
+                + (" empty" if not part else "")
+            )
             out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + part), len(part), kind) + part
             first = False
     return bytes(out), seen
@@ -409,10 +534,10 @@ def test_offline_log_records_across_blocks_and_a_torn_tail(tmp_path):
     item = run.run.config.update.add()
     item.key, item.value_json = "note", json.dumps("x" * 70_000)  # FIRST, MIDDLE, LAST
     # record sizes that walk the block edges through every remainder 0..12
-    small = [_history(i, **{"val/acc": i / 100, "pad": "y" * (300 + i % 13)})
-             for i in range(300)]
+    small = [_history(i, **{"val/acc": i / 100, "pad": "y" * (300 + i % 13)}) for i in range(300)]
     head = [small[0], run.SerializeToString()]
     left = 32 * 1024 - len(_frame(head)[0]) % (32 * 1024)
+
     # then a record that leaves exactly one chunk header's room: the next starts empty
     def sized(size: int) -> bytes:
         return next(b for n in range(size, 0, -1) if len(b := _history(-1, pad="z" * n)) == size)
@@ -427,8 +552,13 @@ def test_offline_log_records_across_blocks_and_a_torn_tail(tmp_path):
     logged = read_offline_run(path, history=True)
     assert logged.id == "abc" and logged.group == "study" and len(logged.config["note"]) == 70_000
     acc = [i / 100 for i in range(300)]
-    assert [row.get("val/acc") for row in logged.history] == \
-        [0.0, None, *acc[1:100], None, *acc[100:]]
+    assert [row.get("val/acc") for row in logged.history] == [
+        0.0,
+        None,
+        *acc[1:100],
+        None,
+        *acc[100:],
+    ]
     for cut in (len(data) - 5, len(data) - 400):  # a run still writing: a torn last record
         path.write_bytes(data[:cut])
         assert len(list(records(path))) < 303
@@ -449,9 +579,23 @@ def test_mean_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
     assert main([str(tmp_path), "--mean", "--keys", "method.length"]) == 0  # one per length
     capsys.readouterr()
     again = tmp_path / "again"
-    _fake_run(again, "a", "prompt", 0.8, 20, seed=1,
-              config={"seed": 1, "train": True, "method": {"length": 4, "seed": 1}})
-    _fake_run(again, "b", "prompt", 0.8, 20, seed=1,
-              config={"seed": 1, "train": False, "method": {"length": 4, "seed": 1}})
+    _fake_run(
+        again,
+        "a",
+        "prompt",
+        0.8,
+        20,
+        seed=1,
+        config={"seed": 1, "train": True, "method": {"length": 4, "seed": 1}},
+    )
+    _fake_run(
+        again,
+        "b",
+        "prompt",
+        0.8,
+        20,
+        seed=1,
+        config={"seed": 1, "train": False, "method": {"length": 4, "seed": 1}},
+    )
     with pytest.raises(SptError, match="differ in train"):
         aggregate(collect([again]))

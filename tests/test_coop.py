@@ -40,9 +40,11 @@ def _coop(clip, **kw):
 
 def _batch(n=5, tasks=None, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"pixel_values": torch.randn(n, 3, 32, 32, generator=g),
-            "labels": torch.arange(n) % 3,
-            "task_ids": torch.zeros(n, dtype=torch.long) if tasks is None else tasks}
+    return {
+        "pixel_values": torch.randn(n, 3, 32, 32, generator=g),
+        "labels": torch.arange(n) % 3,
+        "task_ids": torch.zeros(n, dtype=torch.long) if tasks is None else tasks,
+    }
 
 
 def test_text_init_reproduces_clip_zero_shot_logits(clip):
@@ -60,8 +62,9 @@ def test_text_init_reproduces_clip_zero_shot_logits(clip):
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("position,layout", [("end", "ssssnnn."), ("middle", "ssnnnss."),
-                                             ("front", "nnnssss.")])
+@pytest.mark.parametrize(
+    "position,layout", [("end", "ssssnnn."), ("middle", "ssnnnss."), ("front", "nnnssss.")]
+)
 def test_class_token_position_layouts(clip, position, layout):
     """The placeholder slots sit before, around or after the class name, then "." and the end
     token; padding follows the end token."""
@@ -70,11 +73,11 @@ def test_class_token_position_layouts(clip, position, layout):
     row = ids[0].tolist()
     assert row[0] == tok.bos_token_id and row[len(layout) + 1] == tok.eos_token_id
     dot = tok(".", add_special_tokens=False).input_ids[0]
-    body = zip(row[1:len(layout) + 1], soft[0, 1:len(layout) + 1].tolist(), strict=True)
+    body = zip(row[1 : len(layout) + 1], soft[0, 1 : len(layout) + 1].tolist(), strict=True)
     marks = "".join("s" if s else "." if t == dot else "n" for t, s in body)
     assert marks == layout
     assert soft.sum(1).tolist() == [4, 4]
-    assert ids[0, len(layout) + 2:].eq(tok.pad_token_id).all()  # "cat" is shorter than "horse"
+    assert ids[0, len(layout) + 2 :].eq(tok.pad_token_id).all()  # "cat" is shorter than "horse"
 
 
 @pytest.mark.parametrize("class_specific", [False, True])
@@ -107,8 +110,8 @@ def test_mixed_task_rows_equal_rows_run_alone(clip):
         batch = _batch(4, tasks=torch.tensor([0, 1, 1, 0]))
         mixed = m(batch)
         for i in range(4):
-            alone = {k: v[i:i + 1] for k, v in batch.items()}
-            torch.testing.assert_close(mixed[i:i + 1], m(alone), atol=1e-5, rtol=1e-5)
+            alone = {k: v[i : i + 1] for k, v in batch.items()}
+            torch.testing.assert_close(mixed[i : i + 1], m(alone), atol=1e-5, rtol=1e-5)
         task0 = m({**batch, "task_ids": torch.zeros(4, dtype=torch.long)})
     assert not torch.allclose(mixed[1], task0[1])  # row 1 really used task 1's context
 
@@ -150,18 +153,31 @@ def test_generic_context_transfers_to_other_classes(clip, tmp_path):
     csc = _coop(clip, class_specific=True)
     path = save_artifact(tmp_path / "c.safetensors", csc.artifact_tensors(), csc.artifact_meta())
     with pytest.raises(SptError, match="class-specific contexts for"):
-        CoOp(clip, other, length=4, class_specific=True, init="file", init_file=str(path),
-             optimizer=_sgd)
+        CoOp(
+            clip,
+            other,
+            length=4,
+            class_specific=True,
+            init="file",
+            init_file=str(path),
+            optimizer=_sgd,
+        )
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"init": "text", "init_text": "a photo of a"}, r"is 12 tokens but method.length=4: set "
-                                                    r"method.length=12"),
-    ({"class_token_position": "left"}, "choose one of end, middle, front"),
-    ({"length": 0}, "at least one vector"),
-    ({"init": "text"}, "needs method.init_text"),
-    ({"loss": "lm"}, "CoOp trains with class_ce"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (
+            {"init": "text", "init_text": "a photo of a"},
+            r"is 12 tokens but method.length=4: set "
+            r"method.length=12",
+        ),
+        ({"class_token_position": "left"}, "choose one of end, middle, front"),
+        ({"length": 0}, "at least one vector"),
+        ({"init": "text"}, "needs method.init_text"),
+        ({"loss": "lm"}, "CoOp trains with class_ce"),
+    ],
+)
 def test_bad_settings_name_the_fix(clip, kw, match):
     with pytest.raises(SptError, match=match):
         _coop(clip, **kw)
@@ -206,8 +222,15 @@ def test_nemesis_probe_and_penalty_on_coop_contexts(clip, class_specific):
 def test_coop_with_nemesis_runs_end_to_end_and_reloads(tmp_path, data_dir):
     """``method=coop regularizer=nemesis`` on CIFAR-10 images trains, logs the Nemesis terms,
     writes a context-only artifact, and the artifact reloads to the same dev accuracy."""
-    common = ("method=coop", "model=tiny-clip", "data=cifar10_subset", "debug=fast",
-              "logger=csv", "data.shots=2", "method.length=4")
+    common = (
+        "method=coop",
+        "model=tiny-clip",
+        "data=cifar10_subset",
+        "debug=fast",
+        "logger=csv",
+        "data.shots=2",
+        "method.length=4",
+    )
     r = spt_run(*common, "regularizer=nemesis", out=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
@@ -217,18 +240,26 @@ def test_coop_with_nemesis_runs_end_to_end_and_reloads(tmp_path, data_dir):
     assert metrics["params/served"] == 4 * 32 and metrics["steps"] == 4
     logged = (next(run.rglob("metrics.csv"))).read_text().splitlines()[0].split(",")
     assert {"train/pun", "train/pan", "train/omega", "train/prompt_norm/3"} <= set(logged)
-    r2 = spt_run(*common, "train=false", "method.init=file",
-                 f"method.init_file={run / 'prompt.safetensors'}", out=tmp_path / "again")
+    r2 = spt_run(
+        *common,
+        "train=false",
+        "method.init=file",
+        f"method.init_file={run / 'prompt.safetensors'}",
+        out=tmp_path / "again",
+    )
     assert r2.returncode == 0, r2.stderr[-3000:]
     (run2,) = run_dirs(tmp_path / "again")
     assert json.loads((run2 / "metrics.json").read_text())["val/acc"] == metrics["val/acc"]
 
 
-@pytest.mark.parametrize(("overrides", "match"), [
-    (("method=prompt", "model=tiny-clip", "data=cifar10_subset"), "does not support clip"),
-    (("method=coop", "model=tiny-clip", "data=sst2"), "is a text task and the model is CLIP"),
-    (("method=coop", "model=tiny-bert", "data=cifar10_subset"), "holds images"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (("method=prompt", "model=tiny-clip", "data=cifar10_subset"), "does not support clip"),
+        (("method=coop", "model=tiny-clip", "data=sst2"), "is a text task and the model is CLIP"),
+        (("method=coop", "model=tiny-bert", "data=cifar10_subset"), "holds images"),
+    ],
+)
 def test_wrong_pairings_are_refused_by_name(overrides, match, tmp_path, data_dir):
     r = spt_run(*overrides, "debug=fast", "logger=csv", out=tmp_path)
     assert r.returncode == 2 and re.search(match, r.stderr), r.stderr[-2000:]
@@ -244,10 +275,18 @@ def test_coop_cluster_recipe_composes(shots, epochs):
     from tests.test_run import CONF
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="run", return_hydra_config=True,
-                      overrides=["experiment=coop_fewshot", f"data.shots={shots}", "seed=3",
-                                 "regularizer=nemesis", "data=coop_dtd",
-                                 "hydra/launcher=slurm"])
+        cfg = compose(
+            config_name="run",
+            return_hydra_config=True,
+            overrides=[
+                "experiment=coop_fewshot",
+                f"data.shots={shots}",
+                "seed=3",
+                "regularizer=nemesis",
+                "data=coop_dtd",
+                "hydra/launcher=slurm",
+            ],
+        )
     assert cfg.model.name_or_path == "openai/clip-vit-base-patch16"
     assert cfg.method.length == 16 and cfg.method.optimizer.lr == 0.002
     assert cfg.method.scheduler == "cosine" and cfg.data.batch_size == 32

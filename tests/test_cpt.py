@@ -28,9 +28,14 @@ from tests.test_prompt import _manual_decoder  # the one-sequence reference scor
 
 REPO = Path(__file__).resolve().parents[1]
 SST2_LOCAL = {
-    split: {"path": f"sst2/{split}.tsv", "format": "tsv", "quoting": "none",
-            "fields": {"sentence": "sentence"}, "label": "label",
-            "label_map": {0: "negative", 1: "positive"}}
+    split: {
+        "path": f"sst2/{split}.tsv",
+        "format": "tsv",
+        "quoting": "none",
+        "fields": {"sentence": "sentence"},
+        "label": "label",
+        "label_map": {0: "negative", 1: "positive"},
+    }
     for split in ("train", "dev")
 }
 
@@ -42,15 +47,30 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def dm(data_dir):
     """SST-2 for the tiny decoder: 40 train rows, 8 dev rows, left padding."""
     return TextClassificationDataModule(
-        name="sst2", tokenizer=tiny_tokenizer("llama"), arch="decoder", root=str(data_dir),
-        local=SST2_LOCAL, text_fields=["sentence"], template="{soft}Review: {sentence} Sentiment:",
-        label_names=["negative", "positive"], label_words=["negative", "positive"],
-        train_limit=40, dev_limit=8, batch_size=4, max_length=128)
+        name="sst2",
+        tokenizer=tiny_tokenizer("llama"),
+        arch="decoder",
+        root=str(data_dir),
+        local=SST2_LOCAL,
+        text_fields=["sentence"],
+        template="{soft}Review: {sentence} Sentiment:",
+        label_names=["negative", "positive"],
+        label_words=["negative", "positive"],
+        train_limit=40,
+        dev_limit=8,
+        batch_size=4,
+        max_length=128,
+    )
 
 
 def build(dm, backbone=None, lr=1e-2, **kw) -> CPT:
-    return CPT(backbone or tiny("llama"), task=dm.task, datamodule=dm,
-               optimizer=functools.partial(torch.optim.AdamW, lr=lr), **kw)
+    return CPT(
+        backbone or tiny("llama"),
+        task=dm.task,
+        datamodule=dm,
+        optimizer=functools.partial(torch.optim.AdamW, lr=lr),
+        **kw,
+    )
 
 
 def dev_batch(dm, task_ids=None) -> dict:
@@ -67,10 +87,17 @@ def randomise(m: CPT, scale: float = 1.0, seed: int = 0) -> None:
 
 
 def fit(m: CPT, dm, steps: int, tmp_path) -> L.Trainer:
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", devices=1, limit_val_batches=0,
-                        default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(m, train_dataloaders=dm.train_dataloader())
     return trainer
 
@@ -82,9 +109,9 @@ def reference_scores(m: CPT, batch: dict) -> torch.Tensor:
     prefix = m.query_prefix
     for i in range(len(batch["labels"])):
         ids = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
-        if ids[:len(prefix)] == prefix:
-            ids = ids[len(prefix):]
-        ctx = m.context_embeds(batch["task_ids"][i:i + 1])[0]
+        if ids[: len(prefix)] == prefix:
+            ids = ids[len(prefix) :]
+        ctx = m.context_embeds(batch["task_ids"][i : i + 1])[0]
         x = torch.cat([ctx, m.base.input_embeddings(torch.tensor(ids))])
         rows.append(torch.stack([_manual_decoder(m.backbone, x, w) for w in m.labels.lists()]))
     return torch.stack(rows)
@@ -94,8 +121,9 @@ def reference_scores(m: CPT, batch: dict) -> torch.Tensor:
 def test_context_examples_tokenise_like_the_queries(dm):
     for e in dm.context_examples(8, seed=0):  # long rows are cut to fit data.max_length
         assert len(e["ids"]) <= dm.max_length
-    dm = TextClassificationDataModule(**{**dm.hparams, "tokenizer": dm.tokenizer,
-                                         "max_length": 1024})  # nothing cut: exact round trip
+    dm = TextClassificationDataModule(
+        **{**dm.hparams, "tokenizer": dm.tokenizer, "max_length": 1024}
+    )  # nothing cut: exact round trip
     examples = dm.context_examples(4, seed=3)
     assert examples == dm.context_examples(4, seed=3)  # seeded
     assert examples != dm.context_examples(4, seed=4)
@@ -105,19 +133,23 @@ def test_context_examples_tokenise_like_the_queries(dm):
         assert len(e["ids"]) == len(e["types"]) and set(e["types"]) == {"input", "format", "label"}
         label = [i for i, t in zip(e["ids"], e["types"], strict=True) if t == "label"]
         assert label == enc.label_word_ids(dm.label_words[e["label"]])
-        assert e["types"][-len(label):] == ["label"] * len(label)  # the label word comes last
-        text = dm.tokenizer.decode([i for i, t in zip(e["ids"], e["types"], strict=True)
-                                    if t == "input"])
+        assert e["types"][-len(label) :] == ["label"] * len(label)  # the label word comes last
+        text = dm.tokenizer.decode(
+            [i for i, t in zip(e["ids"], e["types"], strict=True) if t == "input"]
+        )
         query = enc.encode({"sentence": [text]}, 0, 256).ids[0]  # the row as a query
-        assert query == enc.prefix + e["ids"][:-len(label)] + enc.suffix
+        assert query == enc.prefix + e["ids"][: -len(label)] + enc.suffix
         template = [i for i, t in zip(e["ids"], e["types"], strict=True) if t == "format"]
         assert dm.tokenizer.decode(template) == "Review: " + " Sentiment:"
 
 
 def test_context_layout(dm):
     m = build(dm, n_examples=3, separator="\n", seed=1)
-    ids, types, example = (m.context_ids.tolist(), m.context_types.tolist(),
-                           m.context_example.tolist())
+    ids, types, example = (
+        m.context_ids.tolist(),
+        m.context_types.tolist(),
+        m.context_example.tolist(),
+    )
     examples = dm.context_examples(3, seed=1)
     sep = dm.tokenizer("\n", add_special_tokens=False)["input_ids"]
     want_ids = list(m.query_prefix)
@@ -128,9 +160,10 @@ def test_context_layout(dm):
     assert m.n_examples == 3 and sorted(set(example)) == [-1, 0, 1, 2]
     for k, e in enumerate(examples):  # separators are format tokens of the example before them
         pos = [p for p, x in enumerate(example) if x == k]
-        assert [types[p] for p in pos[-len(sep):]] == [FORMAT] * len(sep)
-        assert [ids[p] for p in pos if types[p] == LABEL] == \
-            [i for i, t in zip(e["ids"], e["types"], strict=True) if t == "label"]
+        assert [types[p] for p in pos[-len(sep) :]] == [FORMAT] * len(sep)
+        assert [ids[p] for p in pos if types[p] == LABEL] == [
+            i for i, t in zip(e["ids"], e["types"], strict=True) if t == "label"
+        ]
     assert torch.equal(m.context_base, m.base.input_embeddings.weight[m.context_ids])
     assert m.n_soft_tokens == 0
     assert m.delta.weight.shape == (1, len(ids), 32) and m.delta.weight.dtype == torch.float32
@@ -212,8 +245,9 @@ def test_mixed_task_rows_equal_rows_alone(dm):
     batch = dev_batch(dm, task_ids=[2, 0, 1, 2])
     with torch.no_grad():
         mixed = m(batch)
-        alone = torch.cat([m({k: v[i:i + 1] for k, v in batch.items()})
-                           for i in range(len(batch["labels"]))])
+        alone = torch.cat(
+            [m({k: v[i : i + 1] for k, v in batch.items()}) for i in range(len(batch["labels"]))]
+        )
         task0 = m({**batch, "task_ids": torch.zeros(4, dtype=torch.long)})
     torch.testing.assert_close(mixed, alone, atol=1e-5, rtol=1e-6)
     assert (mixed[[0, 2, 3]] - task0[[0, 2, 3]]).abs().amax(-1).min() > 1e-3  # gather matters
@@ -224,8 +258,7 @@ def test_zero_shot_flag_drops_the_context(dm):
     batch = dev_batch(dm)
     m.use_soft_prompt = False
     with torch.no_grad():
-        plain = m.class_scores(m.base.input_embeddings(batch["input_ids"]),
-                               batch["attention_mask"])
+        plain = m.class_scores(m.base.input_embeddings(batch["input_ids"]), batch["attention_mask"])
         assert torch.equal(m(batch), plain)
 
 
@@ -275,16 +308,24 @@ def test_context_loss_reaches_the_deltas(dm):
 @pytest.mark.parametrize("family,arch", [("bert", "encoder"), ("t5", "encoder-decoder")])
 @pytest.mark.parametrize("supports", [None, ["encoder", "decoder", "encoder-decoder"]])
 def test_refuses_encoder_and_encoder_decoder(dm, family, arch, supports):
-    with pytest.raises(SptError, match=f"method=cpt does not support {arch} backbones.*"
-                                       r"it supports: decoder$"):
+    with pytest.raises(
+        SptError,
+        match=f"method=cpt does not support {arch} backbones.*"
+        r"it supports: decoder$",
+    ):
         build(dm, backbone=tiny(family), supports=supports)
 
 
 def test_checkpoint_holds_only_own_state(dm):
     m = build(dm)
     state = m.state_dict()
-    assert set(state) == {"delta.weight", "context_ids", "context_types", "context_example",
-                          "context_base"}
+    assert set(state) == {
+        "delta.weight",
+        "context_ids",
+        "context_types",
+        "context_example",
+        "context_base",
+    }
     fresh = build(dm, seed=5)
     assert not torch.equal(fresh.context_ids, m.context_ids)
     fresh.load_state_dict(state)
@@ -302,11 +343,17 @@ def test_artifact_round_trip(dm, tmp_path):
     tensors = m.artifact_tensors()
     assert meta["base"] == m.base.identity() and meta["method"] == "cpt"
     assert meta["n_examples"] == 4 and meta["eps_input"] == 0.2 and meta["eps_format"] == 0.1
-    assert set(tensors) == {"delta", "context_ids", "context_types", "context_example",
-                            "context_embeds"}
-    torch.testing.assert_close(tensors["context_embeds"][0],
-                               m.context_base + m.delta.weight.detach()[0]
-                               * m.trainable_mask[:, None])
+    assert set(tensors) == {
+        "delta",
+        "context_ids",
+        "context_types",
+        "context_example",
+        "context_embeds",
+    }
+    torch.testing.assert_close(
+        tensors["context_embeds"][0],
+        m.context_base + m.delta.weight.detach()[0] * m.trainable_mask[:, None],
+    )
     path = save_artifact(tmp_path / "cpt", tensors, meta)
     # another seed would sample another context: the artifact's context wins
     loaded = build(dm, seed=9, init="file", init_file=str(path)).eval()
@@ -346,24 +393,27 @@ def test_artifact_with_other_n_tasks_is_refused(dm, tmp_path):
 
 
 # -- bad input ---------------------------------------------------------------------------
-@pytest.mark.parametrize(("kw", "key"), [
-    ({"n_examples": 0}, "method.n_examples"),
-    ({"n_examples": True}, "method.n_examples"),
-    ({"n_examples": 41}, "method.n_examples"),  # more than the 40 train rows
-    ({"eps_input": -0.1}, "method.eps_input"),
-    ({"eps_input": "big"}, "method.eps_input"),
-    ({"eps_format": float("nan")}, "method.eps_format"),
-    ({"eps_input": 0, "eps_format": 0}, "nothing to train"),
-    ({"loss_decay": 0}, "method.loss_decay"),
-    ({"loss_decay": 1.5}, "method.loss_decay"),
-    ({"init": "random"}, "method.init"),
-    ({"init": "file"}, "method.init_file"),
-    ({"n_tasks": 0}, "method.n_tasks"),
-    ({"loss": "mse"}, "method.loss"),
-    ({"separator": 3}, "method.separator"),
-    ({"balanced": "yes"}, "method.balanced"),
-    ({"context_loss": 1}, "method.context_loss"),
-])
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"n_examples": 0}, "method.n_examples"),
+        ({"n_examples": True}, "method.n_examples"),
+        ({"n_examples": 41}, "method.n_examples"),  # more than the 40 train rows
+        ({"eps_input": -0.1}, "method.eps_input"),
+        ({"eps_input": "big"}, "method.eps_input"),
+        ({"eps_format": float("nan")}, "method.eps_format"),
+        ({"eps_input": 0, "eps_format": 0}, "nothing to train"),
+        ({"loss_decay": 0}, "method.loss_decay"),
+        ({"loss_decay": 1.5}, "method.loss_decay"),
+        ({"init": "random"}, "method.init"),
+        ({"init": "file"}, "method.init_file"),
+        ({"n_tasks": 0}, "method.n_tasks"),
+        ({"loss": "mse"}, "method.loss"),
+        ({"separator": 3}, "method.separator"),
+        ({"balanced": "yes"}, "method.balanced"),
+        ({"context_loss": 1}, "method.context_loss"),
+    ],
+)
 def test_bad_settings_name_the_key(dm, kw, key):
     with pytest.raises(SptError, match=key.replace(".", r"\.")):
         build(dm, **kw)
@@ -385,9 +435,24 @@ def test_query_with_soft_slots_is_refused(dm):
 # -- end to end, as a user runs it -------------------------------------------------------
 def _run(*overrides, out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "SPT_OUTPUT_DIR": str(out), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, "-m", "spt.run", "method=cpt", "model=tiny-llama",
-                           "data=sst2", "debug=fast", "logger=csv", *overrides], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spt.run",
+            "method=cpt",
+            "model=tiny-llama",
+            "data=sst2",
+            "debug=fast",
+            "logger=csv",
+            *overrides,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_run_end_to_end_and_reload(tmp_path, data_dir):
@@ -398,8 +463,12 @@ def test_run_end_to_end_and_reload(tmp_path, data_dir):
     meta = json.loads((run / "prompt.json").read_text())
     assert metrics["steps"] == 4 and meta["method"] == "cpt" and meta["n_examples"] == 4
     assert meta["tensors"]["delta"] == [1, meta["context_length"], 32]
-    r2 = _run("train=false", "method.init=file", f"method.init_file={run / 'prompt.safetensors'}",
-              out=tmp_path / "b")
+    r2 = _run(
+        "train=false",
+        "method.init=file",
+        f"method.init_file={run / 'prompt.safetensors'}",
+        out=tmp_path / "b",
+    )
     assert r2.returncode == 0, r2.stderr[-3000:]
     (run2,) = [p.parent for p in (tmp_path / "b").rglob("metrics.json")]
     assert json.loads((run2 / "metrics.json").read_text())["val/acc"] == metrics["val/acc"]
@@ -422,8 +491,7 @@ def test_generation_continues_after_the_trained_context(dm):
     m.use_soft_prompt = True
     assert (plain[0] - logits[0]).abs().max() > 1e-3
     beams = beam_search(m, batch, num_beams=2, max_new_tokens=4)
-    assert torch.equal(beams, beam_search(m, batch, num_beams=2, max_new_tokens=4,
-                                          use_cache=False))
+    assert torch.equal(beams, beam_search(m, batch, num_beams=2, max_new_tokens=4, use_cache=False))
     for i in range(4):
-        alone = generate(m, {k: v[i:i + 1] for k, v in batch.items()}, max_new_tokens=4)
+        alone = generate(m, {k: v[i : i + 1] for k, v in batch.items()}, max_new_tokens=4)
         assert torch.equal(tokens[i, : alone.shape[1]], alone[0])

@@ -29,23 +29,41 @@ from spt.errors import SptError
 REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR / "data"
 DATA = Path(os.environ.get("SPT_DATA_DIR") or REPO.parent / "shared" / "data")
-needs_data = pytest.mark.skipif(not (DATA / "sst2" / "dev.tsv").is_file(),
-                                reason=f"benchmark data not found under {DATA}")
-BATCH_KEYS = {"input_ids": torch.long, "attention_mask": torch.long, "soft_mask": torch.bool,
-              "labels": torch.long, "task_ids": torch.long}
+needs_data = pytest.mark.skipif(
+    not (DATA / "sst2" / "dev.tsv").is_file(), reason=f"benchmark data not found under {DATA}"
+)
+BATCH_KEYS = {
+    "input_ids": torch.long,
+    "attention_mask": torch.long,
+    "soft_mask": torch.bool,
+    "labels": torch.long,
+    "task_ids": torch.long,
+}
 SST2_LOCAL = {
-    split: {"path": f"sst2/{split}.tsv", "format": "tsv", "quoting": "none",
-            "fields": {"sentence": "sentence"}, "label": "label",
-            "label_map": {0: "negative", 1: "positive"}}
+    split: {
+        "path": f"sst2/{split}.tsv",
+        "format": "tsv",
+        "quoting": "none",
+        "fields": {"sentence": "sentence"},
+        "label": "label",
+        "label_map": {0: "negative", 1: "positive"},
+    }
     for split in ("train", "dev")
 }
 
 
 def sst2(family: str = "bert", arch: str = "encoder", **kw) -> TextClassificationDataModule:
-    args = dict(name="sst2", tokenizer=tiny_tokenizer(family), arch=arch, root=str(DATA),
-                local=SST2_LOCAL, text_fields=["sentence"],
-                template="{soft}Review: {sentence} Sentiment:",
-                label_names=["negative", "positive"], label_words=["negative", "positive"])
+    args = dict(
+        name="sst2",
+        tokenizer=tiny_tokenizer(family),
+        arch=arch,
+        root=str(DATA),
+        local=SST2_LOCAL,
+        text_fields=["sentence"],
+        template="{soft}Review: {sentence} Sentiment:",
+        label_names=["negative", "positive"],
+        label_words=["negative", "positive"],
+    )
     args.update(kw)
     return TextClassificationDataModule(**args)
 
@@ -68,8 +86,9 @@ FAMILIES = {"bert": "encoder", "llama": "decoder", "t5": "encoder-decoder"}
 
 
 def test_every_data_yaml_is_covered_and_commented():
-    names = sorted(p.stem for p in CONF.glob("*.yaml")
-                   if "TextClassificationDataModule" in p.read_text())
+    names = sorted(
+        p.stem for p in CONF.glob("*.yaml") if "TextClassificationDataModule" in p.read_text()
+    )
     assert names == sorted(EXPECTED)
     for path in CONF.glob("*.yaml"):
         for line in path.read_text().splitlines():
@@ -130,7 +149,7 @@ def test_soft_in_the_middle():
         assert (ids[soft] == dm.tokenizer.pad_token_id).all()
         assert batch["attention_mask"][i][soft].all()  # soft slots are attended
         n = int(batch["attention_mask"][i].sum())
-        assert ids[pos[-1] + 1: n].tolist() == tail  # the block sits right before " Sentiment:"
+        assert ids[pos[-1] + 1 : n].tolist() == tail  # the block sits right before " Sentiment:"
         assert pos[0] > 1 + len(dm.tokenizer("Review: ", add_special_tokens=False)["input_ids"])
 
 
@@ -138,8 +157,12 @@ def test_soft_in_the_middle():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_soft_slots_anywhere_with_counts(family):
     """P-tuning places prompts anywhere: {soft:N} slots, filled in order."""
-    dm = sst2(family=family, arch=FAMILIES[family], n_soft=3,
-              template="{soft:2}Review: {sentence} {soft:1} Sentiment:")
+    dm = sst2(
+        family=family,
+        arch=FAMILIES[family],
+        n_soft=3,
+        template="{soft:2}Review: {sentence} {soft:1} Sentiment:",
+    )
     dm.setup("validate")
     batch = first_batch(dm)
     tail = dm.tokenizer(" Sentiment:", add_special_tokens=False)["input_ids"]
@@ -149,15 +172,18 @@ def test_soft_slots_anywhere_with_counts(family):
         first_real = int(mask.nonzero()[0])
         assert len(pos) == 3 and pos[1] == pos[0] + 1 and pos[2] > pos[1] + 1
         assert pos[0] == first_real + (1 if family in ("bert", "llama") else 0)  # after <s>
-        after = batch["input_ids"][i, pos[2] + 1: pos[2] + 1 + len(tail)].tolist()
+        after = batch["input_ids"][i, pos[2] + 1 : pos[2] + 1 + len(tail)].tolist()
         assert after == tail
 
 
-@pytest.mark.parametrize(("template", "n_soft", "needle"), [
-    ("{soft:2}Review: {sentence} {soft:1} Sentiment:", 4, "add up to 4"),
-    ("{soft}Review: {sentence} {soft} Sentiment:", 2, "give each a count"),
-    ("{soft:0}Review: {sentence}", 0, "count >= 1"),
-])
+@pytest.mark.parametrize(
+    ("template", "n_soft", "needle"),
+    [
+        ("{soft:2}Review: {sentence} {soft:1} Sentiment:", 4, "add up to 4"),
+        ("{soft}Review: {sentence} {soft} Sentiment:", 2, "give each a count"),
+        ("{soft:0}Review: {sentence}", 0, "count >= 1"),
+    ],
+)
 def test_bad_soft_slots_are_named(template, n_soft, needle, data_dir):
     with pytest.raises(SptError, match=needle):
         dm = sst2(template=template, n_soft=n_soft)
@@ -165,8 +191,9 @@ def test_bad_soft_slots_are_named(template, n_soft, needle, data_dir):
 
 
 @needs_data
-@pytest.mark.parametrize("template", ["{soft}Review: {sentence} Sentiment:",
-                                      "Review: {sentence} Sentiment:"])
+@pytest.mark.parametrize(
+    "template", ["{soft}Review: {sentence} Sentiment:", "Review: {sentence} Sentiment:"]
+)
 def test_soft_at_start_or_implicit_follows_special_prefix(template):
     dm = sst2(template=template)
     dm.n_soft = 5  # set after construction, before setup
@@ -203,13 +230,13 @@ def test_padding_side_follows_arch(family):
     for i, n in enumerate(lengths.tolist()):
         expect = torch.zeros_like(mask[i])
         if left:
-            expect[mask.shape[1] - n:] = 1
+            expect[mask.shape[1] - n :] = 1
         else:
             expect[:n] = 1
         assert torch.equal(mask[i], expect)
         start = mask.shape[1] - n if left else 0  # soft block keeps its place in the row
         bos = 0 if family == "t5" else 1
-        assert batch["soft_mask"][i, start + bos: start + bos + 2].all()
+        assert batch["soft_mask"][i, start + bos : start + bos + 2].all()
 
 
 # ---------------------------------------------------------------- truncation
@@ -223,8 +250,9 @@ def test_fit_lengths_cuts_longest_first():
 
 @needs_data
 def test_truncation_keeps_template_and_logs_once_per_split(caplog):
-    dm = sst2(family="llama", arch="decoder", max_length=40, n_soft=5, label_reserve=3,
-              train_limit=300)
+    dm = sst2(
+        family="llama", arch="decoder", max_length=40, n_soft=5, label_reserve=3, train_limit=300
+    )
     tok = dm.tokenizer
     head = [1] + [0] * 5 + tok("Review: ", add_special_tokens=False)["input_ids"]
     tail = tok(" Sentiment:", add_special_tokens=False)["input_ids"]
@@ -239,18 +267,30 @@ def test_truncation_keeps_template_and_logs_once_per_split(caplog):
     for split in ("train", "dev"):
         for ids in dm._dataset(split).ids:
             assert len(ids) + 3 <= 40
-            assert ids[: len(head)] == head and ids[-len(tail):] == tail
+            assert ids[: len(head)] == head and ids[-len(tail) :] == tail
 
 
 @needs_data
 def test_truncation_of_two_fields_keeps_both():
     dm = TextClassificationDataModule(
-        name="rte", tokenizer=tiny_tokenizer("t5"), arch="encoder-decoder", root=str(DATA),
-        local={s: {"path": f"superglue/rte/{f}.jsonl", "label": "label",
-                   "fields": {"p": "premise", "h": "hypothesis"}}
-               for s, f in (("train", "train"), ("dev", "val"))},
-        text_fields=["p", "h"], template="{p} Question: {h}",
-        label_names=["entailment", "not_entailment"], label_words=["yes", "no"], max_length=100)
+        name="rte",
+        tokenizer=tiny_tokenizer("t5"),
+        arch="encoder-decoder",
+        root=str(DATA),
+        local={
+            s: {
+                "path": f"superglue/rte/{f}.jsonl",
+                "label": "label",
+                "fields": {"p": "premise", "h": "hypothesis"},
+            }
+            for s, f in (("train", "train"), ("dev", "val"))
+        },
+        text_fields=["p", "h"],
+        template="{p} Question: {h}",
+        label_names=["entailment", "not_entailment"],
+        label_words=["yes", "no"],
+        max_length=100,
+    )
     dm.setup("validate")
     ds = dm._dataset("dev")
     assert max(len(x) for x in ds.ids) == 100
@@ -279,10 +319,13 @@ def _word_tokenizer(pre, vocab: list[str], norm=None) -> PreTrainedTokenizerFast
 
 
 @pytest.mark.parametrize("kind", ["byte", "bpe_like", "sentencepiece_like"])
-@pytest.mark.parametrize(("template", "fields", "whole"), [
-    ("Review: {a} Sentiment:", {"a": "great movie "}, "Review: great movie Sentiment:"),
-    ("{soft}{a} {b} Sentiment:", {"a": " great", "b": "movie"}, "great movie Sentiment:"),
-])
+@pytest.mark.parametrize(
+    ("template", "fields", "whole"),
+    [
+        ("Review: {a} Sentiment:", {"a": "great movie "}, "Review: great movie Sentiment:"),
+        ("{soft}{a} {b} Sentiment:", {"a": " great", "b": "movie"}, "great movie Sentiment:"),
+    ],
+)
 def test_pieces_join_like_the_whole_string(kind, template, fields, whole):
     words = ["Review", ":", "hello", "world", "great", "movie", "Sentiment"]
     if kind == "byte":
@@ -342,9 +385,19 @@ def test_bad_template_field_and_arch():
 def test_hub_fallback_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    dm = sst2(root=None, hub={s: {"path": "nyu-mll/glue", "name": "sst2", "split": s,
-                                  "fields": {"sentence": "sentence"}, "label": "label"}
-                              for s in ("train", "dev")})
+    dm = sst2(
+        root=None,
+        hub={
+            s: {
+                "path": "nyu-mll/glue",
+                "name": "sst2",
+                "split": s,
+                "fields": {"sentence": "sentence"},
+                "label": "label",
+            }
+            for s in ("train", "dev")
+        },
+    )
     start = time.monotonic()
     with pytest.raises(SptError) as err:
         dm.setup("fit")
@@ -376,8 +429,14 @@ def test_train_texts_is_cached_for_setup():
 
 @needs_data
 def test_task_info_and_loaders():
-    dm = sst2(family="llama", arch="decoder", train_limit=64, batch_size=8, task_index=3,
-              label_reserve=None)
+    dm = sst2(
+        family="llama",
+        arch="decoder",
+        train_limit=64,
+        batch_size=8,
+        task_index=3,
+        label_reserve=None,
+    )
     task = dm.task
     assert isinstance(task, TaskInfo)
     assert task == TaskInfo("sst2", ("negative", "positive"), ("negative", "positive"), ("acc",), 2)
@@ -437,12 +496,12 @@ def test_length_grouped_epochs_are_permutations_of_full_batches_with_little_padd
     plain = EpochShuffle(1000, seed=3)
 
     def padded(order):
-        return sum(32 * max(lengths[i] for i in order[s:s + 32]) for s in range(0, 1000, 32))
+        return sum(32 * max(lengths[i] for i in order[s : s + 32]) for s in range(0, 1000, 32))
 
     first, second = list(grouped), list(grouped)
     assert sorted(first) == sorted(second) == list(range(1000)) and first != second
     assert list(EpochShuffle(1000, seed=3, lengths=lengths, batch_size=32)) == first
-    batches = [first[s:s + 32] for s in range(0, 1000, 32)]
+    batches = [first[s : s + 32] for s in range(0, 1000, 32)]
     assert [len(b) for b in batches] == [32] * 31 + [8]
     assert batches[:3] != sorted(batches[:3], key=lambda b: -lengths[b[0]])  # batches shuffled
     for b in batches[:-1]:  # each batch: a run of one megabatch's length order
@@ -462,7 +521,9 @@ def test_group_by_length_reads_dev_longest_first_with_the_same_rows():
     rows = {k: [] for k in ("plain", "grouped")}
     for k, dm in (("plain", plain), ("grouped", grouped)):
         for b in dm.val_dataloader():
-            rows[k] += [tuple(ids[m.bool()].tolist()) for ids, m in
-                        zip(b["input_ids"], b["attention_mask"], strict=True)]
+            rows[k] += [
+                tuple(ids[m.bool()].tolist())
+                for ids, m in zip(b["input_ids"], b["attention_mask"], strict=True)
+            ]
     assert sorted(rows["plain"]) == sorted(rows["grouped"])  # same rows, another order
     assert sum(widths) < sum(b["input_ids"].shape[1] for b in plain.val_dataloader())

@@ -19,7 +19,8 @@ import torch
 from spt import CONF_DIR
 
 _spec = importlib.util.spec_from_file_location(
-    "equivalence", CONF_DIR.parents[1] / "scripts" / "equivalence.py")
+    "equivalence", CONF_DIR.parents[1] / "scripts" / "equivalence.py"
+)
 equivalence = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(equivalence)
 CASES = equivalence.cases()
@@ -33,11 +34,13 @@ def test_every_case_is_recorded():
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_training_reproduces_the_recorded_run(name, data_dir):
     tensors, record, m, before = equivalence.run_case(CASES[name], data_dir)
-    assert all(torch.equal(v, before["backbone"][k]) for k, v in m.backbone.state_dict().items()), \
+    assert all(torch.equal(v, before["backbone"][k]) for k, v in m.backbone.state_dict().items()), (
         "fitting changed the frozen backbone"
+    )
     served = {k: v for k, v in before["artifact"].items() if not k.startswith("head.")}
-    assert any(not torch.equal(tensors[k], v) for k, v in served.items()), \
+    assert any(not torch.equal(tensors[k], v) for k, v in served.items()), (
         f"fitting left the prompt ({', '.join(served)}) unchanged"
+    )
     assert all(p.requires_grad for _, p in m.trainable_named_parameters())
     if m.generative:
         assert set(m.last_val) == {"val/bleu", "val/rougeL", "val/bleu_best", "val/rougeL_best"}

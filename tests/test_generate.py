@@ -18,8 +18,13 @@ from spt.methods.prompt import PromptTuning
 from spt.methods.ptuning import PTuning
 from spt.methods.ptuning_v2 import PTuningV2
 
-TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great"),
-                metrics=("acc",), num_classes=2)
+TASK = TaskInfo(
+    name="t",
+    label_names=("neg", "pos"),
+    label_words=("bad", "great"),
+    metrics=("acc",),
+    num_classes=2,
+)
 TEXTS = ["hello there", "a much longer input goes here", "mid size row"]
 N_SOFT = 3
 
@@ -27,8 +32,13 @@ N_SOFT = 3
 def _method(family: str, cls=PromptTuning):
     """A method whose prompt sits in the input, 3 tasks; each task's prompt is made distinct
     and large so that it steers decoding differently."""
-    m = cls(tiny(family, hidden=64, seed=3), TASK, length=N_SOFT, n_tasks=3,
-            **({} if cls is PTuning else {"init": "uniform"})).eval()
+    m = cls(
+        tiny(family, hidden=64, seed=3),
+        TASK,
+        length=N_SOFT,
+        n_tasks=3,
+        **({} if cls is PTuning else {"init": "uniform"}),
+    ).eval()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         if cls is PromptTuning:
@@ -54,11 +64,15 @@ def _batch(m: PromptTuning, texts: list[str], task_ids: list[int]) -> dict:
     for i, r in enumerate(rows):
         n = len(r) + N_SOFT
         off = width - n if left else 0
-        ids[i, off + N_SOFT: off + n] = torch.tensor(r)
-        mask[i, off: off + n] = 1
-        soft[i, off: off + N_SOFT] = True
-    return {"input_ids": ids, "attention_mask": mask, "soft_mask": soft,
-            "task_ids": torch.tensor(task_ids)}
+        ids[i, off + N_SOFT : off + n] = torch.tensor(r)
+        mask[i, off : off + n] = 1
+        soft[i, off : off + N_SOFT] = True
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "soft_mask": soft,
+        "task_ids": torch.tensor(task_ids),
+    }
 
 
 @pytest.mark.parametrize("cls", INPUT_METHODS, ids=lambda c: c.method_name)
@@ -66,10 +80,17 @@ def _batch(m: PromptTuning, texts: list[str], task_ids: list[int]) -> dict:
 def test_cached_greedy_equals_uncached_step_by_step(family, cls):
     m = _method(family, cls)
     batch = _batch(m, TEXTS, [2, 0, 1])
-    out = m.backbone.generate(inputs_embeds=m.embed(batch), attention_mask=batch["attention_mask"],
-                              max_new_tokens=6, do_sample=False, use_cache=True,
-                              output_logits=True, return_dict_in_generate=True,
-                              pad_token_id=0, eos_token_id=2)
+    out = m.backbone.generate(
+        inputs_embeds=m.embed(batch),
+        attention_mask=batch["attention_mask"],
+        max_new_tokens=6,
+        do_sample=False,
+        use_cache=True,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
     ref_tokens, ref_logits = greedy_reference(m, batch, max_new_tokens=6)
     cached = generate(m, batch, max_new_tokens=6)
     assert torch.equal(cached[:, : ref_tokens.shape[1]], ref_tokens)
@@ -109,6 +130,7 @@ def test_encoder_only_is_refused():
 
 # -- key/value prompts: prefill the prefix, decode from the cache --------------------------
 
+
 def _kv_method(cls, family: str, **kw):
     m = cls(tiny(family, hidden=64, seed=3), TASK, length=3, n_tasks=3, hidden=16, **kw).eval()
     with torch.no_grad():
@@ -122,21 +144,29 @@ def _plain_batch(m, texts, task_ids) -> dict:
     keep = ~b["soft_mask"]
     width = int(keep.sum(1).max())
     left = m.base.arch == "decoder"
-    out = {k: torch.zeros(len(texts), width, dtype=v.dtype) for k, v in b.items()
-           if k in ("input_ids", "attention_mask", "soft_mask")}
+    out = {
+        k: torch.zeros(len(texts), width, dtype=v.dtype)
+        for k, v in b.items()
+        if k in ("input_ids", "attention_mask", "soft_mask")
+    }
     for i in range(len(texts)):
         ids, mask = b["input_ids"][i][keep[i]], b["attention_mask"][i][keep[i]]
         n = int(mask.sum())
         real = ids[mask.bool()]
         off = width - n if left else 0
-        out["input_ids"][i, off: off + n] = real
-        out["attention_mask"][i, off: off + n] = 1
+        out["input_ids"][i, off : off + n] = real
+        out["attention_mask"][i, off : off + n] = 1
     out["task_ids"] = b["task_ids"]
     return out
 
 
-KV_CASES = [(PrefixTuning, "llama", False), (PTuningV2, "llama", False),
-            (PrefixTuning, "t5", False), (PTuningV2, "t5", False), (PrefixTuning, "t5", True)]
+KV_CASES = [
+    (PrefixTuning, "llama", False),
+    (PTuningV2, "llama", False),
+    (PrefixTuning, "t5", False),
+    (PTuningV2, "t5", False),
+    (PrefixTuning, "t5", True),
+]
 
 
 @pytest.mark.parametrize(("cls", "family", "cross"), KV_CASES)
@@ -197,8 +227,12 @@ def test_own_beam_search_matches_hugging_face(family, eos):
     hf = generate(m, batch, max_new_tokens=6, num_beams=3, length_penalty=lp)
     width = max(ours.shape[1], hf.shape[1])
     pad = tok.pad_token_id
-    ours, hf = (_after_eos(torch.nn.functional.pad(x, (0, width - x.shape[1]), value=pad),
-                           tok.eos_token_id, pad) for x in (ours, hf))
+    ours, hf = (
+        _after_eos(
+            torch.nn.functional.pad(x, (0, width - x.shape[1]), value=pad), tok.eos_token_id, pad
+        )
+        for x in (ours, hf)
+    )
     assert torch.equal(ours, hf)
     if eos == "frequent":
         assert (ours == tok.eos_token_id).any(), "the test should exercise finished beams"

@@ -22,14 +22,12 @@ from spt.errors import SptError
 
 CONF = CONF_DIR
 COOP = sorted(p.stem for p in (CONF / "data").glob("coop_*.yaml"))
-CIFAR = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-         "truck")
+CIFAR = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @pytest.fixture(scope="module")
 def processor():
-    return CLIPImageProcessorPil(size={"shortest_edge": 32},
-                                 crop_size={"height": 32, "width": 32})
+    return CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +40,17 @@ def cifar_cfg():
 def make(cifar_cfg, processor, data_dir):
     """Build the cifar10_subset YAML as the run does (a partial, then the run's objects),
     with keyword overrides."""
+
     def build(**overrides):
-        kwargs = {"tokenizer": None, "arch": "clip", "image_processor": processor,
-                  "root": str(data_dir), **overrides}
+        kwargs = {
+            "tokenizer": None,
+            "arch": "clip",
+            "image_processor": processor,
+            "root": str(data_dir),
+            **overrides,
+        }
         return instantiate(cifar_cfg, _partial_=True)(**kwargs)
+
     return build
 
 
@@ -56,8 +61,13 @@ def per_class(labels):
 # ---------------------------------------------------------------- task info and k-shot sampling
 def test_task_info_from_classnames_file(make):
     dm = make()
-    assert dm.task == TaskInfo(name="cifar10_subset", label_names=CIFAR, label_words=CIFAR,
-                               metrics=("acc",), num_classes=10)
+    assert dm.task == TaskInfo(
+        name="cifar10_subset",
+        label_names=CIFAR,
+        label_words=CIFAR,
+        metrics=("acc",),
+        num_classes=10,
+    )
     assert dm.train_texts() is None
     dm.n_soft = 4  # the run sets it; image data keeps it as a plain attribute
     assert dm.n_soft == 4
@@ -113,8 +123,11 @@ def test_batches_shapes_dtypes_and_order(make, one_thread):
 
 # ---------------------------------------------------------------- refusals and bad input
 def test_text_backbone_refused_with_the_fix(make):
-    with pytest.raises(SptError, match=r"data=cifar10_subset holds images; the model is a text "
-                                       r"backbone \(encoder\): use a CLIP model \(model=tiny-clip"):
+    with pytest.raises(
+        SptError,
+        match=r"data=cifar10_subset holds images; the model is a text "
+        r"backbone \(encoder\): use a CLIP model \(model=tiny-clip",
+    ):
         make(arch="encoder")
 
 
@@ -130,8 +143,13 @@ def copy_subset(data_dir: Path, tmp_path: Path, rows: int = 20) -> Path:
     shutil.copy(src / "classnames.txt", dst / "classnames.txt")
     for name in ("train.csv", "test.csv"):
         lines = (src / name).read_text().splitlines()
-        keep = [lines[0]] + [row.replace("images/", f"{src}/images/", 1)  # absolute image paths
-                             for row in lines[1:][::50][:rows]]
+        keep = (
+            [lines[0]]
+            + [
+                row.replace("images/", f"{src}/images/", 1)  # absolute image paths
+                for row in lines[1:][::50][:rows]
+            ]
+        )
         (dst / name).write_text("\n".join(keep) + "\n")
     return tmp_path
 
@@ -153,7 +171,9 @@ def test_missing_classnames_file_and_image(make, data_dir, tmp_path):
     train.write_text(train.read_text().replace("0000.jpg", "9999.jpg"))
     dm = make(root=str(root), shots=None, batch_size=20)
     dm.setup("fit")
-    with pytest.raises(SptError, match=r"image file not found: .*9999\.jpg \(listed in .*train\.csv"):
+    with pytest.raises(
+        SptError, match=r"image file not found: .*9999\.jpg \(listed in .*train\.csv"
+    ):
         next(iter(dm.train_dataloader()))
 
 
@@ -172,13 +192,16 @@ def test_label_out_of_range_and_classname_mismatch(make, data_dir, tmp_path):
     with pytest.raises(SptError, match=r"row 3: label 10 is not a class index 0\.\.9 of the 10"):
         make(root=str(root)).setup("validate")
     with pytest.raises(SptError, match=r"classname 'airplane' but label 0 is 'truck'.*label order"):
-        make(root=str(copy_subset(data_dir, tmp_path / "b")),
-             class_names=list(reversed(CIFAR))).setup("validate")
+        make(
+            root=str(copy_subset(data_dir, tmp_path / "b")), class_names=list(reversed(CIFAR))
+        ).setup("validate")
 
 
 def test_unknown_split_format(make):
     spec = {"path": "cifar10_subset/train.parquet"}
-    with pytest.raises(SptError, match=r"data\.local\.train: unknown file format.*csv, tsv or jsonl"):
+    with pytest.raises(
+        SptError, match=r"data\.local\.train: unknown file format.*csv, tsv or jsonl"
+    ):
         make(local={"train": spec, "dev": spec})
     spec = {"path": "cifar10_subset/train.csv", "format": "xml"}
     with pytest.raises(SptError, match="unknown file format 'xml'"):
@@ -205,9 +228,15 @@ def test_hub_offline_fails_with_the_dataset_id_and_the_fix(processor, monkeypatc
     with pytest.raises(SptError, match=r"ILSVRC/imagenet-1k split 'validation'.*offline.*" + fix):
         instantiate(cfg, _partial_=True)(tokenizer=None, arch="clip", image_processor=processor)
     # with the class names given, the failure comes at setup, for the split being read
-    dm = FewShotImageDataModule(name="coop_x", image_processor=processor, class_names=["a", "b"],
-                                hub={"train": hub_spec("no-org/no-data", "train"),
-                                     "dev": hub_spec("no-org/no-data", "test")})
+    dm = FewShotImageDataModule(
+        name="coop_x",
+        image_processor=processor,
+        class_names=["a", "b"],
+        hub={
+            "train": hub_spec("no-org/no-data", "train"),
+            "dev": hub_spec("no-org/no-data", "test"),
+        },
+    )
     with pytest.raises(SptError, match=r"no-org/no-data split 'test'.*" + fix):
         dm.setup("validate")
 
@@ -222,16 +251,24 @@ def test_hub_split_class_labels_drop_and_camel(processor, data_dir, monkeypatch,
     labels = [0, 1, 2] * 6
     ds = datasets.Dataset.from_dict(
         {"image": [pic.format(i) for i in range(18)], "label": labels},
-        features=datasets.Features({"image": datasets.Image(),
-                                    "label": datasets.ClassLabel(names=names)}))
+        features=datasets.Features(
+            {"image": datasets.Image(), "label": datasets.ClassLabel(names=names)}
+        ),
+    )
     loaded = []
-    monkeypatch.setattr(images_module, "load_hub_images",
-                        lambda name, spec: loaded.append(spec["split"]) or ds)
-    dm = FewShotImageDataModule(name="coop_x", arch="clip", image_processor=processor,
-                                hub={"train": hub_spec("org/x", "train"),
-                                     "dev": hub_spec("org/x", "test")},
-                                split_camel=True, drop_classes=["BACKGROUND_Google"], shots=3,
-                                batch_size=6)
+    monkeypatch.setattr(
+        images_module, "load_hub_images", lambda name, spec: loaded.append(spec["split"]) or ds
+    )
+    dm = FewShotImageDataModule(
+        name="coop_x",
+        arch="clip",
+        image_processor=processor,
+        hub={"train": hub_spec("org/x", "train"), "dev": hub_spec("org/x", "test")},
+        split_camel=True,
+        drop_classes=["BACKGROUND_Google"],
+        shots=3,
+        batch_size=6,
+    )
     assert dm.task.label_names == ("ApplyEyeMakeup", "YoYo")
     assert dm.task.label_words == ("Apply Eye Makeup", "Yo Yo")
     assert loaded == ["test"]  # only the dev split, for its ClassLabel names
@@ -246,8 +283,20 @@ def test_hub_split_class_labels_drop_and_camel(processor, data_dir, monkeypatch,
 # ---------------------------------------------------------------- every CoOp YAML composes
 def test_eleven_coop_datasets():
     assert [n.removeprefix("coop_") for n in COOP] == sorted(
-        ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-         "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101"])
+        [
+            "imagenet",
+            "caltech101",
+            "oxford_pets",
+            "stanford_cars",
+            "oxford_flowers",
+            "food101",
+            "fgvc_aircraft",
+            "sun397",
+            "dtd",
+            "eurosat",
+            "ucf101",
+        ]
+    )
 
 
 @pytest.mark.parametrize("name", COOP)
@@ -267,14 +316,21 @@ def test_coop_yaml_composes_and_resolves(name):
 
 
 # ---------------------------------------------------------------- a folder per class
-FOLDERS = {"train": {"path": "cifar10_subset/images/train", "format": "folder"},
-           "dev": {"path": "cifar10_subset/images/test", "format": "folder"}}
+FOLDERS = {
+    "train": {"path": "cifar10_subset/images/train", "format": "folder"},
+    "dev": {"path": "cifar10_subset/images/test", "format": "folder"},
+}
 
 
 def _pairs(dm, split):
     data = dm._split(split)
-    return sorted((Path(data.store[r]).relative_to(Path(data.store[r]).parents[2]).as_posix(),
-                   dm.task.label_names[y]) for r, y in zip(data.rows, data.labels, strict=True))
+    return sorted(
+        (
+            Path(data.store[r]).relative_to(Path(data.store[r]).parents[2]).as_posix(),
+            dm.task.label_names[y],
+        )
+        for r, y in zip(data.rows, data.labels, strict=True)
+    )
 
 
 def test_image_folder_layout_reads_the_same_images_and_classes_as_the_csv(make):
@@ -296,13 +352,20 @@ def test_image_folder_layout_reads_the_same_images_and_classes_as_the_csv(make):
 
 def test_image_folder_errors_name_the_folder(make, data_dir, tmp_path):
     with pytest.raises(SptError, match=r"data folder not found: .*images/nothere"):
-        make(local={**FOLDERS, "dev": {"path": "cifar10_subset/images/nothere",
-                                       "format": "folder"}})
+        make(
+            local={**FOLDERS, "dev": {"path": "cifar10_subset/images/nothere", "format": "folder"}}
+        )
     dm = make(local=FOLDERS, class_names=CIFAR[:9], shots=None)  # no "truck" class name
-    with pytest.raises(SptError, match=r"images/test/truck: a class folder that is not one of "
-                                       r"the 9 class names.*add it to data.class_names"):
+    with pytest.raises(
+        SptError,
+        match=r"images/test/truck: a class folder that is not one of "
+        r"the 9 class names.*add it to data.class_names",
+    ):
         dm._split("dev")
     (tmp_path / "empty").mkdir()
     with pytest.raises(SptError, match="has no class subfolders"):
-        make(root=str(tmp_path), local={s: {"path": "empty", "format": "folder"}
-                                         for s in ("train", "dev")}, class_names=["a"])._split("dev")
+        make(
+            root=str(tmp_path),
+            local={s: {"path": "empty", "format": "folder"} for s in ("train", "dev")},
+            class_names=["a"],
+        )._split("dev")

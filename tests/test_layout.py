@@ -10,8 +10,10 @@ from spt import CONF_DIR
 
 SPT = CONF_DIR.parent
 ARCH_CHECK = re.compile(r"arch *(==|!=|in)")  # the grep: arch == / != / in
-PROBE = re.compile(r"isinstance\([^)]*(PreTrainedModel|Model|ForCausalLM|ForConditionalGeneration"
-                   r"|T5|Bert|Llama|CLIP)\b|hasattr\((self\.)?(backbone|model|base)\b")
+PROBE = re.compile(
+    r"isinstance\([^)]*(PreTrainedModel|Model|ForCausalLM|ForConditionalGeneration"
+    r"|T5|Bert|Llama|CLIP)\b|hasattr\((self\.)?(backbone|model|base)\b"
+)
 MAX_ARCH_CHECKS = 5  # the target; 41 before the redesign
 
 

@@ -38,9 +38,13 @@ def parse_lock(text: str) -> dict[str, tuple[str, set[str]]]:
         m = re.match(r"^\s+#\s+(?:via\s+)?(\S.*)$", line)
         if current and m and m[1] != "via":
             parent = m[1].strip()
-            out[current][1].add("<project>" if parent.endswith(PROJECT_MARK)
-                                else parent if parent.startswith("-c ")
-                                else canonicalize_name(parent))
+            out[current][1].add(
+                "<project>"
+                if parent.endswith(PROJECT_MARK)
+                else parent
+                if parent.startswith("-c ")
+                else canonicalize_name(parent)
+            )
     return out
 
 
@@ -96,8 +100,9 @@ def test_the_check_finds_each_kind_of_disagreement():
     pyproject["project"]["dependencies"].append("einops>=0.8")  # added, not locked
     pyproject["project"]["dependencies"].append("transformers<5.24")  # range excludes the pin
     lock["gguf"] = (lock["gguf"][0], {"<project>"})
-    pyproject["project"]["dependencies"] = [d for d in pyproject["project"]["dependencies"]
-                                            if not d.startswith("gguf")]  # dropped, still locked
+    pyproject["project"]["dependencies"] = [
+        d for d in pyproject["project"]["dependencies"] if not d.startswith("gguf")
+    ]  # dropped, still locked
     problems = lock_problems(pyproject, lock)
     assert any(p.startswith("einops: in pyproject.toml, not in the lock") for p in problems)
     assert any(p.startswith("transformers: locked 5.24") and "outside" in p for p in problems)

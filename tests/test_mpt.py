@@ -37,8 +37,17 @@ def _source(data_dir, tmp_path, family="llama", teachers=True, **kw):
     dm = _mixture(data_dir, family)
     backbone = tiny(family, hidden=64, seed=2)
     t = _teachers(dm, backbone, tmp_path) if teachers else None
-    m = MPT(backbone, dm.task, stage="source", length=4, n_tasks=2, init="uniform",
-            teachers=t, optimizer=ADAM, **kw)
+    m = MPT(
+        backbone,
+        dm.task,
+        stage="source",
+        length=4,
+        n_tasks=2,
+        init="uniform",
+        teachers=t,
+        optimizer=ADAM,
+        **kw,
+    )
     dm.n_soft = m.n_soft_tokens
     dm.setup("fit")
     return m, dm
@@ -75,11 +84,14 @@ def test_source_stage_distils_from_the_teachers(data_dir, tmp_path):
     m.log_dict = lambda d, **_: logged.update({k: float(v) for k, v in d.items()})
     loss = m.training_step(batch, 0)
     assert logged["train/kl"] > 0 and logged["train/mse"] > 0
-    assert float(loss) == pytest.approx(logged["train/task_loss"] + logged["train/kl"]
-                                        + logged["train/mse"], rel=1e-5)
+    assert float(loss) == pytest.approx(
+        logged["train/task_loss"] + logged["train/kl"] + logged["train/mse"], rel=1e-5
+    )
     loss.backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0
-               for p in (m.prompts.shared, m.prompts.u, m.prompts.v))
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in (m.prompts.shared, m.prompts.u, m.prompts.v)
+    )
     assert "teacher_prompts" not in m.state_dict(), "teachers are not part of the checkpoint"
 
 
@@ -92,17 +104,22 @@ def test_kl_ignores_classes_outside_a_rows_task():
 
 def test_source_then_target_reads_the_shared_prompt(data_dir, tmp_path):
     m, dm = _source(data_dir, tmp_path, teachers=False)
-    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
     trainer.fit(m, datamodule=dm)
     src = _save(m, tmp_path / "source.safetensors")
     target_task = dm.task.tasks[0]
     t = MPT(m.base, target_task, stage="target", length=4, source_file=src, optimizer=ADAM)
     torch.testing.assert_close(t.prompts.shared, m.prompts.shared)
     assert (t.prompts.task_matrices() - 1).abs().max() < 0.2  # a fresh update near W = 1
-    frozen = MPT(m.base, target_task, stage="target", length=4, source_file=src,
-                 train_shared=False)
+    frozen = MPT(m.base, target_task, stage="target", length=4, source_file=src, train_shared=False)
     assert not frozen.prompts.shared.requires_grad and frozen.prompts.u.requires_grad
     tgt = _save(t, tmp_path / "target.safetensors")
     with pytest.raises(SptError, match="source stage"):
@@ -139,30 +156,45 @@ def test_teacher_problems_are_named(data_dir, tmp_path):
     foreign = _teachers(dm, other, tmp_path / "x")
     with pytest.raises(SptError, match="base model"):
         make(teachers=foreign)
-    not_prompt = _save(MPT(backbone, dm.task, length=4, n_tasks=2, init="uniform"),
-                       tmp_path / "mpt.safetensors")
+    not_prompt = _save(
+        MPT(backbone, dm.task, length=4, n_tasks=2, init="uniform"), tmp_path / "mpt.safetensors"
+    )
     with pytest.raises(SptError, match="not a Prompt Tuning artifact"):
         make(teachers={"sst2": not_prompt, "trec": teachers["trec"]})
     bert = _mixture(data_dir, "bert")
     with pytest.raises(SptError, match="encoder-only"):
-        MPT(tiny("bert"), bert.task, length=4, n_tasks=2, init="uniform",
-            teachers=_teachers(bert, tiny("bert"), tmp_path))
+        MPT(
+            tiny("bert"),
+            bert.task,
+            length=4,
+            n_tasks=2,
+            init="uniform",
+            teachers=_teachers(bert, tiny("bert"), tmp_path),
+        )
 
 
-@pytest.mark.parametrize(("kw", "match"), [
-    ({"stage": "middle"}, "method.stage"),
-    ({"rank": 0}, "method.rank"),
-    ({"length": 0}, "method.length"),
-    ({"init": "class_labels"}, "method.init"),
-    ({"stage": "target"}, "method.source_file"),
-    ({"stage": "target", "source_file": "x", "teachers": {"a": "b"}}, "method.teachers"),
-    ({"distill_weight": -1}, "method.distill_weight"),
-])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"stage": "middle"}, "method.stage"),
+        ({"rank": 0}, "method.rank"),
+        ({"length": 0}, "method.length"),
+        ({"init": "class_labels"}, "method.init"),
+        ({"stage": "target"}, "method.source_file"),
+        ({"stage": "target", "source_file": "x", "teachers": {"a": "b"}}, "method.teachers"),
+        ({"distill_weight": -1}, "method.distill_weight"),
+    ],
+)
 def test_bad_settings_name_the_key(kw, match):
     from spt.data.task import TaskInfo
 
-    task = TaskInfo(name="t", label_names=("a", "b"), label_words=("bad", "good"),
-                    metrics=("acc",), num_classes=2)
+    task = TaskInfo(
+        name="t",
+        label_names=("a", "b"),
+        label_words=("bad", "good"),
+        metrics=("acc",),
+        num_classes=2,
+    )
     with pytest.raises(SptError, match=match):
         MPT(tiny("llama"), task, **kw)
 

@@ -20,27 +20,44 @@ def script(repo):
 
 
 def test_class_stats(script):
-    s = script.class_stats(["entailment", "not_entailment", "not_entailment", "entailment"],
-                           ["entailment", "entailment", "not_entailment", "not_entailment"])
-    assert s == {"acc": 0.5, "pred_pos": 0.5, "recall_pos": 0.5, "recall_neg": 0.5,
-                 "balanced": 0.5}
+    s = script.class_stats(
+        ["entailment", "not_entailment", "not_entailment", "entailment"],
+        ["entailment", "entailment", "not_entailment", "not_entailment"],
+    )
+    assert s == {"acc": 0.5, "pred_pos": 0.5, "recall_pos": 0.5, "recall_neg": 0.5, "balanced": 0.5}
 
 
 def _study(tmp_path, labels):
     """A study folder with one finished baseline run whose data config points at a dev file."""
     data = tmp_path / "data"
     data.mkdir()
-    (data / "dev.jsonl").write_text("".join(
-        json.dumps({"premise": "p", "hypothesis": "h", "label": lab}) + "\n" for lab in labels))
+    (data / "dev.jsonl").write_text(
+        "".join(
+            json.dumps({"premise": "p", "hypothesis": "h", "label": lab}) + "\n" for lab in labels
+        )
+    )
     run = tmp_path / "mpt" / "baseline_rte" / "seed1"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
-    (run / "config.yaml").write_text(OmegaConf.to_yaml({"data": {
-        "root": str(data), "text_fields": ["premise", "hypothesis"],
-        "label_names": ["entailment", "not_entailment"],
-        "local": {"dev": {"path": "dev.jsonl", "fields": {"premise": "premise",
-                                                          "hypothesis": "hypothesis"},
-                          "label": "label", "label_map": None}}}}))
+    (run / "config.yaml").write_text(
+        OmegaConf.to_yaml(
+            {
+                "data": {
+                    "root": str(data),
+                    "text_fields": ["premise", "hypothesis"],
+                    "label_names": ["entailment", "not_entailment"],
+                    "local": {
+                        "dev": {
+                            "path": "dev.jsonl",
+                            "fields": {"premise": "premise", "hypothesis": "hypothesis"},
+                            "label": "label",
+                            "label_map": None,
+                        }
+                    },
+                }
+            }
+        )
+    )
     return tmp_path / "mpt", data
 
 

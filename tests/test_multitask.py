@@ -25,26 +25,52 @@ from tests.test_run import CONF
 ARCH = {"bert": "encoder", "llama": "decoder", "t5": "encoder-decoder"}
 
 
-def _task(data_dir, name, fields, template, labels, words, path, label_map=None,
-          label="label"):
+def _task(data_dir, name, fields, template, labels, words, path, label_map=None, label="label"):
     spec = {"path": path, "fields": fields, "label": label, "label_map": label_map}
     return functools.partial(
-        TextClassificationDataModule, name=name, template=template, text_fields=list(fields),
-        label_names=labels, label_words=words, root=str(data_dir),
-        local={"train": spec, "dev": spec}, train_limit=24, dev_limit=12, batch_size=4)
+        TextClassificationDataModule,
+        name=name,
+        template=template,
+        text_fields=list(fields),
+        label_names=labels,
+        label_words=words,
+        root=str(data_dir),
+        local={"train": spec, "dev": spec},
+        train_limit=24,
+        dev_limit=12,
+        batch_size=4,
+    )
 
 
 def _mixture(data_dir, family: str, **kw) -> MultiTaskDataModule:
-    sst2 = _task(data_dir, "sst2", {"sentence": "sentence"},
-                 "{soft}Review: {sentence} Sentiment:",
-                 ["negative", "positive"], ["bad", "good"], "sst2/dev.tsv",
-                 {0: "negative", 1: "positive"})
-    trec = _task(data_dir, "trec", {"question": "text"}, "{soft}Question: {question} Type:",
-                 ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"],
-                 ["short", "thing", "how", "who", "where", "number"], "trec/train.tsv",
-                 label="label_coarse")
-    return MultiTaskDataModule(name="mix", tokenizer=tiny_tokenizer(family), arch=ARCH[family],
-                               tasks={"sst2": sst2, "trec": trec}, batch_size=8, **kw)
+    sst2 = _task(
+        data_dir,
+        "sst2",
+        {"sentence": "sentence"},
+        "{soft}Review: {sentence} Sentiment:",
+        ["negative", "positive"],
+        ["bad", "good"],
+        "sst2/dev.tsv",
+        {0: "negative", 1: "positive"},
+    )
+    trec = _task(
+        data_dir,
+        "trec",
+        {"question": "text"},
+        "{soft}Question: {question} Type:",
+        ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"],
+        ["short", "thing", "how", "who", "where", "number"],
+        "trec/train.tsv",
+        label="label_coarse",
+    )
+    return MultiTaskDataModule(
+        name="mix",
+        tokenizer=tiny_tokenizer(family),
+        arch=ARCH[family],
+        tasks={"sst2": sst2, "trec": trec},
+        batch_size=8,
+        **kw,
+    )
 
 
 def test_mixture_batches_carry_each_rows_task(data_dir):
@@ -78,15 +104,18 @@ def test_temperature_flattens_the_mixture(data_dir):
 
 def test_bad_mixtures_are_named(data_dir):
     with pytest.raises(SptError, match="at least two tasks"):
-        MultiTaskDataModule(name="m", tokenizer=tiny_tokenizer("llama"), arch="decoder",
-                            tasks={})
+        MultiTaskDataModule(name="m", tokenizer=tiny_tokenizer("llama"), arch="decoder", tasks={})
     with pytest.raises(SptError, match="mixing_temperature"):
         _mixture(data_dir, "llama", mixing_temperature=0.5)
 
 
-METHOD_KW = {PromptTuning: {"length": 2, "init": "uniform"}, PrefixTuning: {"length": 2},
-             PTuning: {"length": 2}, PTuningV2: {"length": 2},
-             MPT: {"length": 2, "init": "uniform"}}
+METHOD_KW = {
+    PromptTuning: {"length": 2, "init": "uniform"},
+    PrefixTuning: {"length": 2},
+    PTuning: {"length": 2},
+    PTuningV2: {"length": 2},
+    MPT: {"length": 2, "init": "uniform"},
+}
 
 
 @pytest.mark.parametrize("cls", list(METHOD_KW), ids=lambda c: c.method_name)
@@ -108,20 +137,33 @@ def test_mixed_rows_score_with_their_own_label_set(cls, family, data_dir):
         for i, t in enumerate(batch["task_ids"].tolist()):
             n = dm.task.tasks[t].num_classes
             assert torch.isinf(scores[i, n:]).all() and torch.isfinite(scores[i, :n]).all()
-            alone = m({k: v[i: i + 1] for k, v in batch.items()})
+            alone = m({k: v[i : i + 1] for k, v in batch.items()})
             torch.testing.assert_close(alone[0, :n], scores[i, :n], atol=1e-4, rtol=1e-4)
     assert m.task_names == ["sst2", "trec"]
 
 
 def test_training_on_a_mixture_logs_each_task_and_their_mean(data_dir):
     dm = _mixture(data_dir, "llama")
-    m = PromptTuning(tiny("llama", hidden=64, seed=2), dm.task, n_tasks=2, length=2,
-                     init="uniform", optimizer=functools.partial(torch.optim.Adam, lr=0.01))
+    m = PromptTuning(
+        tiny("llama", hidden=64, seed=2),
+        dm.task,
+        n_tasks=2,
+        length=2,
+        init="uniform",
+        optimizer=functools.partial(torch.optim.Adam, lr=0.01),
+    )
     dm.n_soft = m.n_soft_tokens
     before = m.prompt.weight.detach().clone()
-    trainer = L.Trainer(max_steps=3, val_check_interval=3, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=3,
+        val_check_interval=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
     trainer.fit(m, datamodule=dm)
     assert {"val/sst2/acc", "val/trec/acc", "val/acc", "val/acc_best"} <= set(m.last_val)
     mean = (m.last_val["val/sst2/acc"] + m.last_val["val/trec/acc"]) / 2
@@ -138,11 +180,18 @@ def test_n_tasks_must_match_the_mixture(data_dir):
 
 def test_mixture_yaml_builds_through_the_run(data_dir):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("run", overrides=["data=mix_source", "model=tiny-llama",
-                                         "method.n_tasks=3", "method.init=uniform",
-                                         f"data.tasks.sst2.root={data_dir}",
-                                         f"data.tasks.agnews.root={data_dir}",
-                                         f"data.tasks.trec.root={data_dir}"])
+        cfg = compose(
+            "run",
+            overrides=[
+                "data=mix_source",
+                "model=tiny-llama",
+                "method.n_tasks=3",
+                "method.init=uniform",
+                f"data.tasks.sst2.root={data_dir}",
+                f"data.tasks.agnews.root={data_dir}",
+                f"data.tasks.trec.root={data_dir}",
+            ],
+        )
     _, dm, m = build(cfg)
     assert dm.task.names == ["sst2", "agnews", "trec"]
     assert m.prompt.weight.shape[0] == 3
@@ -151,10 +200,13 @@ def test_mixture_yaml_builds_through_the_run(data_dir):
 @pytest.mark.parametrize("family", ["bert", "llama"])
 def test_class_label_init_uses_each_tasks_own_words(family, data_dir):
     dm = _mixture(data_dir, family)
-    m = PromptTuning(tiny(family, hidden=64, seed=2), dm.task, n_tasks=2, length=3,
-                     init="class_labels")
-    alone = [PromptTuning(tiny(family, hidden=64, seed=2), info, length=3, init="class_labels")
-             for info in dm.task.tasks]
+    m = PromptTuning(
+        tiny(family, hidden=64, seed=2), dm.task, n_tasks=2, length=3, init="class_labels"
+    )
+    alone = [
+        PromptTuning(tiny(family, hidden=64, seed=2), info, length=3, init="class_labels")
+        for info in dm.task.tasks
+    ]
     for t in range(2):  # row t starts from task t's label words, as if trained alone
         torch.testing.assert_close(m.prompt.weight[t], alone[t].prompt.weight[0])
     assert not torch.equal(m.prompt.weight[0], m.prompt.weight[1])

@@ -103,8 +103,12 @@ class _Stub(nn.Module):
 
 def _stub_batch(t: list[float]) -> dict:
     b = len(t)
-    return {"input_ids": torch.zeros(b, 1, dtype=torch.long), "labels": torch.ones(b).long(),
-            "task_ids": torch.zeros(b, dtype=torch.long), "t": torch.tensor(t)}
+    return {
+        "input_ids": torch.zeros(b, 1, dtype=torch.long),
+        "labels": torch.ones(b).long(),
+        "task_ids": torch.zeros(b, dtype=torch.long),
+        "t": torch.tensor(t),
+    }
 
 
 # norms 1, 0.5, 1.5, 2 -> class-1 score t - 2; rows t = 1.8 (wrong) and 3.0 (right): 1 correct.
@@ -124,8 +128,7 @@ def test_pan_penalises_exactly_the_positions_whose_corruption_helped():
     assert pan(PAN_VECTORS, torch.zeros(4, dtype=torch.bool), 2.0).item() == 0.0
 
     module.train()
-    reg = Nemesis(weight=2.0, beta=0.0, n_positions=4, corruption_weight=0.1,
-                  schedule="constant")
+    reg = Nemesis(weight=2.0, beta=0.0, n_positions=4, corruption_weight=0.1, schedule="constant")
     calls = module.calls
     term, logs = reg(module, _stub_batch(PAN_BATCH))
     assert module.calls == calls + 1, "all corrupted variants in one forward"
@@ -140,8 +143,9 @@ def test_pan_penalises_exactly_the_positions_whose_corruption_helped():
 
 def test_pan_draws_n_positions_and_mixes_with_pun_by_beta():
     module = _Stub(PAN_VECTORS)
-    reg = Nemesis(weight=1.0, beta=0.25, n_positions=1, corruption_weight=0.1,
-                  schedule="constant", seed=3)
+    reg = Nemesis(
+        weight=1.0, beta=0.25, n_positions=1, corruption_weight=0.1, schedule="constant", seed=3
+    )
     seen = set()
     for _ in range(20):
         term, logs = reg(module, _stub_batch(PAN_BATCH))
@@ -196,8 +200,12 @@ def test_omega_values_by_hand():
 
 
 def test_training_progress_counts_fractional_epochs_of_optimizer_steps():
-    trainer = SimpleNamespace(num_training_batches=10, accumulate_grad_batches=2,
-                              estimated_stepping_batches=25, global_step=5)
+    trainer = SimpleNamespace(
+        num_training_batches=10,
+        accumulate_grad_batches=2,
+        estimated_stepping_batches=25,
+        global_step=5,
+    )
     assert training_progress(trainer) == (1.0, 5.0)
     trainer.estimated_stepping_batches = float("inf")
     with pytest.raises(SptError, match="max_steps"):
@@ -205,28 +213,49 @@ def test_training_progress_counts_fractional_epochs_of_optimizer_steps():
 
 
 # -- composition through Hydra and spt.run.build -----------------------------------------
-@pytest.mark.parametrize("method,model", [("prompt", "tiny-bert"), ("ptuning", "tiny-llama"),
-                                          ("mpt", "tiny-t5")])
+@pytest.mark.parametrize(
+    "method,model", [("prompt", "tiny-bert"), ("ptuning", "tiny-llama"), ("mpt", "tiny-t5")]
+)
 def test_regularizer_composes_and_trains_one_step(method, model, data_dir):
-    cfg = _compose(f"method={method}", f"model={model}", "regularizer=nemesis",
-                   f"data.root={data_dir}", "data.train_limit=8", "data.dev_limit=8",
-                   "data.batch_size=4", "regularizer.n_positions=2")
+    cfg = _compose(
+        f"method={method}",
+        f"model={model}",
+        "regularizer=nemesis",
+        f"data.root={data_dir}",
+        "data.train_limit=8",
+        "data.dev_limit=8",
+        "data.batch_size=4",
+        "regularizer.n_positions=2",
+    )
     _, dm, m = build(cfg)
     assert isinstance(m.regularizer, Nemesis) and m.regularizer.n_positions == 2
     frozen = {k: v.clone() for k, v in m.backbone.state_dict().items()}
     own = {k: v.clone() for k, v in m.state_dict().items()}
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
     trainer.fit(m, datamodule=dm)
     logs = trainer.callback_metrics
-    for key in ("train/pun", "train/pan", "train/omega", "train/reg", "train/task_loss",
-                "train/pan_positions"):
+    for key in (
+        "train/pun",
+        "train/pan",
+        "train/omega",
+        "train/reg",
+        "train/task_loss",
+        "train/pan_positions",
+    ):
         assert key in logs, key
     # 8 rows in batches of 4: 2 steps per epoch, 1 step in all -> E = 0.5, e = 0
     assert logs["train/omega"].item() == pytest.approx(omega(0, 0.5))
     assert logs["train/loss"].item() == pytest.approx(
-        logs["train/task_loss"].item() + logs["train/reg"].item(), abs=1e-5)
+        logs["train/task_loss"].item() + logs["train/reg"].item(), abs=1e-5
+    )
     assert logs["train/pun"].item() > 0
     assert all(torch.equal(v, frozen[k]) for k, v in m.backbone.state_dict().items())
     assert any(not torch.equal(v, own[k]) for k, v in m.state_dict().items())
@@ -236,13 +265,27 @@ def test_prompt_norms_are_written_at_every_step(data_dir, tmp_path):
     """Per-position norms reach the loggers at every step, past ``log_every_n_steps``."""
     from lightning.pytorch.loggers import CSVLogger
 
-    cfg = _compose("method=prompt", "model=tiny-bert", "regularizer=nemesis", "method.length=3",
-                   f"data.root={data_dir}", "data.train_limit=16", "data.batch_size=4")
+    cfg = _compose(
+        "method=prompt",
+        "model=tiny-bert",
+        "regularizer=nemesis",
+        "method.length=3",
+        f"data.root={data_dir}",
+        "data.train_limit=16",
+        "data.batch_size=4",
+    )
     _, dm, m = build(cfg)
     logger = CSVLogger(tmp_path, name="", version="")
-    trainer = L.Trainer(max_steps=3, logger=logger, log_every_n_steps=50,
-                        enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=3,
+        logger=logger,
+        log_every_n_steps=50,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
     trainer.fit(m, datamodule=dm)
     with (tmp_path / "metrics.csv").open() as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/prompt_norm/0")]
@@ -259,10 +302,19 @@ def test_default_run_has_no_regularizer(data_dir):
 
 @pytest.mark.parametrize("method", ["prefix", "ptuning_v2", "cpt"])
 def test_methods_without_prompt_vectors_are_refused_by_name(method, data_dir):
-    cfg = _compose(f"method={method}", "model=tiny-llama", "regularizer=nemesis",
-                   f"data.root={data_dir}", "data.train_limit=8", "data.dev_limit=8")
-    with pytest.raises(SptError, match=rf"method={method} has none.*method=coop \| mpt \| "
-                                       r"prompt \| ptuning.*regularizer=none"):
+    cfg = _compose(
+        f"method={method}",
+        "model=tiny-llama",
+        "regularizer=nemesis",
+        f"data.root={data_dir}",
+        "data.train_limit=8",
+        "data.dev_limit=8",
+    )
+    with pytest.raises(
+        SptError,
+        match=rf"method={method} has none.*method=coop \| mpt \| "
+        r"prompt \| ptuning.*regularizer=none",
+    ):
         build(cfg)
 
 
@@ -270,16 +322,25 @@ def test_the_methods_with_prompt_vectors_are_found_by_capability():
     assert methods_providing(Nemesis.requires) == ["coop", "mpt", "prompt", "ptuning"]
 
 
-@pytest.mark.parametrize("overrides,needle", [
-    (["data=e2e", "model=tiny-llama", "method.init=sampled_vocab"], "generation task"),
-    (["regularizer.n_positions=21"], "n_positions=21 exceeds the prompt's 20"),
-    (["regularizer.p=3"], "regularizer.p=3"),
-    (["regularizer.beta=1.5"], "regularizer.beta=1.5"),
-    (["regularizer.schedule=cosine"], "logistic or constant"),
-])
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["data=e2e", "model=tiny-llama", "method.init=sampled_vocab"], "generation task"),
+        (["regularizer.n_positions=21"], "n_positions=21 exceeds the prompt's 20"),
+        (["regularizer.p=3"], "regularizer.p=3"),
+        (["regularizer.beta=1.5"], "regularizer.beta=1.5"),
+        (["regularizer.schedule=cosine"], "logistic or constant"),
+    ],
+)
 def test_bad_settings_are_refused_before_training(overrides, needle, data_dir):
-    cfg = _compose("model=tiny-bert", "regularizer=nemesis", f"data.root={data_dir}",
-                   "data.train_limit=8", "data.dev_limit=8", *overrides)
+    cfg = _compose(
+        "model=tiny-bert",
+        "regularizer=nemesis",
+        f"data.root={data_dir}",
+        "data.train_limit=8",
+        "data.dev_limit=8",
+        *overrides,
+    )
     with pytest.raises(SptError, match=needle):
         build(cfg)
 
@@ -289,9 +350,15 @@ def test_mpt_distillation_step_adds_the_regularizer(data_dir, tmp_path):
 
     m, dm = _source(data_dir, tmp_path)
     attach(Nemesis(beta=0.5, n_positions=2), m)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu", limit_val_batches=0)
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        limit_val_batches=0,
+    )
     trainer.fit(m, datamodule=dm)
     logs = trainer.callback_metrics
     assert {"train/kl", "train/pun", "train/pan", "train/reg"} <= set(logs)
@@ -306,8 +373,14 @@ def test_regularizer_yamls_comment_every_key():
 
 # -- end to end --------------------------------------------------------------------------
 def test_run_with_nemesis_end_to_end(tmp_path, data_dir):
-    r = spt_run("model=tiny-bert", "regularizer=nemesis", "debug=fast", "logger=csv",
-                out=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    r = spt_run(
+        "model=tiny-bert",
+        "regularizer=nemesis",
+        "debug=fast",
+        "logger=csv",
+        out=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -327,8 +400,9 @@ def test_class_specific_penalty_sums_over_classes_as_the_authors_code():
     ctx = torch.randn(1, 5, 4, 8, generator=torch.Generator().manual_seed(0))  # C=5, N=4
     by_hand = torch.linalg.vector_norm(ctx[0], dim=-1).sum() / 4  # sum over classes, / N
     torch.testing.assert_close(pun(ctx, 2.0), by_hand)
-    torch.testing.assert_close(position_norms(ctx, 2.0),
-                               torch.linalg.vector_norm(ctx[0], dim=-1).mean(0))
+    torch.testing.assert_close(
+        position_norms(ctx, 2.0), torch.linalg.vector_norm(ctx[0], dim=-1).mean(0)
+    )
 
 
 def test_random_positions_mode_penalises_drawn_positions_unprobed():

@@ -18,10 +18,12 @@ def test_notebook_runs(path, tmp_path, monkeypatch, data_dir):
     monkeypatch.setenv("SPT_NOTEBOOK_STEPS", "4")
     monkeypatch.setenv("SPT_NOTEBOOK_OUT", str(tmp_path))
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                      for o in c.get("outputs", []))
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+    outputs = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+    )
     assert os.environ.get("SPT_NOTEBOOK_MODEL") == "tiny-bert"
     CHECKS[path.stem](outputs, tmp_path)
 
@@ -31,8 +33,9 @@ def _quickstart(outputs: str, out) -> None:
 
     assert "dev accuracy:" in outputs and "reloaded dev accuracy" in outputs
     # one line per prompt position (method.length=8): its norm and 3 nearest vocabulary tokens
-    lines = re.findall(r"^\s*(\d+)  norm\s+([\d.]+)  nearest \[(.+)\]  cos \[(.+)\]$",
-                       outputs, flags=re.M)
+    lines = re.findall(
+        r"^\s*(\d+)  norm\s+([\d.]+)  nearest \[(.+)\]  cos \[(.+)\]$", outputs, flags=re.M
+    )
     assert [int(pos) for pos, *_ in lines] == list(range(8))
     assert all(float(norm) > 0 and len(toks.split(",")) == 3 for _, norm, toks, _ in lines)
     assert "mean vocabulary embedding norm:" in outputs

@@ -21,8 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _run(cmd, cwd, timeout=300):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run(cmd, cwd=cwd, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        cmd,
+        cwd=cwd,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +41,34 @@ def installed(tmp_path_factory):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / "spt", src / "spt", ignore=shutil.ignore_patterns("__pycache__"))
-    r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-              "-q", "-w", str(tmp / "dist"), str(src)], cwd=tmp)
+    r = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp / "dist"),
+            str(src),
+        ],
+        cwd=tmp,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("*.whl")
     venv = tmp / "venv"
     r = _run([sys.executable, "-m", "venv", str(venv)], cwd=tmp)
     assert r.returncode == 0, r.stderr
     py = venv / "bin" / "python"
-    r = _run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)],
-             cwd=tmp)
+    r = _run(
+        [str(py), "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], cwd=tmp
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                cwd=tmp).stdout.strip()
+    site = _run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], cwd=tmp
+    ).stdout.strip()
     (Path(site) / "_spt_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return wheel, venv, tmp
 
@@ -64,8 +85,10 @@ def test_installed_spt_composes_its_config_outside_the_checkout(installed):
     _, venv, tmp = installed
     r = _run([str(venv / "bin" / "python"), "-c", "import spt; print(spt.__file__)"], cwd=tmp)
     assert r.stdout.strip().startswith(str(venv)), r.stdout  # the installed copy, not REPO
-    for cmd in ([str(venv / "bin" / "python"), "-m", "spt.run"],
-                [str(venv / "bin" / "spt"), "run"]):
+    for cmd in (
+        [str(venv / "bin" / "python"), "-m", "spt.run"],
+        [str(venv / "bin" / "spt"), "run"],
+    ):
         r = _run([*cmd, "--cfg", "job", "method=prefix", "model=tiny-t5"], cwd=tmp)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "_target_: spt.methods.prefix.PrefixTuning" in r.stdout

@@ -46,15 +46,28 @@ from spt.methods.prefix import PrefixTuning  # noqa: E402
 from spt.methods.prompt import PromptTuning  # noqa: E402
 
 # PEFT and transformers warn about tiny models' missing names and deprecated attributes
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore::FutureWarning")]
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+    pytest.mark.filterwarnings("ignore::FutureWarning"),
+]
 
-TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great"),
-                metrics=("acc",), num_classes=2)
+TASK = TaskInfo(
+    name="t",
+    label_names=("neg", "pos"),
+    label_words=("bad", "great"),
+    metrics=("acc",),
+    num_classes=2,
+)
 # One token per label word on the byte-level tiny tokenizer (no space byte of their own).
-SINGLE = TaskInfo(name="s", label_names=("neg", "pos"), label_words=("a", "b"),
-                  metrics=("acc",), num_classes=2, label_after_space=True)
+SINGLE = TaskInfo(
+    name="s",
+    label_names=("neg", "pos"),
+    label_words=("a", "b"),
+    metrics=("acc",),
+    num_classes=2,
+    label_after_space=True,
+)
 PAD = 0
 ATOL = 1e-5
 MAX_DIFF: dict[str, float] = {}  # test -> max |logit difference|, printed at the end
@@ -84,14 +97,19 @@ def soft_first_batch(backbone, texts: list[str], n_soft: int) -> dict:
     mask = torch.zeros((b, width), dtype=torch.long)
     for i, r in enumerate(rows):
         off = width - len(r) if left else 0
-        ids[i, off:off + len(r)] = torch.tensor(r)
-        mask[i, off:off + len(r)] = 1
+        ids[i, off : off + len(r)] = torch.tensor(r)
+        mask[i, off : off + len(r)] = 1
     soft = torch.zeros((b, width + n_soft), dtype=torch.bool)
     soft[:, :n_soft] = True
-    return {"input_ids": torch.cat([ids.new_full((b, n_soft), PAD), ids], 1),
-            "attention_mask": torch.cat([mask.new_ones((b, n_soft)), mask], 1),
-            "soft_mask": soft, "task_ids": torch.zeros(b, dtype=torch.long),
-            "labels": torch.zeros(b, dtype=torch.long), "text_ids": ids, "text_mask": mask}
+    return {
+        "input_ids": torch.cat([ids.new_full((b, n_soft), PAD), ids], 1),
+        "attention_mask": torch.cat([mask.new_ones((b, n_soft)), mask], 1),
+        "soft_mask": soft,
+        "task_ids": torch.zeros(b, dtype=torch.long),
+        "labels": torch.zeros(b, dtype=torch.long),
+        "text_ids": ids,
+        "text_mask": mask,
+    }
 
 
 def record(name: str, a: torch.Tensor, b: torch.Tensor) -> float:
@@ -108,8 +126,9 @@ def report_differences():
 
 
 def prompt_method(backbone, task=TASK, length=4, **kw) -> PromptTuning:
-    m = PromptTuning(backbone, task=task, length=length, init="uniform", optimizer=optimizer(),
-                     **kw).eval()
+    m = PromptTuning(
+        backbone, task=task, length=length, init="uniform", optimizer=optimizer(), **kw
+    ).eval()
     randomise(m.prompt)
     return m
 
@@ -121,8 +140,12 @@ def save(method, path) -> str:
 # -- spt logits, computed as spt's scorers call the model --------------------------------
 def spt_decoder_logits(m, batch) -> torch.Tensor:
     am = batch["attention_mask"]
-    return m.backbone(inputs_embeds=m.embed(batch), attention_mask=am,
-                      position_ids=position_ids(am), use_cache=False).logits
+    return m.backbone(
+        inputs_embeds=m.embed(batch),
+        attention_mask=am,
+        position_ids=position_ids(am),
+        use_cache=False,
+    ).logits
 
 
 def spt_prefix_logits(m, batch) -> torch.Tensor:
@@ -130,17 +153,26 @@ def spt_prefix_logits(m, batch) -> torch.Tensor:
     prefix = m.kv_prefix(batch)
     p = prefix.shape[-2]
     full = torch.cat([am.new_ones(am.shape[0], p), am], 1)
-    return m.backbone(inputs_embeds=m.embed(batch), attention_mask=full,
-                      position_ids=position_ids(am) + p, use_cache=False,
-                      cache=prefix_cache(prefix)).logits
+    return m.backbone(
+        inputs_embeds=m.embed(batch),
+        attention_mask=full,
+        position_ids=position_ids(am) + p,
+        use_cache=False,
+        cache=prefix_cache(prefix),
+    ).logits
 
 
 def spt_t5_logits(m, batch, target) -> torch.Tensor:
     am = batch["attention_mask"]
-    hidden = m.backbone.get_encoder()(inputs_embeds=m.embed(batch),
-                                      attention_mask=am).last_hidden_state
-    return m.backbone(encoder_outputs=(hidden,), attention_mask=am,
-                      decoder_input_ids=m.backbone._shift_right(target), use_cache=False).logits
+    hidden = m.backbone.get_encoder()(
+        inputs_embeds=m.embed(batch), attention_mask=am
+    ).last_hidden_state
+    return m.backbone(
+        encoder_outputs=(hidden,),
+        attention_mask=am,
+        decoder_input_ids=m.backbone._shift_right(target),
+        use_cache=False,
+    ).logits
 
 
 def peft_decoder_check(m, pm, texts, name):
@@ -194,40 +226,53 @@ def t5_check(m, pm, name):
     target = labels.ids[1].expand(len(TEXTS), -1)
     with torch.no_grad():
         ours = spt_t5_logits(m, batch, target)
-        theirs = pm(input_ids=batch["text_ids"], attention_mask=batch["text_mask"],
-                    decoder_input_ids=m.backbone._shift_right(target)).logits
+        theirs = pm(
+            input_ids=batch["text_ids"],
+            attention_mask=batch["text_mask"],
+            decoder_input_ids=m.backbone._shift_right(target),
+        ).logits
         assert record(name, ours, theirs) < ATOL
         scores = m(batch)  # seq2seq_scores: every label word decoded
         for c in range(labels.ids.shape[0]):
             tgt = labels.ids[c].expand(len(TEXTS), -1)
-            logits = pm(input_ids=batch["text_ids"], attention_mask=batch["text_mask"],
-                        decoder_input_ids=m.backbone._shift_right(tgt)).logits
+            logits = pm(
+                input_ids=batch["text_ids"],
+                attention_mask=batch["text_mask"],
+                decoder_input_ids=m.backbone._shift_right(tgt),
+            ).logits
             logp = F.log_softmax(logits.float(), -1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            assert record(name + " (class scores)", scores[:, c],
-                          (logp * labels.mask[c]).sum(-1)) < ATOL
+            assert (
+                record(name + " (class scores)", scores[:, c], (logp * labels.mask[c]).sum(-1))
+                < ATOL
+            )
 
 
 def test_export_prompt_bert_matches_peft_hidden_states(tmp_path):
     m = prompt_method(tiny("bert"), length=3)
     out = export_peft(save(m, tmp_path / "p"), tmp_path / "adapter")
-    assert json.loads((out.path / "adapter_config.json").read_text())["task_type"] == \
-        "FEATURE_EXTRACTION"
+    assert (
+        json.loads((out.path / "adapter_config.json").read_text())["task_type"]
+        == "FEATURE_EXTRACTION"
+    )
     assert any("head" in n for n in out.notes)  # the classification head stays behind
     with safe_open(str(out.path / "adapter_model.safetensors"), "pt") as f:
         assert list(f.keys()) == ["prompt_embeddings"]
     pm = PeftModel.from_pretrained(tiny("bert").model, str(out.path)).eval()
     batch = soft_first_batch(m.base, TEXTS, 3)  # soft slots before [CLS], right-padded
     with torch.no_grad():
-        ours = m.backbone(inputs_embeds=m.embed(batch),
-                          attention_mask=batch["attention_mask"]).last_hidden_state
-        theirs = pm(input_ids=batch["text_ids"],
-                    attention_mask=batch["text_mask"]).last_hidden_state
+        ours = m.backbone(
+            inputs_embeds=m.embed(batch), attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        theirs = pm(
+            input_ids=batch["text_ids"], attention_mask=batch["text_mask"]
+        ).last_hidden_state
     assert record("spt->PEFT prompt bert (hidden states)", ours, theirs) < ATOL
 
 
 def prefix_method(backbone, task=SINGLE, length=3, **kw) -> PrefixTuning:
-    m = PrefixTuning(backbone, task=task, length=length, hidden=16, optimizer=optimizer(),
-                     **kw).eval()
+    m = PrefixTuning(
+        backbone, task=task, length=length, hidden=16, optimizer=optimizer(), **kw
+    ).eval()
     randomise(m.prefix, scale=0.3)
     return m
 
@@ -245,8 +290,9 @@ def test_export_prefix_llama_gqa_matches_peft(tmp_path):
     with torch.no_grad():
         ours = spt_prefix_logits(m, batch)
         am = batch["attention_mask"]
-        theirs = pm(input_ids=batch["input_ids"], attention_mask=am,
-                    position_ids=position_ids(am)).logits
+        theirs = pm(
+            input_ids=batch["input_ids"], attention_mask=am, position_ids=position_ids(am)
+        ).logits
         real = am.bool()
         assert record("spt->PEFT prefix llama", ours[real], theirs[real]) < ATOL
         peft_scores = F.log_softmax(theirs[:, -1].float(), -1)[:, label_ids]
@@ -272,8 +318,15 @@ def test_prefix_roundtrip_spt_peft_spt(tmp_path):
     m = prefix_method(bb)
     out = export_peft(save(m, tmp_path / "p"), tmp_path / "adapter")
     back = import_peft(out.path, bb, tmp_path / "back.safetensors")
-    m2 = PrefixTuning(bb, task=SINGLE, length=3, reparam=False, init="file",
-                      init_file=str(back.path), optimizer=optimizer()).eval()
+    m2 = PrefixTuning(
+        bb,
+        task=SINGLE,
+        length=3,
+        reparam=False,
+        init="file",
+        init_file=str(back.path),
+        optimizer=optimizer(),
+    ).eval()
     assert torch.equal(m2.prefix.table(), m.prefix.table().detach())
     batch = soft_first_batch(bb, TEXTS, 0)
     with torch.no_grad():
@@ -290,12 +343,16 @@ def peft_adapter(backbone, config, path, seed=3):
 
 def test_import_peft_prompt_llama(tmp_path):
     peft_bb, bb = tiny("llama"), tiny("llama")
-    pm = peft_adapter(peft_bb, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
-                      tmp_path / "adapter")
+    pm = peft_adapter(
+        peft_bb,
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5),
+        tmp_path / "adapter",
+    )
     res = import_peft(tmp_path / "adapter", bb, tmp_path / "p.safetensors")
     assert "method.length=5 method.init=file" in res.load
-    m = PromptTuning(bb, task=SINGLE, length=5, init="file", init_file=str(res.path),
-                     optimizer=optimizer()).eval()
+    m = PromptTuning(
+        bb, task=SINGLE, length=5, init="file", init_file=str(res.path), optimizer=optimizer()
+    ).eval()
     assert torch.equal(m.prompt.weight[0], pm.prompt_encoder["default"].embedding.weight)
     peft_decoder_check(m, pm, TEXTS, "PEFT->spt prompt llama")
 
@@ -303,24 +360,32 @@ def test_import_peft_prompt_llama(tmp_path):
 def test_import_peft_prompt_t5_two_submodules(tmp_path):
     peft_bb, bb = tiny("t5"), tiny("t5")
     # PEFT's seq2seq default: 2 x 4 rows, of which its prompt tuning reads the first 4
-    pm = peft_adapter(peft_bb, PromptTuningConfig(task_type="SEQ_2_SEQ_LM",
-                                                  num_virtual_tokens=4), tmp_path / "adapter")
+    pm = peft_adapter(
+        peft_bb,
+        PromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=4),
+        tmp_path / "adapter",
+    )
     res = import_peft(tmp_path / "adapter", bb, tmp_path / "p")
     assert any("first 4" in n for n in res.notes)
-    m = PromptTuning(bb, task=TASK, length=4, init="file", init_file=str(res.path),
-                     optimizer=optimizer()).eval()
+    m = PromptTuning(
+        bb, task=TASK, length=4, init="file", init_file=str(res.path), optimizer=optimizer()
+    ).eval()
     t5_check(m, pm, "PEFT->spt prompt t5")
 
 
 def test_import_peft_ptuning_as_prompt(tmp_path):
     peft_bb, bb = tiny("llama"), tiny("llama")
     # PEFT saves the prompt its MLP encoder produced; reloaded, it serves that prompt
-    peft_adapter(peft_bb, PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=3,
-                                              encoder_hidden_size=16), tmp_path / "a")
+    peft_adapter(
+        peft_bb,
+        PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, encoder_hidden_size=16),
+        tmp_path / "a",
+    )
     res = import_peft(tmp_path / "a", bb, tmp_path / "p")
     assert any("P-tuning" in n for n in res.notes)
-    m = PromptTuning(bb, task=SINGLE, length=3, init="file", init_file=str(res.path),
-                     optimizer=optimizer()).eval()
+    m = PromptTuning(
+        bb, task=SINGLE, length=3, init="file", init_file=str(res.path), optimizer=optimizer()
+    ).eval()
     loaded = PeftModel.from_pretrained(tiny("llama").model, str(tmp_path / "a")).eval()
     peft_decoder_check(m, loaded, TEXTS[:1], "PEFT->spt p-tuning llama")
 
@@ -328,44 +393,66 @@ def test_import_peft_ptuning_as_prompt(tmp_path):
 @pytest.mark.parametrize("projection", [False, True])
 def test_import_peft_prefix_llama(tmp_path, projection):
     peft_bb, bb = tiny("llama"), tiny("llama")
-    peft_adapter(peft_bb, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3,
-                                             prefix_projection=projection), tmp_path / "a")
+    peft_adapter(
+        peft_bb,
+        PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=3, prefix_projection=projection
+        ),
+        tmp_path / "a",
+    )
     pm = PeftModel.from_pretrained(tiny("llama").model, str(tmp_path / "a")).eval()
     res = import_peft(tmp_path / "a", bb, tmp_path / "p")
     assert "method=prefix method.reparam=false method.length=3" in res.load
-    m = PrefixTuning(bb, task=SINGLE, length=3, reparam=False, init="file",
-                     init_file=str(res.path), optimizer=optimizer()).eval()
+    m = PrefixTuning(
+        bb,
+        task=SINGLE,
+        length=3,
+        reparam=False,
+        init="file",
+        init_file=str(res.path),
+        optimizer=optimizer(),
+    ).eval()
     batch = soft_first_batch(bb, TEXTS, 0)
     am = batch["attention_mask"]
     with torch.no_grad():
         ours = spt_prefix_logits(m, batch)
-        theirs = pm(input_ids=batch["input_ids"], attention_mask=am,
-                    position_ids=position_ids(am)).logits
-    assert record(f"PEFT->spt prefix llama (projection={projection})", ours[am.bool()],
-                  theirs[am.bool()]) < ATOL
+        theirs = pm(
+            input_ids=batch["input_ids"], attention_mask=am, position_ids=position_ids(am)
+        ).logits
+    assert (
+        record(
+            f"PEFT->spt prefix llama (projection={projection})", ours[am.bool()], theirs[am.bool()]
+        )
+        < ATOL
+    )
 
 
 # -- refusals --------------------------------------------------------------------------------
 def test_refuses_lora(tmp_path):
-    pm = get_peft_model(tiny("llama").model, LoraConfig(task_type="CAUSAL_LM",
-                                                        target_modules=["q_proj"]))
+    pm = get_peft_model(
+        tiny("llama").model, LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"])
+    )
     pm.save_pretrained(str(tmp_path / "lora"))
     with pytest.raises(SptError, match="PEFT LORA adapter.*spt keeps frozen"):
         import_peft(tmp_path / "lora", tiny("llama"), tmp_path / "p")
 
 
 def test_refuses_token_dim_mismatch(tmp_path):
-    peft_adapter(tiny("llama", hidden=64), PromptTuningConfig(task_type="CAUSAL_LM",
-                                                              num_virtual_tokens=2),
-                 tmp_path / "a")
+    peft_adapter(
+        tiny("llama", hidden=64),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
+        tmp_path / "a",
+    )
     with pytest.raises(SptError, match="token_dim=64.*hidden size 32"):
         import_peft(tmp_path / "a", tiny("llama"), tmp_path / "p")
 
 
 def test_refuses_prefix_layout_mismatch(tmp_path):
-    peft_adapter(tiny("llama", layers=3), PrefixTuningConfig(task_type="CAUSAL_LM",
-                                                             num_virtual_tokens=2),
-                 tmp_path / "a")
+    peft_adapter(
+        tiny("llama", layers=3),
+        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
+        tmp_path / "a",
+    )
     with pytest.raises(SptError, match="num_layers=3 \\(the backbone needs 2\\)"):
         import_peft(tmp_path / "a", tiny("llama"), tmp_path / "p")
 
@@ -376,8 +463,11 @@ def test_refuses_missing_and_pickled_files(tmp_path):
         import_peft(tmp_path / "empty", tiny("llama"), tmp_path / "p")
     with pytest.raises(SptError, match="does not exist"):
         import_peft(tmp_path / "nowhere", tiny("llama"), tmp_path / "p")
-    peft_adapter(tiny("llama"), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
-                 tmp_path / "a")
+    peft_adapter(
+        tiny("llama"),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
+        tmp_path / "a",
+    )
     (tmp_path / "a" / "adapter_model.safetensors").rename(tmp_path / "a" / "adapter_model.bin")
     with pytest.raises(SptError, match="pickle"):
         import_peft(tmp_path / "a", tiny("llama"), tmp_path / "p")
@@ -388,8 +478,11 @@ def test_refuses_missing_and_pickled_files(tmp_path):
 
 def test_refuses_wrong_family_and_base(tmp_path):
     bb = tiny("llama")
-    peft_adapter(tiny("llama"), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
-                 tmp_path / "a")
+    peft_adapter(
+        tiny("llama"),
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2),
+        tmp_path / "a",
+    )
     with pytest.raises(SptError, match="CAUSAL_LM adapter.*encoder-decoder"):
         import_peft(tmp_path / "a", tiny("t5"), tmp_path / "p")
     with pytest.raises(SptError, match="encoder-only.*head"):
@@ -404,8 +497,11 @@ def test_export_refusals(tmp_path):
     t5 = prefix_method(tiny("t5"), task=TASK)
     with pytest.raises(SptError, match="tiny-t5, encoder-decoder.*self- and cross-attention"):
         export_peft(save(t5, tmp_path / "t5"), tmp_path / "a")
-    art = save_artifact(tmp_path / "cpt", {"delta": torch.zeros(1, 2, 32)},
-                        {"method": "cpt", "base": tiny("llama").identity()})
+    art = save_artifact(
+        tmp_path / "cpt",
+        {"delta": torch.zeros(1, 2, 32)},
+        {"method": "cpt", "base": tiny("llama").identity()},
+    )
     with pytest.raises(SptError, match="method=cpt.*Exportable methods"):
         export_peft(art, tmp_path / "a")
     with pytest.raises(SptError, match="holds no prompt.safetensors"):
@@ -419,30 +515,66 @@ def test_cli_export_and_import(tmp_path, capsys):
     save(m, run / "prompt.safetensors")
     assert main(["export", str(run), str(tmp_path / "adapter")]) == 0
     assert "PROMPT_TUNING adapter (CAUSAL_LM, 4 virtual tokens)" in capsys.readouterr().out
-    assert main(["import", str(tmp_path / "adapter"), str(tmp_path / "back.safetensors"),
-                 "--model", "tiny-llama"]) == 0
+    assert (
+        main(
+            [
+                "import",
+                str(tmp_path / "adapter"),
+                str(tmp_path / "back.safetensors"),
+                "--model",
+                "tiny-llama",
+            ]
+        )
+        == 0
+    )
     assert "method.init_file=" in capsys.readouterr().out
     tensors, _ = load_artifact(tmp_path / "back.safetensors")
     assert torch.equal(tensors["prompt"], m.prompt.weight.detach())
 
 
 def test_cli_errors_exit_2(tmp_path, capsys):
-    pm = get_peft_model(tiny("llama").model, LoraConfig(task_type="CAUSAL_LM",
-                                                        target_modules=["q_proj"]))
+    pm = get_peft_model(
+        tiny("llama").model, LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"])
+    )
     pm.save_pretrained(str(tmp_path / "lora"))
-    assert main(["import", str(tmp_path / "lora"), str(tmp_path / "p"),
-                 "--model", "tiny-llama"]) == 2
+    assert (
+        main(["import", str(tmp_path / "lora"), str(tmp_path / "p"), "--model", "tiny-llama"]) == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("spt: error: ") and "LORA" in err and len(err.splitlines()) == 1
-    assert main(["import", str(tmp_path / "lora"), str(tmp_path / "p"),
-                 "--model", "no-such-model"]) == 2
+    assert (
+        main(["import", str(tmp_path / "lora"), str(tmp_path / "p"), "--model", "no-such-model"])
+        == 2
+    )
     assert "spt/conf/model/no-such-model.yaml" in capsys.readouterr().err
-    assert main(["import", str(tmp_path / "lora"), str(tmp_path / "p"),
-                 "--model", "tiny-llama", "--set", "nokey=1"]) == 2
+    assert (
+        main(
+            [
+                "import",
+                str(tmp_path / "lora"),
+                str(tmp_path / "p"),
+                "--model",
+                "tiny-llama",
+                "--set",
+                "nokey=1",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "Could not override 'nokey'" in err and len(err.splitlines()) == 1
-    proc = subprocess.run([sys.executable, "-m", "spt.interop.peft", "export",
-                           str(tmp_path / "missing"), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spt.interop.peft",
+            "export",
+            str(tmp_path / "missing"),
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("spt: error: ") and "does not exist" in proc.stderr

@@ -21,8 +21,13 @@ from spt.errors import SptError
 from spt.methods.prefix import PrefixTuning, attention_sizes
 from spt.methods.ptuning_v2 import PTuningV2
 
-TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great"),
-                metrics=("acc",), num_classes=2)
+TASK = TaskInfo(
+    name="t",
+    label_names=("neg", "pos"),
+    label_words=("bad", "great"),
+    metrics=("acc",),
+    num_classes=2,
+)
 ADAMW = functools.partial(torch.optim.AdamW, lr=0.05)
 
 
@@ -30,8 +35,7 @@ KV_METHODS = [methods.get(n).cls for n in methods.names(prompt="kv")]  # the reg
 
 
 def _method(family: str, cls=PrefixTuning, **kw):
-    return cls(tiny(family, hidden=64, seed=3), TASK, length=4, optimizer=ADAMW, hidden=32,
-               **kw)
+    return cls(tiny(family, hidden=64, seed=3), TASK, length=4, optimizer=ADAMW, hidden=32, **kw)
 
 
 def _randomise(m, seed: int = 1) -> None:
@@ -48,11 +52,15 @@ def _batch(m, texts, task_ids, labels=None) -> dict:
     mask = torch.zeros_like(ids)
     for i, r in enumerate(rows):
         off = width - len(r) if left else 0
-        ids[i, off: off + len(r)] = torch.tensor(r)
-        mask[i, off: off + len(r)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "soft_mask": torch.zeros_like(ids).bool(),
-            "task_ids": torch.tensor(task_ids),
-            "labels": torch.tensor(labels or [0] * len(rows))}
+        ids[i, off : off + len(r)] = torch.tensor(r)
+        mask[i, off : off + len(r)] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "soft_mask": torch.zeros_like(ids).bool(),
+        "task_ids": torch.tensor(task_ids),
+        "labels": torch.tensor(labels or [0] * len(rows)),
+    }
 
 
 TEXTS = ["fine film", "a much longer and rather dull film", "ok"]
@@ -65,9 +73,14 @@ def test_one_step_changes_only_prefix_and_head(family, cls):
     before = {k: v.clone() for k, v in m.backbone.state_dict().items()}
     prefix_before = m.prefix.table().detach().clone()
     batch = _batch(m, TEXTS, [0, 0, 0], [1, 0, 1])
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        accelerator="cpu")
+    trainer = L.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
     trainer.fit(m, train_dataloaders=DataLoader([batch], collate_fn=lambda x: x[0]))
     for k, v in m.backbone.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -103,10 +116,15 @@ def _t5_kv_of_first(attentions, run, p: int) -> torch.Tensor:
     """Per-layer keys/values ``[B, layers, 2, heads, p, d_kv]`` that the given T5 attention
     modules compute for the first ``p`` positions during ``run()``."""
     seen = []
-    hooks = [a.register_forward_hook(
-        lambda mod, args, kwargs, out, seen=seen: seen.append(
-            (mod.k(args[0])[:, :p], mod.v(args[0])[:, :p])), with_kwargs=True)
-        for a in attentions]
+    hooks = [
+        a.register_forward_hook(
+            lambda mod, args, kwargs, out, seen=seen: seen.append(
+                (mod.k(args[0])[:, :p], mod.v(args[0])[:, :p])
+            ),
+            with_kwargs=True,
+        )
+        for a in attentions
+    ]
     try:
         run()
     finally:
@@ -115,8 +133,13 @@ def _t5_kv_of_first(attentions, run, p: int) -> torch.Tensor:
     a = attentions[0]
     b = seen[0][0].shape[0]
     shape = (b, p, a.n_heads, a.key_value_proj_dim)
-    return torch.stack([torch.stack([k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)], 1)
-                        for k, v in seen], 1)
+    return torch.stack(
+        [
+            torch.stack([k.view(shape).transpose(1, 2), v.view(shape).transpose(1, 2)], 1)
+            for k, v in seen
+        ],
+        1,
+    )
 
 
 def test_t5_encoder_prefix_equals_real_tokens_in_front():
@@ -145,19 +168,37 @@ def test_t5_decoder_prefix_equals_real_tokens_in_front():
     dec_ids = torch.tensor([[0, 11, 12, 13, 14]])
     attn = [block.layer[0].SelfAttention for block in model.get_decoder().block]
     full = {}
-    kv = _t5_kv_of_first(attn, lambda: full.setdefault("logits", model(
-        encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=dec_ids).logits), 2)
-    rest = model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=dec_ids[:, 2:],
-                 cache=decoder_cache(kv), use_cache=False).logits
+    kv = _t5_kv_of_first(
+        attn,
+        lambda: full.setdefault(
+            "logits",
+            model(encoder_outputs=(hidden,), attention_mask=mask, decoder_input_ids=dec_ids).logits,
+        ),
+        2,
+    )
+    rest = model(
+        encoder_outputs=(hidden,),
+        attention_mask=mask,
+        decoder_input_ids=dec_ids[:, 2:],
+        cache=decoder_cache(kv),
+        use_cache=False,
+    ).logits
     torch.testing.assert_close(rest, full["logits"][:, 2:], atol=1e-5, rtol=1e-5)
 
 
 def _tiny_encoder(kind: str):
     from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
-    sizes = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=40, hidden_dropout_prob=0.0,
-                 attention_probs_dropout_prob=0.0)
+    sizes = dict(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     if kind == "roberta":  # positions start at padding_idx + 1 = 2
         return RobertaModel(RobertaConfig(pad_token_id=1, **sizes)).eval()
@@ -174,9 +215,11 @@ def test_encoder_prefix_equals_real_tokens_in_front(kind):
     ids = torch.tensor([[5, 6, 7, 20, 21, 22, 23], [8, 9, 10, 24, 25, 26, 27]])
     embeds = model.get_input_embeddings()(ids)
     seen = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append(out[:, :3]))
-             for layer in model.encoder.layer
-             for m in (layer.attention.self.key, layer.attention.self.value)]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out: seen.append(out[:, :3]))
+        for layer in model.encoder.layer
+        for m in (layer.attention.self.key, layer.attention.self.value)
+    ]
     full = model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids)).last_hidden_state
     for h in hooks:
         h.remove()
@@ -202,7 +245,10 @@ def test_t5_prefix_defaults_follow_li_and_liang():
     m = PrefixTuning(tiny("t5", hidden=64, seed=3), TASK, length=4, hidden=32).eval()
     enc_layers, dec_layers = m.backbone.config.num_layers, m.backbone.config.num_decoder_layers
     assert m.cross_attention and [len(b.mlp[2].bias) // (2 * 64) for b in m.prefix.blocks] == [
-        enc_layers, dec_layers, dec_layers]
+        enc_layers,
+        dec_layers,
+        dec_layers,
+    ]
     batch = _batch(m, TEXTS, [0, 0, 0])
     before = m.kv_prefix(batch)
     with torch.no_grad():
@@ -210,10 +256,12 @@ def test_t5_prefix_defaults_follow_li_and_liang():
     after = m.kv_prefix(batch)
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
     assert not torch.equal(before[2], after[2])
-    shared = PrefixTuning(tiny("t5", hidden=64, seed=3), TASK, length=4, hidden=32,
-                          shared_reparam=True)
+    shared = PrefixTuning(
+        tiny("t5", hidden=64, seed=3), TASK, length=4, hidden=32, shared_reparam=True
+    )
     assert not hasattr(shared.prefix, "blocks") and shared.prefix.table().shape[-1] == (
-        (enc_layers + 2 * dec_layers) * 2 * 64)
+        (enc_layers + 2 * dec_layers) * 2 * 64
+    )
     assert not PrefixTuning(tiny("llama"), TASK, length=2, hidden=8).cross_attention
 
 
@@ -222,7 +270,7 @@ def test_t5_decoder_prefix_changes_the_scores():
     batch = _batch(m, TEXTS, [0, 0, 0])
     embeds = m.base.input_embeddings(batch["input_ids"])
     kv = m.prefix(batch["task_ids"])
-    enc, dec = kv[:, : m.layout.parts[0]], kv[:, m.layout.parts[0]:]
+    enc, dec = kv[:, : m.layout.parts[0]], kv[:, m.layout.parts[0] :]
     with_dec = m.class_scores(embeds, batch["attention_mask"], (enc, dec))
     without = m.class_scores(embeds, batch["attention_mask"], (enc, None))
     assert (with_dec - without).abs().max() > 1e-4
@@ -247,9 +295,13 @@ def test_t5_cross_attention_prefix_acts_as_extra_encoder_positions():
         kv.append(torch.stack([k, v], 1))
     cross = torch.stack(kv, 1)  # [B, dec_layers, 2, heads, 1, d_kv]
     with cross_route(model, cross):
-        rest = model(encoder_outputs=(hidden[:, 1:],), attention_mask=mask[:, 1:],
-                     decoder_input_ids=dec_ids, cache=decoder_cache(None, cross),
-                     use_cache=False).logits
+        rest = model(
+            encoder_outputs=(hidden[:, 1:],),
+            attention_mask=mask[:, 1:],
+            decoder_input_ids=dec_ids,
+            cache=decoder_cache(None, cross),
+            use_cache=False,
+        ).logits
     torch.testing.assert_close(rest, full, atol=1e-5, rtol=1e-5)
     # the method's own cross prefix changes its scores; outside the route nothing is widened
     embeds = m.base.input_embeddings(batch["input_ids"])
@@ -273,8 +325,14 @@ def test_sizes_come_from_the_config_with_gqa():
     cfg = m.backbone.config
     assert m.sizes["n_kv_heads"] == cfg.num_key_value_heads < cfg.num_attention_heads
     kv = m.prefix(torch.tensor([0, 0]))
-    assert kv.shape == (2, cfg.num_hidden_layers, 2, cfg.num_key_value_heads, 4,
-                        cfg.hidden_size // cfg.num_attention_heads)
+    assert kv.shape == (
+        2,
+        cfg.num_hidden_layers,
+        2,
+        cfg.num_key_value_heads,
+        4,
+        cfg.hidden_size // cfg.num_attention_heads,
+    )
     assert attention_sizes(tiny("t5").config)["n_layers"] == 2
 
 
@@ -287,11 +345,17 @@ def test_decoder_prefix_equals_real_tokens_in_front():
     x = torch.tensor([[40, 41, 42]])
     full = model(input_ids=torch.cat([ctx, x], 1), use_cache=True)
     cache = full.cache
-    kv = torch.stack([torch.stack([layer.keys[:, :, :4], layer.values[:, :, :4]], 1)
-                      for layer in cache.layers], 1)
-    out = model(input_ids=x, attention_mask=torch.ones(1, 7, dtype=torch.long),
-                position_ids=torch.arange(4, 7)[None], cache=prefix_cache(kv),
-                use_cache=False)
+    kv = torch.stack(
+        [torch.stack([layer.keys[:, :, :4], layer.values[:, :, :4]], 1) for layer in cache.layers],
+        1,
+    )
+    out = model(
+        input_ids=x,
+        attention_mask=torch.ones(1, 7, dtype=torch.long),
+        position_ids=torch.arange(4, 7)[None],
+        cache=prefix_cache(kv),
+        use_cache=False,
+    )
     torch.testing.assert_close(out.logits[0, -1], full.logits[0, -1], atol=1e-5, rtol=1e-5)
 
 
@@ -339,8 +403,18 @@ def test_prefix_dropout_draws_one_mask_per_example(reparam):
     batch-expanded prefix); in eval mode every row of a task gets the same prefix."""
     from spt.modules.prefix_encoder import PrefixEncoder
 
-    enc = PrefixEncoder(2, 4, n_layers=2, n_kv_heads=2, head_dim=4, d_model=8, reparam=reparam,
-                        hidden=16, dropout=0.5, init_std=1.0).train()
+    enc = PrefixEncoder(
+        2,
+        4,
+        n_layers=2,
+        n_kv_heads=2,
+        head_dim=4,
+        d_model=8,
+        reparam=reparam,
+        hidden=16,
+        dropout=0.5,
+        init_std=1.0,
+    ).train()
     task_ids = torch.tensor([0] * 8 + [1] * 8)
     out = enc(task_ids)
     masks = (out == 0).flatten(1)  # where dropout zeroed an entry
@@ -368,8 +442,7 @@ def test_artifact_round_trip(family, cls, tmp_path):
 
 
 @pytest.mark.parametrize("cls", KV_METHODS)
-@pytest.mark.parametrize("bad", [{"length": 0}, {"hidden": 0}, {"init": "file"},
-                                 {"loss": "nope"}])
+@pytest.mark.parametrize("bad", [{"length": 0}, {"hidden": 0}, {"init": "file"}, {"loss": "nope"}])
 def test_bad_settings_name_the_key(bad, cls):
     with pytest.raises(SptError, match="method."):
         cls(tiny("llama"), TASK, **bad)
@@ -387,8 +460,12 @@ def test_ptuning_v2_defaults_and_the_reference_pooler_head():
     prefix = m.kv_prefix(batch)
     p, length = prefix.shape[-2], batch["attention_mask"].shape[1]
     am = torch.cat([torch.ones(3, p, dtype=torch.long), batch["attention_mask"]], 1)
-    out = m.backbone(inputs_embeds=m.embed(batch), attention_mask=am, cache=prefix_cache(prefix),
-                     position_ids=torch.arange(p, p + length).expand(3, -1))
+    out = m.backbone(
+        inputs_embeds=m.embed(batch),
+        attention_mask=am,
+        cache=prefix_cache(prefix),
+        position_ids=torch.arange(p, p + length).expand(3, -1),
+    )
     torch.testing.assert_close(seen[0], out.pooler_output)
     assert PTuningV2(tiny("bert"), TASK, pooling="cls").pooling == "cls"
     with pytest.raises(SptError, match="method.pooling"):

@@ -22,12 +22,23 @@ from spt.errors import SptError
 from spt.methods.prompt import PromptTuning
 
 FAMILIES = ("bert", "llama", "t5")
-TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great"),
-                metrics=("acc",), num_classes=2)
+TASK = TaskInfo(
+    name="t",
+    label_names=("neg", "pos"),
+    label_words=("bad", "great"),
+    metrics=("acc",),
+    num_classes=2,
+)
 # One token per label word on the byte-level tiny tokenizer: after a template ending in a space
 # the word brings no space byte of its own.
-SINGLE_TOKEN_TASK = TaskInfo(name="s", label_names=("neg", "pos"), label_words=("a", "b"),
-                             metrics=("acc",), num_classes=2, label_after_space=True)
+SINGLE_TOKEN_TASK = TaskInfo(
+    name="s",
+    label_names=("neg", "pos"),
+    label_words=("a", "b"),
+    metrics=("acc",),
+    num_classes=2,
+    label_after_space=True,
+)
 TEXTS = ["a fine film", "dull", "not bad at all, really"]
 PAD = 0
 
@@ -60,9 +71,9 @@ def make_batch(backbone, texts, length, task_ids=None, labels=None) -> dict:
     left = backbone.arch == "decoder"
     for i, (ids, start) in enumerate(rows):
         off = width - len(ids) if left else 0
-        input_ids[i, off:off + len(ids)] = torch.tensor(ids)
-        attention[i, off:off + len(ids)] = 1
-        soft[i, off + start:off + start + length] = True
+        input_ids[i, off : off + len(ids)] = torch.tensor(ids)
+        attention[i, off : off + len(ids)] = 1
+        soft[i, off + start : off + start + length] = True
     return {
         "input_ids": input_ids,
         "attention_mask": attention,
@@ -89,9 +100,11 @@ def _rows_in_embedding(rows: torch.Tensor, emb: torch.Tensor) -> list[set[int]]:
 
 def _pool(m, top_k):
     emb = m.base.input_embeddings.weight
-    return set(inits.frequent_token_ids(m.base.tokenizer, top_k, None,
-                                        m.base.vocab_sorted_by_frequency,
-                                        max_id=emb.shape[0]).tolist())
+    return set(
+        inits.frequent_token_ids(
+            m.base.tokenizer, top_k, None, m.base.vocab_sorted_by_frequency, max_id=emb.shape[0]
+        ).tolist()
+    )
 
 
 def _label_ids_for_init(bb) -> list[list[int]]:
@@ -123,8 +136,11 @@ def test_init_and_forward(family, init, tmp_path):
             if source.head is not None:
                 for p in source.head.parameters():
                     p.copy_(torch.randn(p.shape, generator=g))
-        kw["init_file"] = str(save_artifact(tmp_path / "src.safetensors",
-                                            source.artifact_tensors(), source.artifact_meta()))
+        kw["init_file"] = str(
+            save_artifact(
+                tmp_path / "src.safetensors", source.artifact_tensors(), source.artifact_meta()
+            )
+        )
     m = build(backbone=bb, length=length, init=init, **kw).eval()
 
     scores = m(make_batch(bb, TEXTS[:2], length))
@@ -146,7 +162,7 @@ def test_init_and_forward(family, init, tmp_path):
         for c, ids in enumerate(label_ids):
             assert torch.allclose(rows[c], emb[ids].mean(0), atol=1e-6), c
         pool = _pool(m, top_k)
-        for found in _rows_in_embedding(rows[len(label_ids):], emb):
+        for found in _rows_in_embedding(rows[len(label_ids) :], emb):
             assert found and found <= pool, found
     elif init == "text":
         ids = bb.tokenizer("abc", add_special_tokens=False)["input_ids"]
@@ -156,8 +172,9 @@ def test_init_and_forward(family, init, tmp_path):
     else:
         assert torch.equal(w, source.prompt.weight.detach())
         if family == "bert":
-            for (n, p), (_, q) in zip(m.head.named_parameters(), source.head.named_parameters(),
-                                      strict=True):
+            for (n, p), (_, q) in zip(
+                m.head.named_parameters(), source.head.named_parameters(), strict=True
+            ):
                 assert torch.equal(p, q), n
         else:
             assert m.head is None
@@ -167,8 +184,9 @@ def test_frequent_token_ids_counts_texts():
     tok = tiny("bert").tokenizer
     z = tok("z", add_special_tokens=False)["input_ids"][0]
     q = tok("q", add_special_tokens=False)["input_ids"][0]
-    ranked = inits.frequent_token_ids(tok, k=10, texts=["zzzzzz", "q zz q", "ab"],
-                                      sorted_by_frequency=False)
+    ranked = inits.frequent_token_ids(
+        tok, k=10, texts=["zzzzzz", "q zz q", "ab"], sorted_by_frequency=False
+    )
     assert ranked.tolist()[:2] == [z, q]  # 8 z's, then 2 q's
     assert len(ranked) == 10 and len(set(ranked.tolist())) == 10  # topped up, no repeats
     assert not set(ranked.tolist()) & set(tok.all_special_ids)
@@ -179,9 +197,17 @@ def test_frequent_token_ids_counts_texts():
 
 # -- the frozen-backbone contract under a real optimizer step ---------------------------------
 def _trainer(tmp_path, max_steps):
-    return L.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                     devices=1, default_root_dir=str(tmp_path), log_every_n_steps=1)
+    return L.Trainer(
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(tmp_path),
+        log_every_n_steps=1,
+    )
 
 
 def _loader(batches):
@@ -199,8 +225,10 @@ def stepped(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"fit-{family}")
     bb = tiny(family)
     m = build(backbone=bb, length=4, init="sampled_vocab")
-    batches = [make_batch(bb, TEXTS[:2], 4, labels=[0, 1]),
-               make_batch(bb, TEXTS[1:], 4, labels=[1, 0])]
+    batches = [
+        make_batch(bb, TEXTS[:2], 4, labels=[0, 1]),
+        make_batch(bb, TEXTS[1:], 4, labels=[1, 0]),
+    ]
     before = {k: v.clone() for k, v in m.backbone.state_dict(keep_vars=False).items()}
     prompt0 = m.prompt.weight.detach().clone()
     head0 = [p.detach().clone() for p in m.head.parameters()] if m.head is not None else []
@@ -208,8 +236,18 @@ def stepped(request, tmp_path_factory):
     trainer.fit(m, train_dataloaders=_loader(batches))
     ckpt = tmp / "x.ckpt"
     trainer.save_checkpoint(ckpt)
-    return {"family": family, "m": m, "bb": bb, "before": before, "prompt0": prompt0,
-            "head0": head0, "trainer": trainer, "ckpt": ckpt, "batches": batches, "tmp": tmp}
+    return {
+        "family": family,
+        "m": m,
+        "bb": bb,
+        "before": before,
+        "prompt0": prompt0,
+        "head0": head0,
+        "trainer": trainer,
+        "ckpt": ckpt,
+        "batches": batches,
+        "tmp": tmp,
+    }
 
 
 def test_step_leaves_backbone_untouched(stepped):
@@ -227,8 +265,10 @@ def test_step_changes_prompt_and_head(stepped):
     m = stepped["m"]
     assert not torch.equal(m.prompt.weight.detach(), stepped["prompt0"])
     if stepped["family"] == "bert":
-        assert all(not torch.equal(p.detach(), q)
-                   for p, q in zip(m.head.parameters(), stepped["head0"], strict=True))
+        assert all(
+            not torch.equal(p.detach(), q)
+            for p, q in zip(m.head.parameters(), stepped["head0"], strict=True)
+        )
 
 
 def test_checkpoint_holds_only_trainable_state(stepped):
@@ -289,8 +329,12 @@ def test_mixed_task_rows_equal_rows_alone(family):
     texts = ["a", "a longer input text", "mid size"]
     with torch.no_grad():
         mixed = m(make_batch(bb, texts, length, task_ids=task_ids))
-        alone = torch.cat([m(make_batch(bb, [t], length, task_ids=[k]))
-                           for t, k in zip(texts, task_ids, strict=True)])
+        alone = torch.cat(
+            [
+                m(make_batch(bb, [t], length, task_ids=[k]))
+                for t, k in zip(texts, task_ids, strict=True)
+            ]
+        )
         all_task0 = m(make_batch(bb, texts, length, task_ids=[0, 0, 0]))
     assert mixed.shape == (3, 2)
     # atol 1e-5, plus float32 rounding of the summed log-probs (tiny T5 scores are ~ -100)
@@ -328,8 +372,11 @@ def test_decoder_scores_multi_token_match_manual():
 
 def test_decoder_scores_single_token_fast_path_match_manual():
     bb = tiny("llama")
-    lists = Decoder().label_tokens(bb.tokenizer, list(SINGLE_TOKEN_TASK.label_words),
-                                   after_space=True).lists()
+    lists = (
+        Decoder()
+        .label_tokens(bb.tokenizer, list(SINGLE_TOKEN_TASK.label_words), after_space=True)
+        .lists()
+    )
     assert [len(x) for x in lists] == [1, 1]
     m = build(backbone=bb, task=SINGLE_TOKEN_TASK, length=3, init="sampled_vocab").eval()
     assert m.labels.single_token
@@ -412,13 +459,16 @@ def test_backbone_dropout_is_an_explicit_flag(family):
 
 
 # -- bad input ---------------------------------------------------------------------------
-@pytest.mark.parametrize(("kw", "key"), [
-    ({"length": 0}, "method.length"),
-    ({"length": -3}, "method.length"),
-    ({"init": "nope"}, "method.init"),
-    ({"init": "text"}, "method.init_text"),
-    ({"init": "file"}, "method.init_file"),
-])
+@pytest.mark.parametrize(
+    ("kw", "key"),
+    [
+        ({"length": 0}, "method.length"),
+        ({"length": -3}, "method.length"),
+        ({"init": "nope"}, "method.init"),
+        ({"init": "text"}, "method.init_text"),
+        ({"init": "file"}, "method.init_file"),
+    ],
+)
 def test_bad_settings_name_the_key(kw, key):
     with pytest.raises(SptError, match=key.replace(".", r"\.")):
         build("llama", **kw)
@@ -456,8 +506,9 @@ def test_init_file_of_another_length(tmp_path):
     assert "[1, 4, 32]" in str(err.value) and "[1, 5, 32]" in str(err.value)
 
 
-@pytest.mark.parametrize("template", ["{soft}Review: {sentence} Sentiment:",
-                                      "{soft}Review: {sentence} Sentiment: "])
+@pytest.mark.parametrize(
+    "template", ["{soft}Review: {sentence} Sentiment:", "{soft}Review: {sentence} Sentiment: "]
+)
 def test_scorer_and_data_module_tokenise_label_words_alike(template, data_dir):
     """One tokenisation of the verbalizer: the ids the method scores are the ids the data module
     sizes its label reserve by (and CPT builds its context from), also when the template ends
@@ -465,8 +516,15 @@ def test_scorer_and_data_module_tokenise_label_words_alike(template, data_dir):
     from spt.run import build
     from tests.test_run import _compose
 
-    cfg = _compose("method=prompt", "model=tiny-llama", "data=sst2", f"data.root={data_dir}",
-                   "data.train_limit=8", "data.dev_limit=8", f"data.template='{template}'")
+    cfg = _compose(
+        "method=prompt",
+        "model=tiny-llama",
+        "data=sst2",
+        f"data.root={data_dir}",
+        "data.train_limit=8",
+        "data.dev_limit=8",
+        f"data.template='{template}'",
+    )
     _, dm, m = build(cfg)
     assert m.task_labels[0].lists() == dm.label_word_ids()
     assert dm.task.label_after_space == template.endswith(" ")
@@ -492,5 +550,8 @@ def test_label_score_must_be_sum_or_mean(data_dir):
     from tests.test_run import _compose
 
     with pytest.raises(SptError, match="data.label_score='max': choose sum or mean"):
-        build(_compose("model=tiny-llama", "data=sst2", f"data.root={data_dir}",
-                       "data.label_score=max"))
+        build(
+            _compose(
+                "model=tiny-llama", "data=sst2", f"data.root={data_dir}", "data.label_score=max"
+            )
+        )

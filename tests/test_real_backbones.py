@@ -15,8 +15,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def spt_run(*overrides: str, out: Path, timeout: int = 1500) -> tuple[dict, Path]:
     env = {**os.environ, "SPT_OUTPUT_DIR": str(out), "HF_HUB_OFFLINE": "1"}
-    r = subprocess.run([sys.executable, "-m", "spt.run", "logger=csv", *overrides], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", "spt.run", "logger=csv", *overrides],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = sorted(p.parent for p in (out / "runs").rglob(".hydra"))
     return json.loads((run / "metrics.json").read_text()), run
@@ -28,15 +34,25 @@ def test_minilm_sst2_learns_and_reloads(tmp_path, data_dir):
     """3,200 SST-2 training phrases (100 steps of 32), 200 dev sentences: the tuned prompt + head beat chance clearly, and the
     artifact reloads to the same dev accuracy."""
     common = ["model=minilm", "data=sst2", "data.dev_limit=200", "seed=1"]
-    metrics, run = spt_run(*common, "data.train_limit=3200", "data.batch_size=32",
-                           "trainer.max_steps=100", "trainer.val_check_interval=100",
-                           out=tmp_path / "fit")
+    metrics, run = spt_run(
+        *common,
+        "data.train_limit=3200",
+        "data.batch_size=32",
+        "trainer.max_steps=100",
+        "trainer.val_check_interval=100",
+        out=tmp_path / "fit",
+    )
     assert metrics["steps"] == 100
     assert metrics["val/acc"] >= 0.70, metrics
     assert metrics["params/trainable_pct"] < 0.1
     assert metrics["artifact_bytes"] < 100_000
-    again, _ = spt_run(*common, "train=false", "method.init=file",
-                       f"method.init_file={run / 'prompt.safetensors'}", out=tmp_path / "eval")
+    again, _ = spt_run(
+        *common,
+        "train=false",
+        "method.init=file",
+        f"method.init_file={run / 'prompt.safetensors'}",
+        out=tmp_path / "eval",
+    )
     assert again["val/acc"] == metrics["val/acc"]
 
 
@@ -44,6 +60,11 @@ def test_minilm_sst2_learns_and_reloads(tmp_path, data_dir):
 def test_smollm2_prompt_beats_zero_shot_on_a_dev_subset(tmp_path, data_dir):
     common = ["model=smollm2-135m", "data=sst2", "data.dev_limit=200", "data.eval_batch_size=32"]
     zero, _ = spt_run(*common, "zero_shot=true", out=tmp_path / "zs")
-    tuned, _ = spt_run(*common, "experiment=sst2_smollm2", "trainer.max_steps=60",
-                       "trainer.val_check_interval=60", out=tmp_path / "pt")
+    tuned, _ = spt_run(
+        *common,
+        "experiment=sst2_smollm2",
+        "trainer.max_steps=60",
+        "trainer.val_check_interval=60",
+        out=tmp_path / "pt",
+    )
     assert tuned["val/acc"] > zero["val/acc"], (tuned, zero)

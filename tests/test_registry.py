@@ -15,7 +15,8 @@ from spt.backbones import ARCHS
 from spt.errors import SptError
 
 _spec = importlib.util.spec_from_file_location(
-    "equivalence", CONF_DIR.parents[1] / "scripts" / "equivalence.py")
+    "equivalence", CONF_DIR.parents[1] / "scripts" / "equivalence.py"
+)
 equivalence = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(equivalence)
 
@@ -50,8 +51,10 @@ def test_every_method_and_supported_arch_is_an_equivalence_case():
     cases = equivalence.cases()
     for name, info in methods.registry().items():
         for arch in info.archs:
-            assert any(c.startswith(f"{name}-{equivalence.TINY[arch]}-") for c in cases), \
-                (name, arch)
+            assert any(c.startswith(f"{name}-{equivalence.TINY[arch]}-") for c in cases), (
+                name,
+                arch,
+            )
 
 
 def test_unknown_names_are_refused_with_the_list():

@@ -21,14 +21,21 @@ from tests.test_run import REPO, run_dirs, spt_run
 
 STEPS = 150  # tiny-bert: a few ms a step, so the kill lands well before the end
 # 8 batches per epoch: the kill lands mid-epoch; dropout (head_dropout 0.1) draws from the RNG
-COMMON = ("model=tiny-bert", "data.train_limit=32", "data.dev_limit=16", "data.batch_size=4",
-          f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS}", "logger=csv",
-          "callbacks.last_checkpoint.every_n_train_steps=20", "seed=7")
+COMMON = (
+    "model=tiny-bert",
+    "data.train_limit=32",
+    "data.dev_limit=16",
+    "data.batch_size=4",
+    f"trainer.max_steps={STEPS}",
+    f"trainer.val_check_interval={STEPS}",
+    "logger=csv",
+    "callbacks.last_checkpoint.every_n_train_steps=20",
+    "seed=7",
+)
 
 
 def _env(out: Path) -> dict:
-    return {**os.environ, "SPT_OUTPUT_DIR": str(out), "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "SPT_OUTPUT_DIR": str(out), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _step(ckpt: Path) -> int:
@@ -41,8 +48,14 @@ def _step(ckpt: Path) -> int:
 def _start_and_kill(args: list[str], out: Path, ckpt_glob: str, min_step: int = 40) -> Path:
     """Start ``spt.run`` with ``args``, SIGKILL it once a checkpoint of step >= ``min_step``
     exists; return that checkpoint."""
-    proc = subprocess.Popen([sys.executable, "-m", "spt.run", *args], cwd=REPO, env=_env(out),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spt.run", *args],
+        cwd=REPO,
+        env=_env(out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -77,8 +90,9 @@ def reference(tmp_path_factory, data_dir):
 
 def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     run_dir = tmp_path / "run"
-    ckpt = _start_and_kill([*COMMON, f"hydra.run.dir={run_dir}"], tmp_path,
-                           "run/checkpoints/last.ckpt")
+    ckpt = _start_and_kill(
+        [*COMMON, f"hydra.run.dir={run_dir}"], tmp_path, "run/checkpoints/last.ckpt"
+    )
     killed_at = _step(ckpt)
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["callbacks"]["FitClock"]["seconds"] > 0
@@ -111,8 +125,9 @@ def test_resume_without_a_checkpoint_names_the_fix(tmp_path):
     assert r.returncode == 2
     assert "no checkpoint at" in r.stderr and "hydra.run.dir=<the killed run" in r.stderr
     assert run_dirs(tmp_path) == []  # nothing half-written left behind
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", f"resume={tmp_path}/x.ckpt",
-                out=tmp_path)
+    r = spt_run(
+        "model=tiny-bert", "debug=fast", "logger=csv", f"resume={tmp_path}/x.ckpt", out=tmp_path
+    )
     assert r.returncode == 2 and "check the path" in r.stderr
 
 
@@ -121,11 +136,20 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tmp_pat
     clear line naming the step, exit status 2, the checkpoint from before that step intact and
     loadable, and no artifact of a diverged prompt."""
     run_dir = tmp_path / "run"
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", f"hydra.run.dir={run_dir}",
-                "callbacks.last_checkpoint.every_n_train_steps=1",
-                "method.optimizer._target_=torch.optim.SGD", "~method.optimizer.scale_parameter",
-                "~method.optimizer.relative_step", "~method.optimizer.warmup_init",
-                "~method.optimizer.clip_threshold", "method.optimizer.lr=1e30", out=tmp_path)
+    r = spt_run(
+        "model=tiny-bert",
+        "debug=fast",
+        "logger=csv",
+        f"hydra.run.dir={run_dir}",
+        "callbacks.last_checkpoint.every_n_train_steps=1",
+        "method.optimizer._target_=torch.optim.SGD",
+        "~method.optimizer.scale_parameter",
+        "~method.optimizer.relative_step",
+        "~method.optimizer.warmup_init",
+        "~method.optimizer.clip_threshold",
+        "method.optimizer.lr=1e30",
+        out=tmp_path,
+    )
     assert r.returncode == 2
     (line,) = [s for s in r.stderr.splitlines() if s.startswith("spt: error:")]
     assert "non-finite training loss (nan) at step 1" in line and "method.optimizer.lr" in line
@@ -183,7 +207,8 @@ class _Payload:
 
 
 def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_changed_config(
-        reference, tmp_path):
+    reference, tmp_path
+):
     """Rerunning a sweep with resume=auto: a finished job is kept as it is (not retrained), a
     killed one continues from its last checkpoint to the uninterrupted result, and a finished
     job, or a killed job's checkpoint, whose config has since changed is refused, naming the
@@ -201,8 +226,14 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
     assert "spt: dev acc" in r.stdout
 
     saved = sweep / "0" / "config.yaml"  # a run finished before spt/conf/ gained a key: kept
-    saved.write_text("\n".join(line for line in saved.read_text().splitlines()
-                               if not line.strip().startswith("group_by_length:")) + "\n")
+    saved.write_text(
+        "\n".join(
+            line
+            for line in saved.read_text().splitlines()
+            if not line.strip().startswith("group_by_length:")
+        )
+        + "\n"
+    )
     r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and done.read_text() == first, r.stderr[-3000:]
 
@@ -213,8 +244,14 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
 
     shelf = tmp_path / "shelf"  # a finished sweep moved elsewhere: its paths are not a change
     sweep.rename(shelf)
-    r = spt_run("-m", *COMMON, f"hydra.sweep.dir={shelf}", "resume=auto", out=tmp_path,
-                env={"OMP_NUM_THREADS": "1"})
+    r = spt_run(
+        "-m",
+        *COMMON,
+        f"hydra.sweep.dir={shelf}",
+        "resume=auto",
+        out=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (shelf / "0" / "metrics.json").read_text() == first  # kept, not retrained
 
@@ -229,8 +266,14 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
     assert ckpt.read_bytes() == before  # nothing lost
     moved = tmp_path / "moved"  # a killed sweep copied elsewhere (scratch to home) resumes
     killed.rename(moved)
-    r = spt_run("-m", *COMMON, f"hydra.sweep.dir={moved}", "resume=auto", out=tmp_path,
-                env={"OMP_NUM_THREADS": "1"})
+    r = spt_run(
+        "-m",
+        *COMMON,
+        f"hydra.sweep.dir={moved}",
+        "resume=auto",
+        out=tmp_path,
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     got, want = _prompt(moved / "0"), _prompt(reference)
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed job differs"
@@ -250,8 +293,10 @@ def test_resumed_config_check_refuses_auto_warns_on_a_named_path_and_skips_unsta
         check_resumed_config(str(ckpt), ckpt, saved, new)  # named on purpose: continues
     assert "data.dev_limit" in caplog.text
     check_resumed_config("auto", ckpt, None, new)  # written before spt stamped its config
-    assert in_run_dir({"a": ["/r/x", "/r/x/c.ckpt", "/r/xy"], "b": 1}, Path("/r/x")) == \
-        {"a": ["<run dir>", "<run dir>/c.ckpt", "/r/xy"], "b": 1}
+    assert in_run_dir({"a": ["/r/x", "/r/x/c.ckpt", "/r/xy"], "b": 1}, Path("/r/x")) == {
+        "a": ["<run dir>", "<run dir>/c.ckpt", "/r/xy"],
+        "b": 1,
+    }
     check_resumed_config("auto", ckpt, {**saved, "data": {"dev_limit": 8}}, new)  # same run
 
 
@@ -265,14 +310,19 @@ def test_finished_run_compares_paths_relative_to_where_it_ran(tmp_path):
     from spt.resume import finished_run, in_run_dir
 
     def config(root):
-        return {"seed": 1, "paths": {"output_dir": str(root)},
-                "trainer": {"default_root_dir": str(root)}}
+        return {
+            "seed": 1,
+            "paths": {"output_dir": str(root)},
+            "trainer": {"default_root_dir": str(root)},
+        }
 
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps({"val/acc": 0.5}))
-    for written, now in [(tmp_path / "was_here", run),         # moved
-                         (tmp_path / "elsewhere", tmp_path / "elsewhere")]:  # outside, unmoved
+    for written, now in [
+        (tmp_path / "was_here", run),  # moved
+        (tmp_path / "elsewhere", tmp_path / "elsewhere"),
+    ]:  # outside, unmoved
         (run / "config.yaml").write_text(OmegaConf.to_yaml(config(written)))
         stamp = in_run_dir(config(now), run)
         assert finished_run("auto", run, stamp) == {"val/acc": 0.5}

@@ -28,8 +28,9 @@ METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 DATA = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
 TINY = [m for m in MODELS if m.startswith("tiny-")]
-CLASSIFICATION = [d for d in DATA
-                  if "TextClassificationDataModule" in (CONF / "data" / f"{d}.yaml").read_text()]
+CLASSIFICATION = [
+    d for d in DATA if "TextClassificationDataModule" in (CONF / "data" / f"{d}.yaml").read_text()
+]
 
 
 def _compose(*overrides: str):
@@ -59,10 +60,20 @@ def _small_data(arch: str, data_dir) -> list[str]:
     """Overrides for the small dataset a method is smoke-tested on, per architecture: 8 train
     rows of SST-2, or one image per CIFAR-10 class."""
     if arch == "clip":
-        return ["data=cifar10_subset", f"data.root={data_dir}", "data.shots=1",
-                "data.dev_limit=8", "data.batch_size=4"]
-    return ["data=sst2", f"data.root={data_dir}", "data.train_limit=8", "data.dev_limit=8",
-            "data.batch_size=4"]
+        return [
+            "data=cifar10_subset",
+            f"data.root={data_dir}",
+            "data.shots=1",
+            "data.dev_limit=8",
+            "data.batch_size=4",
+        ]
+    return [
+        "data=sst2",
+        f"data.root={data_dir}",
+        "data.train_limit=8",
+        "data.dev_limit=8",
+        "data.batch_size=4",
+    ]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -72,8 +83,9 @@ def test_every_yaml_combination_composes(method):
     pairs = [(m, "sst2") for m in MODELS] + [("tiny-llama", d) for d in DATA]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for model, data in pairs:
-            cfg = compose(config_name="run",
-                          overrides=[f"method={method}", f"model={model}", f"data={data}"])
+            cfg = compose(
+                config_name="run", overrides=[f"method={method}", f"model={model}", f"data={data}"]
+            )
             for group in ("method", "model", "data", "trainer"):
                 assert callable(_target(cfg[group])), f"{model}/{data}: {group} target"
             for group in ("method", "model", "data"):  # the rest needs Hydra's runtime
@@ -92,8 +104,11 @@ def test_every_experiment_composes(experiment):
 
 def _swept_experiments() -> list[str]:
     """The experiments whose YAML carries a ``hydra.sweeper.params`` grid."""
-    return sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
-                  if OmegaConf.select(OmegaConf.load(p), "hydra.sweeper.params"))
+    return sorted(
+        p.stem
+        for p in (CONF / "experiment").glob("*.yaml")
+        if OmegaConf.select(OmegaConf.load(p), "hydra.sweeper.params")
+    )
 
 
 def test_sweep_grids_are_found():
@@ -109,12 +124,17 @@ def test_every_experiment_sweep_grid_composes(experiment):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="run", overrides=[f"experiment={experiment}"],
-                      return_hydra_config=True)
+        cfg = compose(
+            config_name="run", overrides=[f"experiment={experiment}"], return_hydra_config=True
+        )
         params = cfg.hydra.sweeper.params
         parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-        values = [list(o.sweep_string_iterator()) if o.is_sweep_override()
-                  else [o.get_value_element_as_str()] for o in parsed]
+        values = [
+            list(o.sweep_string_iterator())
+            if o.is_sweep_override()
+            else [o.get_value_element_as_str()]
+            for o in parsed
+        ]
         for pick in (0, -1):
             point = [f"{o.key_or_group}={v[pick]}" for o, v in zip(parsed, values, strict=True)]
             job = compose(config_name="run", overrides=[f"experiment={experiment}", *point])
@@ -123,24 +143,37 @@ def test_every_experiment_sweep_grid_composes(experiment):
             swept = {o.key_or_group.split(".")[0] for o in parsed}
             for key in ("study", "tags", "method", "regularizer"):  # what the grid leaves alone
                 if key not in swept:
-                    assert OmegaConf.to_container(job)[key] == \
-                        OmegaConf.to_container(cfg)[key], (point, key)  # unresolved: ${seed}
+                    assert OmegaConf.to_container(job)[key] == OmegaConf.to_container(cfg)[key], (
+                        point,
+                        key,
+                    )  # unresolved: ${seed}
     if experiment.startswith("nemesis_coop_") and "regularizer" in params:  # per-dataset A
-        assert (job.regularizer.weight, job.regularizer.schedule) == (50, "constant") \
-            or experiment.endswith("imagenet")
+        assert (job.regularizer.weight, job.regularizer.schedule) == (
+            50,
+            "constant",
+        ) or experiment.endswith("imagenet")
 
 
-TINY_CASES = sorted({*itertools.product(METHODS, TINY, ["sst2", "cifar10_subset"]),
-                     *itertools.product(["prompt"], TINY, CLASSIFICATION),
-                     *itertools.product(METHODS, ["tiny-llama"], ["rte"])})
+TINY_CASES = sorted(
+    {
+        *itertools.product(METHODS, TINY, ["sst2", "cifar10_subset"]),
+        *itertools.product(["prompt"], TINY, CLASSIFICATION),
+        *itertools.product(METHODS, ["tiny-llama"], ["rte"]),
+    }
+)
 
 
 @pytest.mark.parametrize("method,model,data", TINY_CASES)
 def test_tiny_combinations_instantiate(method, model, data, data_dir):
     """Every method on every tiny architecture, and every classification dataset on every
     architecture, builds and scores a dev batch (or is refused by name)."""
-    cfg = _compose(f"method={method}", f"model={model}", f"data={data}", f"data.root={data_dir}",
-                   "data.dev_limit=8")
+    cfg = _compose(
+        f"method={method}",
+        f"model={model}",
+        f"data={data}",
+        f"data.root={data_dir}",
+        "data.dev_limit=8",
+    )
     arch = TINY_ARCHS[cfg.model.family]
     refusal = _refusal(cfg, arch)
     if refusal:  # declared in YAML (or text data on an image model), refused clearly
@@ -158,10 +191,17 @@ def test_tiny_combinations_instantiate(method, model, data, data_dir):
 
 # -- end to end, in a subprocess as a user runs it ------------------------------------------
 
+
 def spt_run(*overrides: str, out: Path, env: dict | None = None, timeout: int = 300):
     e = {**os.environ, "SPT_OUTPUT_DIR": str(out), "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "spt.run", *overrides], cwd=REPO, env=e,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "spt.run", *overrides],
+        cwd=REPO,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_dirs(out: Path) -> list[Path]:
@@ -188,16 +228,24 @@ def test_run_end_to_end_and_reload(model, tmp_path, data_dir):
     header = csv.read_text().splitlines()[0].split(",")
     assert {"fit_seconds", "params/served", "params/trainable", "val/acc"} <= set(header)
     # the artifact reloads to the same dev accuracy
-    r2 = spt_run(f"model={model}", "debug=fast", "logger=csv", "train=false", "method.init=file",
-                 f"method.init_file={run / 'prompt.safetensors'}", out=tmp_path / "again")
+    r2 = spt_run(
+        f"model={model}",
+        "debug=fast",
+        "logger=csv",
+        "train=false",
+        "method.init=file",
+        f"method.init_file={run / 'prompt.safetensors'}",
+        out=tmp_path / "again",
+    )
     assert r2.returncode == 0, r2.stderr[-3000:]
     (run2,) = run_dirs(tmp_path / "again")
     assert json.loads((run2 / "metrics.json").read_text())["val/acc"] == metrics["val/acc"]
 
 
 def test_run_with_wandb_offline_groups_and_finishes(tmp_path, data_dir):
-    r = spt_run("model=tiny-bert", "debug=fast", "tags=[ci]", out=tmp_path,
-                env={"WANDB_MODE": "offline"})
+    r = spt_run(
+        "model=tiny-bert", "debug=fast", "tags=[ci]", out=tmp_path, env={"WANDB_MODE": "offline"}
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
     offline = list((run / "wandb").glob("offline-run-*"))
@@ -229,6 +277,7 @@ def test_zero_shot_writes_no_prompt(tmp_path, data_dir):
 
 # -- bad input ---------------------------------------------------------------------------
 
+
 def _fails(r, *needles: str, out: Path):
     assert r.returncode != 0
     text = r.stderr + r.stdout
@@ -244,8 +293,13 @@ def test_unknown_group_option(tmp_path):
 
 
 def test_missing_data_root(tmp_path):
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", out=tmp_path,
-                env={"SPT_DATA_DIR": str(tmp_path / "nowhere")})
+    r = spt_run(
+        "model=tiny-bert",
+        "debug=fast",
+        "logger=csv",
+        out=tmp_path,
+        env={"SPT_DATA_DIR": str(tmp_path / "nowhere")},
+    )
     _fails(r, str(tmp_path / "nowhere"), "SPT_DATA_DIR", out=tmp_path)
     assert r.returncode == 2
 
@@ -256,30 +310,39 @@ def test_label_not_covered_by_verbalizer(tmp_path):
     rows = "sentence\tlabel\ngood film\t1\nbad film\t0\nodd film\t7\n"
     (root / "train.tsv").write_text(rows)
     (root / "dev.tsv").write_text(rows)
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", f"data.root={tmp_path / 'data'}",
-                out=tmp_path / "out")
+    r = spt_run(
+        "model=tiny-bert",
+        "debug=fast",
+        "logger=csv",
+        f"data.root={tmp_path / 'data'}",
+        out=tmp_path / "out",
+    )
     _fails(r, "'7'" if "'7'" in r.stderr else "7", "label", out=tmp_path / "out")
     assert r.returncode == 2
 
 
 @pytest.mark.parametrize("length", ["0", "-2"])
 def test_prompt_length_below_one(length, tmp_path):
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", f"method.length={length}",
-                out=tmp_path)
+    r = spt_run(
+        "model=tiny-bert", "debug=fast", "logger=csv", f"method.length={length}", out=tmp_path
+    )
     _fails(r, "method.length", out=tmp_path)
     assert r.returncode == 2
 
 
-@pytest.mark.parametrize(("overrides", "needles"), [
-    (["method.length=abc"], ["method.length='abc'"]),                      # wrong type
-    # out of range: test_prompt_length_below_one
-    (["method=mpt", "method.rank=0"], ["method.rank=0"]),                  # a rank
-    (["method=cpt", "model=tiny-llama", "method.eps_input=-1"], ["eps_input"]),  # a radius
-    (["method=ptuning_v2", "method.prompt_dropout=1.5"], ["prompt_dropout"]),
-    (["method=cpt"], ["method=cpt does not support encoder"]),             # method x arch
-    (["data.batch_size=0"], ["data.batch_size"]),                          # data settings
-    (["trainer.max_stepz=3"], ["max_stepz"]),                              # an unknown key
-])
+@pytest.mark.parametrize(
+    ("overrides", "needles"),
+    [
+        (["method.length=abc"], ["method.length='abc'"]),  # wrong type
+        # out of range: test_prompt_length_below_one
+        (["method=mpt", "method.rank=0"], ["method.rank=0"]),  # a rank
+        (["method=cpt", "model=tiny-llama", "method.eps_input=-1"], ["eps_input"]),  # a radius
+        (["method=ptuning_v2", "method.prompt_dropout=1.5"], ["prompt_dropout"]),
+        (["method=cpt"], ["method=cpt does not support encoder"]),  # method x arch
+        (["data.batch_size=0"], ["data.batch_size"]),  # data settings
+        (["trainer.max_stepz=3"], ["max_stepz"]),  # an unknown key
+    ],
+)
 def test_config_errors_name_the_key_and_leave_no_run_directory(overrides, needles, tmp_path):
     """One case per class of configuration error: exit status 2 (Hydra's own: 1), the key named
     on one line without a traceback, and no half-written run directory."""
@@ -295,21 +358,32 @@ def test_bad_select_fails_before_training(tmp_path):
 
 
 def test_unknown_optimized_metric_fails_before_training(tmp_path):
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", "optimized_metric=val/f1",
-                out=tmp_path)
+    r = spt_run(
+        "model=tiny-bert", "debug=fast", "logger=csv", "optimized_metric=val/f1", out=tmp_path
+    )
     _fails(r, "optimized_metric='val/f1'", "val/acc", out=tmp_path)
     assert r.returncode == 2 and "fitting" not in r.stderr + r.stdout
 
 
-@pytest.mark.parametrize(("data", "method", "metric"),
-                         [("e2e", "prefix", "val/bleu"), ("sst2", "mpt", "val/acc")])
+@pytest.mark.parametrize(
+    ("data", "method", "metric"), [("e2e", "prefix", "val/bleu"), ("sst2", "mpt", "val/acc")]
+)
 def test_select_best_reloads_the_best_checkpoint(data, method, metric, tmp_path, data_dir):
     """select=best reloads best.ckpt (weights_only); the monitor defaults to the task's first
     metric (val/bleu on text-to-text, which also writes its scored predictions)."""
-    r = spt_run("model=tiny-llama", f"data={data}", f"method={method}", "debug=fast",
-                "logger=csv", "select=best", "trainer.max_steps=4",
-                "trainer.val_check_interval=2", f"data.root={data_dir}",
-                *(["data.max_new_tokens=4"] if data == "e2e" else []), out=tmp_path)
+    r = spt_run(
+        "model=tiny-llama",
+        f"data={data}",
+        f"method={method}",
+        "debug=fast",
+        "logger=csv",
+        "select=best",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+        f"data.root={data_dir}",
+        *(["data.max_new_tokens=4"] if data == "e2e" else []),
+        out=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -321,8 +395,13 @@ def test_select_best_reloads_the_best_checkpoint(data, method, metric, tmp_path,
 
 
 def test_offline_hub_model(tmp_path):
-    r = spt_run("model=t5-small", "debug=fast", "logger=csv", out=tmp_path,
-                env={"HF_HOME": str(tmp_path / "hf")})
+    r = spt_run(
+        "model=t5-small",
+        "debug=fast",
+        "logger=csv",
+        out=tmp_path,
+        env={"HF_HOME": str(tmp_path / "hf")},
+    )
     _fails(r, "google/t5-small-lm-adapt", "offline", "model=minilm", out=tmp_path)
     assert r.returncode == 2
 
@@ -331,9 +410,16 @@ def test_prompt_file_from_another_base_model(tmp_path, data_dir):
     r = spt_run("model=tiny-llama", "debug=fast", "logger=csv", out=tmp_path / "a")
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = run_dirs(tmp_path / "a")
-    r2 = spt_run("model=tiny-llama", "model.seed=1", "debug=fast", "logger=csv", "train=false",
-                 "method.init=file", f"method.init_file={run / 'prompt.safetensors'}",
-                 out=tmp_path / "b")
+    r2 = spt_run(
+        "model=tiny-llama",
+        "model.seed=1",
+        "debug=fast",
+        "logger=csv",
+        "train=false",
+        "method.init=file",
+        f"method.init_file={run / 'prompt.safetensors'}",
+        out=tmp_path / "b",
+    )
     meta = json.loads((run / "prompt.json").read_text())
     _fails(r2, meta["base"]["fingerprint"], "tiny-llama", out=tmp_path / "b")
     assert r2.returncode == 2
@@ -354,14 +440,22 @@ def test_class_label_init_on_generation_data_names_the_fix(data_dir):
 # Training on every method x supported tiny architecture (and text-to-text, mixtures) is
 # tests/test_equivalence.py: the same fits, compared bit for bit with recorded runs.
 
-@pytest.mark.parametrize("method,model",
-                         list(itertools.product(METHODS, ["tiny-llama", "tiny-t5"])))
+
+@pytest.mark.parametrize(
+    "method,model", list(itertools.product(METHODS, ["tiny-llama", "tiny-t5"]))
+)
 def test_text_to_text_is_refused_by_name_where_unsupported(method, model, data_dir):
     """Methods that only classify, or architectures a YAML leaves out, refuse E2E by name
     (the rest train on it in tests/test_equivalence.py)."""
-    cfg = _compose(f"method={method}", f"model={model}", "data=e2e", f"data.root={data_dir}",
-                   "data.train_limit=8", "data.dev_limit=3",
-                   *(["method.init=sampled_vocab"] if method == "prompt" else []))
+    cfg = _compose(
+        f"method={method}",
+        f"model={model}",
+        "data=e2e",
+        f"data.root={data_dir}",
+        "data.train_limit=8",
+        "data.dev_limit=3",
+        *(["method.init=sampled_vocab"] if method == "prompt" else []),
+    )
     target = _locate(cfg.method._target_)
     arch = TINY_ARCHS[cfg.model.family]
     if arch in cfg.method.supports and getattr(target, "supports_generation", True):

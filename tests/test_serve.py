@@ -39,8 +39,9 @@ def _fake_run(root: Path, name: str, *overrides: str, seed: int = 0) -> Path:
     run = root / name
     meta = {**method.artifact_meta(), "data": cfg.data.name, "template": cfg.data.template}
     save_artifact(run / "prompt.safetensors", method.artifact_tensors(), meta)
-    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data",
-                                                                          "method")}
+    resolved = {
+        k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "method")
+    }
     (run / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     return run
 
@@ -69,15 +70,22 @@ def bert_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     methods: prompt on trec (6 classes, same table as sst2), ptuning on sst2 (another prompt
     length: a second table), prefix on rte and ptuning_v2 (CLS pooling) on cb."""
     root = tmp_path_factory.mktemp("bert")
-    r = spt_run("model=tiny-bert", "data=sst2", "debug=fast", "logger=csv", out=root / "real",
-                env={"OMP_NUM_THREADS": "1"})
+    r = spt_run(
+        "model=tiny-bert",
+        "data=sst2",
+        "debug=fast",
+        "logger=csv",
+        out=root / "real",
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     (real,) = run_dirs(root / "real")
     return {
         "sst2": real,
         "trec": _fake_run(root, "trec", "model=tiny-bert", "data=trec", seed=1),
-        "sst2_pt": _fake_run(root, "sst2_pt", "model=tiny-bert", "data=sst2", "method=ptuning",
-                             seed=2),
+        "sst2_pt": _fake_run(
+            root, "sst2_pt", "model=tiny-bert", "data=sst2", "method=ptuning", seed=2
+        ),
         "rte": _fake_run(root, "rte", "model=tiny-bert", "data=rte", "method=prefix", seed=3),
         "cb": _fake_run(root, "cb", "model=tiny-bert", "data=cb", "method=ptuning_v2", seed=4),
     }
@@ -90,8 +98,9 @@ def llama_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     return {
         "sst2": _fake_run(root, "sst2", "model=tiny-llama", "data=sst2", seed=5),
         "rte": _fake_run(root, "rte", "model=tiny-llama", "data=rte", seed=6),
-        "sst2_prefix": _fake_run(root, "sst2_prefix", "model=tiny-llama", "data=sst2",
-                                 "method=prefix", seed=7),
+        "sst2_prefix": _fake_run(
+            root, "sst2_prefix", "model=tiny-llama", "data=sst2", "method=prefix", seed=7
+        ),
     }
 
 
@@ -102,8 +111,15 @@ def t5_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     return {
         "sst2": _fake_run(root, "sst2", "model=tiny-t5", "data=sst2", seed=8),
         "trec": _fake_run(root, "trec", "model=tiny-t5", "data=trec", seed=9),
-        "rte": _fake_run(root, "rte", "model=tiny-t5", "data=rte", "method=prefix",
-                         "method.cross_attention=true", seed=10),
+        "rte": _fake_run(
+            root,
+            "rte",
+            "model=tiny-t5",
+            "data=rte",
+            "method=prefix",
+            "method.cross_attention=true",
+            seed=10,
+        ),
     }
 
 
@@ -127,8 +143,9 @@ def _mixed_rows(runs: dict[str, Path]) -> tuple[list[dict], list[list[float]]]:
 @pytest.mark.parametrize("family", ["bert", "llama", "t5"])
 def test_mixed_batch_equals_each_run_alone(family, request):
     runs = request.getfixturevalue(f"{family}_runs")
-    server = request.getfixturevalue("bert_server") if family == "bert" \
-        else PromptServer.from_runs(runs)
+    server = (
+        request.getfixturevalue("bert_server") if family == "bert" else PromptServer.from_runs(runs)
+    )
     rows, expected = _mixed_rows(runs)
     forwards = []
     for group in server._groups:
@@ -160,17 +177,26 @@ def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
         PromptServer.from_runs([bert_runs["sst2"], bert_runs["sst2_pt"]])
     with pytest.raises(SptError, match="unknown task 'nope'.*'rte', 'sst2'"):
         bert_server.predict([{"task": "nope", "text": {"sentence": "x"}}])
-    with pytest.raises(SptError, match=r"row 1: task 'rte' needs text field\(s\) "
-                                       r"\['hypothesis'\].*Premise: \{premise\}"):
-        bert_server.predict([{"task": "sst2", "text": {"sentence": "fine"}},
-                             {"task": "rte", "text": {"premise": "p"}}])
+    with pytest.raises(
+        SptError,
+        match=r"row 1: task 'rte' needs text field\(s\) "
+        r"\['hypothesis'\].*Premise: \{premise\}",
+    ):
+        bert_server.predict(
+            [
+                {"task": "sst2", "text": {"sentence": "fine"}},
+                {"task": "rte", "text": {"premise": "p"}},
+            ]
+        )
     with pytest.raises(SptError, match="must be strings"):
         bert_server.predict([{"task": "sst2", "text": {"sentence": 3}}])
     with pytest.raises(SptError, match="no config.yaml"):
         PromptServer.from_runs([tmp_path])
     # a method the server does not serve, and a text-to-text run (their metadata edited)
-    for edit, message in (({"method": "cpt"}, "method=cpt.*serves method=prompt, ptuning"),
-                          ({"task_kind": "text-to-text"}, "text-to-text run")):
+    for edit, message in (
+        ({"method": "cpt"}, "method=cpt.*serves method=prompt, ptuning"),
+        ({"task_kind": "text-to-text"}, "text-to-text run"),
+    ):
         run = tmp_path / next(iter(edit.values()))
         shutil.copytree(bert_runs["trec"], run)
         meta = json.loads((run / "prompt.json").read_text())
@@ -181,18 +207,34 @@ def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
 
 def test_refuses_another_fingerprint_of_the_same_name(bert_runs, tmp_path, data_dir):
     other = _fake_run(tmp_path, "seed1", "model=tiny-bert", "model.seed=1", "data=rte")
-    with pytest.raises(SptError, match=r"'tiny-bert' \(fingerprint \w+\) but .* 'tiny-bert' "
-                                       r"\(fingerprint \w+\)"):
+    with pytest.raises(
+        SptError,
+        match=r"'tiny-bert' \(fingerprint \w+\) but .* 'tiny-bert' "
+        r"\(fingerprint \w+\)",
+    ):
         PromptServer.from_runs({"sst2": bert_runs["sst2"], "rte": other})
 
 
 def test_cli_predict(bert_runs, tmp_path, capsys):
-    rows = [{"task": "sst2", "text": {"sentence": "a gem"}},
-            {"task": "rte", "text": {"premise": "a cat sat", "hypothesis": "an animal sat"}}]
+    rows = [
+        {"task": "sst2", "text": {"sentence": "a gem"}},
+        {"task": "rte", "text": {"premise": "a cat sat", "hypothesis": "an animal sat"}},
+    ]
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code = main(["predict", "--run", f"sst2={bert_runs['sst2']}", "--run", str(bert_runs["rte"]),
-                 "--input", str(path), "--batch-size", "1"])
+    code = main(
+        [
+            "predict",
+            "--run",
+            f"sst2={bert_runs['sst2']}",
+            "--run",
+            str(bert_runs["rte"]),
+            "--input",
+            str(path),
+            "--batch-size",
+            "1",
+        ]
+    )
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and [p["task"] for p in out] == ["sst2", "rte"]
     path.write_text(json.dumps({"task": "sst2", "text": {}}) + "\n")
@@ -207,22 +249,27 @@ def test_http_endpoints(bert_server):
         health = client.get("/health").json()
         assert health["status"] == "ok" and health["backbone"] == "tiny-bert"
         assert set(health["tasks"]) == {"sst2", "trec", "sst2_pt", "rte", "cb"}
-        rows = [{"task": "sst2", "text": {"sentence": "a gem"}},
-                {"task": "trec", "text": {"question": "Who wrote it?"}}]
+        rows = [
+            {"task": "sst2", "text": {"sentence": "a gem"}},
+            {"task": "trec", "text": {"question": "Who wrote it?"}},
+        ]
         r = client.post("/predict", json={"rows": rows})
         assert r.status_code == 200
         assert r.json()["predictions"] == bert_server.predict(rows)
         assert client.get("/stats").json()["rows"] == 2
-        bad = [({"rows": [{"task": "nope", "text": {"sentence": "x"}}]}, 400, "unknown task"),
-               ({"rows": [{"task": "rte", "text": {"premise": "x"}}]}, 400, "hypothesis"),
-               ({"rows": [{"task": "sst2"}]}, 422, "text"),
-               ({"rows": [{"task": "sst2", "text": {"sentence": 1}}]}, 422, "string"),
-               ({"items": []}, 422, "rows")]
+        bad = [
+            ({"rows": [{"task": "nope", "text": {"sentence": "x"}}]}, 400, "unknown task"),
+            ({"rows": [{"task": "rte", "text": {"premise": "x"}}]}, 400, "hypothesis"),
+            ({"rows": [{"task": "sst2"}]}, 422, "text"),
+            ({"rows": [{"task": "sst2", "text": {"sentence": 1}}]}, 422, "string"),
+            ({"items": []}, 422, "rows"),
+        ]
         for body, status, needle in bad:
             r = client.post("/predict", json=body)
             assert r.status_code == status and needle in json.dumps(r.json()), r.text
-        r = client.post("/predict", content=b"{not json", headers={"content-type":
-                                                                    "application/json"})
+        r = client.post(
+            "/predict", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert r.status_code == 422 and "JSON" in r.text
         assert client.post("/predict", json={"rows": []}).json() == {"predictions": []}
 
@@ -251,10 +298,12 @@ def live_server(bert_server):
 
 
 def test_dynamic_batching_and_load_test(live_server):
-    rows = [{"task": "sst2", "text": {"sentence": "a gem of a film"}},
-            {"task": "rte", "text": {"premise": "A cat sat.", "hypothesis": "An animal sat."}},
-            {"task": "trec", "text": {"question": "Where is Rome?"}},
-            {"task": "cb", "text": {"premise": "It rained.", "hypothesis": "It was dry."}}]
+    rows = [
+        {"task": "sst2", "text": {"sentence": "a gem of a film"}},
+        {"task": "rte", "text": {"premise": "A cat sat.", "hypothesis": "An animal sat."}},
+        {"task": "trec", "text": {"question": "Where is Rome?"}},
+        {"task": "cb", "text": {"premise": "It rained.", "hypothesis": "It was dry."}},
+    ]
     result = load_test(live_server, rows, concurrency=8, duration_s=2.0)
     print("load test:", json.dumps(result))
     assert result["errors"] == 0 and result["requests"] > 8
@@ -281,10 +330,12 @@ def test_batcher_merges_caps_and_isolates_failures():
         batcher = Batcher(predict, max_batch=4, max_wait_ms=50)
         await batcher.start()
         try:
-            ok = await asyncio.gather(*(batcher.submit(r) for r in (["a", "b"], ["c"], ["d"],
-                                                                     ["e", "f"])))
-            mixed = await asyncio.gather(batcher.submit(["g"]), batcher.submit(["bad"]),
-                                         return_exceptions=True)
+            ok = await asyncio.gather(
+                *(batcher.submit(r) for r in (["a", "b"], ["c"], ["d"], ["e", "f"]))
+            )
+            mixed = await asyncio.gather(
+                batcher.submit(["g"]), batcher.submit(["bad"]), return_exceptions=True
+            )
         finally:
             await batcher.stop()
         return ok, mixed, batcher.stats()

@@ -29,32 +29,64 @@ from spt.errors import SptError
 REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR / "data"
 DATA = Path(os.environ.get("SPT_DATA_DIR") or REPO.parent / "shared" / "data")
-needs_e2e = pytest.mark.skipif(not (DATA / "e2e" / "devset.csv").is_file(),
-                               reason=f"E2E data not found under {DATA}")
-needs_webnlg = pytest.mark.skipif(not (DATA / "webnlg2017" / "train.jsonl").is_file(),
-                                  reason=f"WebNLG data not found under {DATA}")
-E2E_LOCAL = {"train": {"path": "e2e/devset.csv"}, "dev": None,
-             "test": {"path": "e2e/testset_w_refs.csv"}}
+needs_e2e = pytest.mark.skipif(
+    not (DATA / "e2e" / "devset.csv").is_file(), reason=f"E2E data not found under {DATA}"
+)
+needs_webnlg = pytest.mark.skipif(
+    not (DATA / "webnlg2017" / "train.jsonl").is_file(),
+    reason=f"WebNLG data not found under {DATA}",
+)
+E2E_LOCAL = {
+    "train": {"path": "e2e/devset.csv"},
+    "dev": None,
+    "test": {"path": "e2e/testset_w_refs.csv"},
+}
 WEBNLG_LOCAL = {s: {"path": f"webnlg2017/{s}.jsonl"} for s in ("train", "dev", "test")}
 FAMILY_ARCH = {"llama": "decoder", "t5": "encoder-decoder"}
-TRAIN_KEYS = {"input_ids": torch.long, "attention_mask": torch.long, "soft_mask": torch.bool,
-              "labels": torch.long, "task_ids": torch.long}
-EVAL_KEYS = {"input_ids": torch.long, "attention_mask": torch.long, "soft_mask": torch.bool,
-             "ref_index": torch.long, "task_ids": torch.long}
+TRAIN_KEYS = {
+    "input_ids": torch.long,
+    "attention_mask": torch.long,
+    "soft_mask": torch.bool,
+    "labels": torch.long,
+    "task_ids": torch.long,
+}
+EVAL_KEYS = {
+    "input_ids": torch.long,
+    "attention_mask": torch.long,
+    "soft_mask": torch.bool,
+    "ref_index": torch.long,
+    "task_ids": torch.long,
+}
 
 
 def e2e(family: str = "llama", **kw) -> TextToTextDataModule:
-    args = dict(name="e2e", tokenizer=tiny_tokenizer(family), arch=FAMILY_ARCH.get(family),
-                kind="e2e", root=str(DATA), local=E2E_LOCAL, template="{soft}{table} Text:",
-                max_source_length=512, max_target_length=512)
+    args = dict(
+        name="e2e",
+        tokenizer=tiny_tokenizer(family),
+        arch=FAMILY_ARCH.get(family),
+        kind="e2e",
+        root=str(DATA),
+        local=E2E_LOCAL,
+        template="{soft}{table} Text:",
+        max_source_length=512,
+        max_target_length=512,
+    )
     args.update(kw)
     return TextToTextDataModule(**args)
 
 
 def webnlg(family: str = "llama", **kw) -> TextToTextDataModule:
-    args = dict(name="webnlg", tokenizer=tiny_tokenizer(family), arch=FAMILY_ARCH.get(family),
-                kind="webnlg", root=str(DATA), local=WEBNLG_LOCAL,
-                template="{soft}{table} Text:", max_source_length=1024, max_target_length=512)
+    args = dict(
+        name="webnlg",
+        tokenizer=tiny_tokenizer(family),
+        arch=FAMILY_ARCH.get(family),
+        kind="webnlg",
+        root=str(DATA),
+        local=WEBNLG_LOCAL,
+        template="{soft}{table} Text:",
+        max_source_length=1024,
+        max_target_length=512,
+    )
     args.update(kw)
     return TextToTextDataModule(**args)
 
@@ -73,11 +105,19 @@ def _csv_rows(name: str) -> list[dict]:
 # ---------------------------------------------------------------- linearisation
 def test_linearisation_examples():
     assert linearize_mr("name[The Vaults], eatType[pub]") == "name : The Vaults | eatType : pub"
-    assert (linearize_mr("name[The Vaults], priceRange[more than £30], near[Café Adriatic]")
-            == "name : The Vaults | priceRange : more than £30 | near : Café Adriatic")
-    assert (linearize_triples([["Aarhus_Airport", "cityServed", "Aarhus"],
-                               ["Aarhus", "leaderName", "Jacob_Bundsgaard"]])
-            == "Aarhus Airport : cityServed : Aarhus | Aarhus : leaderName : Jacob Bundsgaard")
+    assert (
+        linearize_mr("name[The Vaults], priceRange[more than £30], near[Café Adriatic]")
+        == "name : The Vaults | priceRange : more than £30 | near : Café Adriatic"
+    )
+    assert (
+        linearize_triples(
+            [
+                ["Aarhus_Airport", "cityServed", "Aarhus"],
+                ["Aarhus", "leaderName", "Jacob_Bundsgaard"],
+            ]
+        )
+        == "Aarhus Airport : cityServed : Aarhus | Aarhus : leaderName : Jacob Bundsgaard"
+    )
     with pytest.raises(SptError, match="meaning representation"):
         linearize_mr("name: The Vaults")
     with pytest.raises(SptError, match="triple"):
@@ -136,20 +176,24 @@ def test_carve_dev_partitions_whole_entries():
 @needs_webnlg
 def test_webnlg_counts_and_references():
     dm = webnlg()
-    entries = {s: [json.loads(x) for x in (DATA / "webnlg2017" / f"{s}.jsonl").open()]
-               for s in ("train", "dev", "test")}
+    entries = {
+        s: [json.loads(x) for x in (DATA / "webnlg2017" / f"{s}.jsonl").open()]
+        for s in ("train", "dev", "test")
+    }
     n_lex = sum(len(e["lexicalizations"]) for e in entries["train"])
     assert dm.num_rows("train") == n_lex == 18102
     assert dm.num_rows("dev") == 872 and dm.num_rows("test") == 1862
     for split in ("dev", "test"):
-        assert dm.references(split) == [[x["text"] for x in e["lexicalizations"]]
-                                        for e in entries[split]]
+        assert dm.references(split) == [
+            [x["text"] for x in e["lexicalizations"]] for e in entries[split]
+        ]
         assert dm.sources(split) == [linearize_triples(e["triples"]) for e in entries[split]]
     assert sum(len(r) for r in dm.references("dev")) == 2268
     assert sum(m["seen_category"] for m in dm.metadata("test")) == 971
     first = entries["train"][0]
-    assert dm.sources("train")[: len(first["lexicalizations"])] == \
-        [linearize_triples(first["triples"])] * len(first["lexicalizations"])
+    assert dm.sources("train")[: len(first["lexicalizations"])] == [
+        linearize_triples(first["triples"])
+    ] * len(first["lexicalizations"])
     assert dm.references("train")[0] == [first["lexicalizations"][0]["text"]]
 
 
@@ -160,8 +204,9 @@ def test_decoder_labels_mask_prompt_soft_and_pad():
     tok = dm.tokenizer
     batch, idx = train_batch(dm)
     assert {k: v.dtype for k, v in batch.items()} == TRAIN_KEYS
-    ids, mask, soft, labels = (batch[k] for k in ("input_ids", "attention_mask", "soft_mask",
-                                                   "labels"))
+    ids, mask, soft, labels = (
+        batch[k] for k in ("input_ids", "attention_mask", "soft_mask", "labels")
+    )
     assert labels.shape == ids.shape
     assert (mask.sum(1) < mask.shape[1]).any()  # really padded
     sources, refs = dm.sources("train"), dm.references("train")
@@ -174,12 +219,12 @@ def test_decoder_labels_mask_prompt_soft_and_pad():
         assert prompt[0] == tok.bos_token_id and prompt[-1] != tok.eos_token_id
         assert tok.decode(prompt[5:]) == sources[i] + " Text:"
         tgt_pos = torch.zeros_like(mask[row], dtype=torch.bool)
-        tgt_pos[start + len(prompt):] = True
+        tgt_pos[start + len(prompt) :] = True
         assert (labels[row][~tgt_pos] == -100).all()  # prompt, soft slots and padding
         assert torch.equal(labels[row][tgt_pos], ids[row][tgt_pos])
         assert labels[row][tgt_pos].tolist() == target
         assert not (soft[row] & tgt_pos).any() and int(soft[row].sum()) == 4
-        assert soft[row, start + 1: start + 5].all()  # right after <s>
+        assert soft[row, start + 1 : start + 5].all()  # right after <s>
 
 
 @needs_webnlg
@@ -194,7 +239,7 @@ def test_encoder_decoder_labels_are_targets_right_padded():
     for row, i in enumerate(idx):
         target = tok(refs[i][0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         assert labels[row, : len(target)].tolist() == target
-        assert (labels[row, len(target):] == -100).all()
+        assert (labels[row, len(target) :] == -100).all()
         n = int(mask[row].sum())
         assert mask[row, :n].all() and not mask[row, n:].any()  # right padding
         assert tok.decode(batch["input_ids"][row, 3:n]) == sources[i] + " Text:</s>"
@@ -245,8 +290,14 @@ def test_n_soft_set_before_setup_and_retokenized_on_change():
 # ---------------------------------------------------------------- truncation
 @needs_e2e
 def test_truncation_cuts_table_and_target_and_logs_once_per_split(caplog):
-    dm = e2e("llama", max_source_length=40, max_target_length=30, n_soft=3, train_limit=100,
-             test_limit=50)
+    dm = e2e(
+        "llama",
+        max_source_length=40,
+        max_target_length=30,
+        n_soft=3,
+        train_limit=100,
+        test_limit=50,
+    )
     tok = dm.tokenizer
     tail = tok(" Text:", add_special_tokens=False)["input_ids"]
     with caplog.at_level(logging.WARNING, logger="spt.data"):
@@ -255,8 +306,11 @@ def test_truncation_cuts_table_and_target_and_logs_once_per_split(caplog):
         dm.setup("test")
     warnings = [r.getMessage() for r in caplog.records if r.name == "spt.data"]
     assert len(warnings) == 3, warnings
-    assert re.fullmatch(r"e2e/train: truncated \d+ of 100 sources to max_source_length=40 and "
-                        r"\d+ of 100 targets to max_target_length=30", warnings[0])
+    assert re.fullmatch(
+        r"e2e/train: truncated \d+ of 100 sources to max_source_length=40 and "
+        r"\d+ of 100 targets to max_target_length=30",
+        warnings[0],
+    )
     assert warnings[1].startswith("e2e/dev: truncated ") and "of 55 sources" in warnings[1]
     assert warnings[2].startswith("e2e/test: truncated ") and "of 50 sources" in warnings[2]
     ds = dm._dataset("train")
@@ -264,9 +318,9 @@ def test_truncation_cuts_table_and_target_and_logs_once_per_split(caplog):
         n_prompt = sum(1 for x in labels if x == -100)
         prompt, target = ids[:n_prompt], ids[n_prompt:]
         assert len(prompt) <= 40 and 1 <= len(target) <= 30
-        assert prompt[:4] == [1, 0, 0, 0] and prompt[-len(tail):] == tail  # template survives
+        assert prompt[:4] == [1, 0, 0, 0] and prompt[-len(tail) :] == tail  # template survives
     for ids in dm._dataset("test").ids:
-        assert len(ids) <= 40 and ids[-len(tail):] == tail
+        assert len(ids) <= 40 and ids[-len(tail) :] == tail
 
 
 @needs_e2e
@@ -291,21 +345,30 @@ def test_generation_metrics_match_sacrebleu_and_rouge_single_reference():
 
 def test_generation_metrics_three_and_ragged_references():
     preds = ["the cat sat on the mat", "there is a pub near the river"]
-    refs = [["the cat is on the mat", "a cat sat on a mat", "the cat sat on the mat today"],
-            ["a pub is by the river", "near the river there is a pub", "the riverside pub"]]
+    refs = [
+        ["the cat is on the mat", "a cat sat on a mat", "the cat sat on the mat today"],
+        ["a pub is by the river", "near the river there is a pub", "the riverside pub"],
+    ]
     got = generation_metrics(preds, refs)
     streams = [[r[k] for r in refs] for k in range(3)]
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [max(scorer.score(t, p)["rougeL"].fmeasure for t in r)
-             for p, r in zip(preds, refs, strict=True)]
-    assert got == pytest.approx({"bleu": sacrebleu.corpus_bleu(preds, streams).score,
-                                 "rougeL": sum(rouge) / 2})
+    rouge = [
+        max(scorer.score(t, p)["rougeL"].fmeasure for t in r)
+        for p, r in zip(preds, refs, strict=True)
+    ]
+    assert got == pytest.approx(
+        {"bleu": sacrebleu.corpus_bleu(preds, streams).score, "rougeL": sum(rouge) / 2}
+    )
     assert generation_metrics([r[1] for r in refs], refs) == pytest.approx(
-        {"bleu": 100.0, "rougeL": 1.0})
+        {"bleu": 100.0, "rougeL": 1.0}
+    )
     # ragged: missing references are None (dropped by sacrebleu), never "" (a real empty ref)
     ragged = [refs[0][:1], refs[1]]
-    assert reference_streams(ragged) == [[refs[0][0], refs[1][0]], [None, refs[1][1]],
-                                         [None, refs[1][2]]]
+    assert reference_streams(ragged) == [
+        [refs[0][0], refs[1][0]],
+        [None, refs[1][1]],
+        [None, refs[1][2]],
+    ]
     direct = sacrebleu.corpus_bleu(preds, reference_streams(ragged)).score
     assert generation_metrics(preds, ragged)["bleu"] == pytest.approx(direct)
     per_segment = sacrebleu.BLEU().corpus_score(preds[:1], [[refs[0][0]]]).score
@@ -333,9 +396,11 @@ def test_task_info_and_score():
 # ---------------------------------------------------------------- limits
 @needs_e2e
 def test_limits_are_seeded_subsets_of_rows_and_tables():
-    a, b, c = e2e(train_limit=30, dev_limit=7, test_limit=9, seed=1), \
-        e2e(train_limit=30, dev_limit=7, test_limit=9, seed=1), \
-        e2e(train_limit=30, dev_limit=7, test_limit=9, seed=2)
+    a, b, c = (
+        e2e(train_limit=30, dev_limit=7, test_limit=9, seed=1),
+        e2e(train_limit=30, dev_limit=7, test_limit=9, seed=1),
+        e2e(train_limit=30, dev_limit=7, test_limit=9, seed=2),
+    )
     assert a.num_rows("train") == 30 and a.num_rows("dev") == 7 and a.num_rows("test") == 9
     assert a.sources("train") == b.sources("train") != c.sources("train")
     assert a.references("test") == b.references("test") != c.references("test")
@@ -354,16 +419,20 @@ def test_yamls_have_a_comment_on_every_key():
                 assert "  # " in line, f"{name}.yaml: key without a comment: {line!r}"
 
 
-@pytest.mark.parametrize(("name", "family", "counts"), [
-    pytest.param("e2e", "llama", (4265, 55, 630), marks=needs_e2e),
-    pytest.param("webnlg", "t5", (18102, 872, 1862), marks=needs_webnlg),
-])
+@pytest.mark.parametrize(
+    ("name", "family", "counts"),
+    [
+        pytest.param("e2e", "llama", (4265, 55, 630), marks=needs_e2e),
+        pytest.param("webnlg", "t5", (18102, 872, 1862), marks=needs_webnlg),
+    ],
+)
 def test_yaml_instantiates_as_the_run_does(name, family, counts, monkeypatch):
     monkeypatch.setenv("SPT_DATA_DIR", str(DATA))
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
     assert cfg.root == str(DATA)
-    dm = instantiate(cfg, _partial_=True)(tokenizer=tiny_tokenizer(family),
-                                          arch=FAMILY_ARCH[family])
+    dm = instantiate(cfg, _partial_=True)(
+        tokenizer=tiny_tokenizer(family), arch=FAMILY_ARCH[family]
+    )
     assert isinstance(dm, TextToTextDataModule) and dm.task.name == name
     assert tuple(dm.num_rows(s) for s in ("train", "dev", "test")) == counts
     dm.n_soft = 2
@@ -409,8 +478,10 @@ def test_bad_kind_and_template_are_named():
 def test_hub_fallback_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    hub = {s: {"path": "GEM/e2e_nlg", "split": h}
-           for s, h in (("train", "train"), ("dev", "validation"), ("test", "test"))}
+    hub = {
+        s: {"path": "GEM/e2e_nlg", "split": h}
+        for s, h in (("train", "train"), ("dev", "validation"), ("test", "test"))
+    }
     dm = e2e(root=None, hub=hub)
     start = time.monotonic()
     with pytest.raises(SptError) as err:
@@ -439,8 +510,9 @@ def test_lm_loss_equals_the_models_own_loss(family):
     if family == "llama":
         from spt.backbones.arch import position_ids
 
-        theirs = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                       labels=labels).loss
+        theirs = model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), labels=labels
+        ).loss
     else:
         theirs = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

@@ -20,8 +20,13 @@ from spt.errors import SptError
 from spt.methods.prefix import PrefixTuning
 
 REPO = Path(__file__).resolve().parents[1]
-TASK = TaskInfo(name="t", label_names=("neg", "pos"), label_words=("bad", "great"),
-                metrics=("acc",), num_classes=2)
+TASK = TaskInfo(
+    name="t",
+    label_names=("neg", "pos"),
+    label_words=("bad", "great"),
+    metrics=("acc",),
+    num_classes=2,
+)
 
 
 def test_the_locked_transformers_is_in_the_tested_range():
@@ -66,14 +71,21 @@ def test_a_t5_prefix_method_checks_at_construction(monkeypatch):
 
 
 def test_cli_gives_one_error_line_on_an_untested_release(tmp_path):
-    code = ("import sys, runpy, spt.backbones.t5_prefix as t; "
-            "t.installed_transformers = lambda: '5.99.0'; "
-            "sys.argv = ['spt.run', *sys.argv[1:]]; runpy.run_module('spt.run', run_name='__main__')")
+    code = (
+        "import sys, runpy, spt.backbones.t5_prefix as t; "
+        "t.installed_transformers = lambda: '5.99.0'; "
+        "sys.argv = ['spt.run', *sys.argv[1:]]; runpy.run_module('spt.run', run_name='__main__')"
+    )
     env = {**os.environ, "SPT_OUTPUT_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     env.pop(UNTESTED_ENV, None)
-    r = subprocess.run([sys.executable, "-c", code, "method=prefix", "model=tiny-t5", "debug=fast",
-                        "logger=none"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code, "method=prefix", "model=tiny-t5", "debug=fast", "logger=none"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("spt: error:")]
     assert len(errors) == 1 and "5.99.0 is installed" in errors[0]

@@ -36,8 +36,10 @@ def insert_soft(embeds: torch.Tensor, soft_mask: torch.Tensor, soft: torch.Tenso
         return embeds
     n = soft_mask.sum(1)
     if not bool((n == soft.shape[1]).all()):
-        raise SptError(f"batch has {n.tolist()} soft-prompt slots per row but the prompt has "
-                       f"{soft.shape[1]} vectors: data.n_soft must equal the method's length")
+        raise SptError(
+            f"batch has {n.tolist()} soft-prompt slots per row but the prompt has "
+            f"{soft.shape[1]} vectors: data.n_soft must equal the method's length"
+        )
     return embeds.masked_scatter(soft_mask.unsqueeze(-1), soft.to(embeds.dtype))
 
 
@@ -54,8 +56,9 @@ def prefix_cache(prefix: torch.Tensor | None):
         return None
     from transformers.cache_utils import DynamicCache
 
-    return DynamicCache(ddp_cache_data=[(prefix[:, i, 0], prefix[:, i, 1])
-                                        for i in range(prefix.shape[1])])
+    return DynamicCache(
+        ddp_cache_data=[(prefix[:, i, 0], prefix[:, i, 1]) for i in range(prefix.shape[1])]
+    )
 
 
 def prefixed_mask(attention_mask: torch.Tensor, prefix: torch.Tensor | None):
@@ -105,8 +108,9 @@ def pack_labels(tokenizer, words: list[str], seqs: list[list[int]]) -> LabelToke
         if not ids:
             raise SptError(f"label word {word!r} tokenizes to nothing: fix data.label_words")
     if len(set(map(tuple, seqs))) < len(seqs):
-        raise SptError(f"two label words tokenize identically ({words}): make data.label_words "
-                       "distinct")
+        raise SptError(
+            f"two label words tokenize identically ({words}): make data.label_words distinct"
+        )
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id or 0, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.bool)
@@ -136,8 +140,8 @@ class KVLayout:
         if len(self.parts) == 1:
             return prefix
         e, d = self.parts[0], self.parts[1]
-        cross = prefix[:, e + d:] if self.cross_attention else None
-        return prefix[:, :e], prefix[:, e: e + d], cross
+        cross = prefix[:, e + d :] if self.cross_attention else None
+        return prefix[:, :e], prefix[:, e : e + d], cross
 
 
 # -- the interface ---------------------------------------------------------------------------
@@ -168,8 +172,10 @@ class Arch:
     def check_data(self, modality: str, data: str) -> None:
         """Refuse a data module whose inputs (``text`` or ``images``) this model cannot read."""
         if modality == "images":
-            raise SptError(f"data={data} holds images; the model is a text backbone "
-                           f"({self.name}): use a CLIP model ({CLIP_MODELS}).")
+            raise SptError(
+                f"data={data} holds images; the model is a text backbone "
+                f"({self.name}): use a CLIP model ({CLIP_MODELS})."
+            )
 
     def check_generation(self, what: str) -> None:
         """Refuse text generation (``what`` names who asked) on a model that cannot do it."""
@@ -179,21 +185,22 @@ class Arch:
         return 0
 
     # -- classification --------------------------------------------------------------------
-    def label_tokens(self, tokenizer, words: list[str], after_space: bool = False
-                     ) -> LabelTokens:
+    def label_tokens(self, tokenizer, words: list[str], after_space: bool = False) -> LabelTokens:
         """Label words as this model's LM would produce them."""
         raise NotImplementedError
 
-    def classifier(self, backbone, tasks, multitask: bool, head_dropout: float,
-                   pooling: str | None):
+    def classifier(
+        self, backbone, tasks, multitask: bool, head_dropout: float, pooling: str | None
+    ):
         """The component that turns prompted inputs into class scores for ``tasks``: a
         :class:`~spt.backbones.scorers.HeadScorer` or
         :class:`~spt.backbones.scorers.LabelWordScorer`; None where the method scores classes
         itself (CLIP)."""
         raise NotImplementedError
 
-    def label_scores(self, model, inputs_embeds, attention_mask, labels: LabelTokens,
-                     prefix=None) -> torch.Tensor:
+    def label_scores(
+        self, model, inputs_embeds, attention_mask, labels: LabelTokens, prefix=None
+    ) -> torch.Tensor:
         """``[B, C]`` rank-classification scores: each class's summed label-token
         log-probability under the LM head."""
         raise SptError(f"{self.name} backbones have no LM head to score label words with")
@@ -207,13 +214,16 @@ class Arch:
         return "pooler" if getattr(model, "pooler", None) is not None else "cls"
 
     # -- key/value prompts -----------------------------------------------------------------
-    def kv_layout(self, config, cross_attention: bool | None = False,
-                  shared_reparam: bool = True) -> KVLayout:
+    def kv_layout(
+        self, config, cross_attention: bool | None = False, shared_reparam: bool = True
+    ) -> KVLayout:
         """The key/value prompt table for this model (``cross_attention``: also prefix the
         decoder's cross-attention; None = the architecture's default)."""
         if cross_attention:
-            raise SptError(f"method.cross_attention=true needs an encoder-decoder backbone; "
-                           f"this one is {self.name}-only: set method.cross_attention=false")
+            raise SptError(
+                f"method.cross_attention=true needs an encoder-decoder backbone; "
+                f"this one is {self.name}-only: set method.cross_attention=false"
+            )
         sizes = attention_sizes(config)
         return KVLayout(sizes=sizes, parts=(sizes["n_layers"],))
 
@@ -238,5 +248,7 @@ class Arch:
 
 def check_target_tokens(target: torch.Tensor) -> None:
     if not bool((target != -100).any()):
-        raise SptError("a training batch has no target tokens: raise data.max_target_length "
-                       "or data.max_source_length")
+        raise SptError(
+            "a training batch has no target tokens: raise data.max_target_length "
+            "or data.max_source_length"
+        )

@@ -9,8 +9,12 @@ from spt.backbones.encoder import Encoder
 from spt.backbones.encoder_decoder import EncoderDecoder
 from spt.errors import SptError
 
-ARCH_CLASSES = {"encoder": Encoder, "decoder": Decoder, "encoder-decoder": EncoderDecoder,
-                "clip": ClipText}
+ARCH_CLASSES = {
+    "encoder": Encoder,
+    "decoder": Decoder,
+    "encoder-decoder": EncoderDecoder,
+    "clip": ClipText,
+}
 
 
 def arch_ops(name: str) -> Arch:

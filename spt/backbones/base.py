@@ -16,9 +16,19 @@ ARCHS = ("encoder", "decoder", "encoder-decoder", "clip")
 
 # Config keys that change with how a model was loaded, not with what it is.
 _VOLATILE_CONFIG_KEYS = {
-    "_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
-    "_attn_implementation_autoset", "_commit_hash", "architectures", "use_cache",
-    "attn_implementation", "output_attentions", "output_hidden_states", "return_dict",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "_attn_implementation",
+    "_attn_implementation_autoset",
+    "_commit_hash",
+    "architectures",
+    "use_cache",
+    "attn_implementation",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
 }
 
 
@@ -68,8 +78,9 @@ class Backbone:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         self.ops = arch_ops(self.arch)
         head = self.ops.lm_head(self.model)
-        if head is not None and not any(h is contiguous_input
-                                        for h in head._forward_pre_hooks.values()):
+        if head is not None and not any(
+            h is contiguous_input for h in head._forward_pre_hooks.values()
+        ):
             head.register_forward_pre_hook(contiguous_input)
 
     @property
@@ -111,5 +122,8 @@ class Backbone:
 def _stable(config: dict) -> dict:
     """The config without the keys that change with how it was loaded, at every depth
     (composite configs such as CLIP's carry ``dtype`` in their text and vision parts)."""
-    return {k: _stable(v) if isinstance(v, dict) else v for k, v in config.items()
-            if k not in _VOLATILE_CONFIG_KEYS}
+    return {
+        k: _stable(v) if isinstance(v, dict) else v
+        for k, v in config.items()
+        if k not in _VOLATILE_CONFIG_KEYS
+    }

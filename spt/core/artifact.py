@@ -50,8 +50,11 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
-    meta = {"format_version": FORMAT_VERSION, **meta,
-            "tensors": {k: list(v.shape) for k, v in tensors.items()}}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+    }
     text = json.dumps(meta, indent=2, sort_keys=True, default=str)
     # clone: two names may view one tensor (e.g. a materialised table that is the parameter)
     clean = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
@@ -92,12 +95,16 @@ def load_artifact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not isinstance(shapes, dict) or not all(
         isinstance(v, list) and all(isinstance(d, int) for d in v) for v in shapes.values()
     ):
-        raise SptError(f"metadata of {path}: 'tensors' must map tensor names to shapes "
-                       f"(lists of ints), got {str(shapes)[:100]}")
+        raise SptError(
+            f"metadata of {path}: 'tensors' must map tensor names to shapes "
+            f"(lists of ints), got {str(shapes)[:100]}"
+        )
     for name, tensor in tensors.items():
         if name in shapes and list(tensor.shape) != shapes[name]:
-            raise SptError(f"{path}: tensor {name!r} has shape {list(tensor.shape)} but the "
-                           f"metadata says {shapes[name]}")
+            raise SptError(
+                f"{path}: tensor {name!r} has shape {list(tensor.shape)} but the "
+                f"metadata says {shapes[name]}"
+            )
     return tensors, meta
 
 
@@ -113,8 +120,9 @@ def check_base(meta: dict, identity: dict, path: str | Path) -> None:
         )
 
 
-def load_module_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor], key_prefix: str,
-                        path, hint: str) -> None:
+def load_module_tensors(
+    module: torch.nn.Module, tensors: dict[str, torch.Tensor], key_prefix: str, path, hint: str
+) -> None:
     """Copy ``tensors[key_prefix + name]`` into each parameter of ``module``; a missing key or
     a shape that differs is an SptError (``hint`` says which settings to compare)."""
     own = dict(module.named_parameters())
@@ -123,8 +131,10 @@ def load_module_tensors(module: torch.nn.Module, tensors: dict[str, torch.Tensor
         if key not in tensors:
             raise SptError(f"{path} lacks {key!r}: it was saved with another setup ({hint})")
         if tuple(tensors[key].shape) != tuple(p.shape):
-            raise SptError(f"{path}: {key} has shape {list(tensors[key].shape)}, this run "
-                           f"expects {list(p.shape)} (check {hint})")
+            raise SptError(
+                f"{path}: {key} has shape {list(tensors[key].shape)}, this run "
+                f"expects {list(p.shape)} (check {hint})"
+            )
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(tensors[key_prefix + name])

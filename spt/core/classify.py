@@ -34,26 +34,48 @@ class ClassificationMixin:
 
     regularizer = None  # e.g. spt.regularizers.nemesis.Nemesis; set by spt.regularizers.attach
 
-    def setup_method(self, frame, *, backbone, task, backbone_dropout: bool, supports, loss: str,
-                     head_dropout: float, head_lr, task_names, n_tasks: int, optimizer,
-                     scheduler, warmup_steps: int, pooling: str | None = None) -> None:
+    def setup_method(
+        self,
+        frame,
+        *,
+        backbone,
+        task,
+        backbone_dropout: bool,
+        supports,
+        loss: str,
+        head_dropout: float,
+        head_lr,
+        task_names,
+        n_tasks: int,
+        optimizer,
+        scheduler,
+        warmup_steps: int,
+        pooling: str | None = None,
+    ) -> None:
         """The construction steps every classification method shares, in order: hparams (from
         the method's ``__init__`` ``frame``), the frozen backbone, the scorer, task names and
         the optimizer settings."""
-        self.save_hyperparameters(ignore=["backbone", "task", "optimizer", "init_texts",
-                                          "datamodule"],
-                                  frame=frame, logger=False)
-        self.attach_backbone(backbone, backbone_dropout, method=self.method_name,
-                             supports=supports)
+        self.save_hyperparameters(
+            ignore=["backbone", "task", "optimizer", "init_texts", "datamodule"],
+            frame=frame,
+            logger=False,
+        )
+        self.attach_backbone(backbone, backbone_dropout, method=self.method_name, supports=supports)
         self.setup_classification(task, loss, head_dropout, head_lr, self.method_name, pooling)
         self.set_task_names(task_names, n_tasks, task.name)
         self.optimizer_factory = optimizer
         self.scheduler_name = scheduler
         self.warmup_steps = warmup_steps
 
-    def setup_classification(self, task, loss: str, head_dropout: float,
-                             head_lr: float | None, method: str,
-                             pooling: str | None = None) -> None:
+    def setup_classification(
+        self,
+        task,
+        loss: str,
+        head_dropout: float,
+        head_lr: float | None,
+        method: str,
+        pooling: str | None = None,
+    ) -> None:
         """One task (``TaskInfo`` / ``GenerationTaskInfo``) or a mixture (``MultiTaskInfo``,
         whose tasks each keep their own label words, head and metrics). The class scorer
         comes from the backbone's architecture (``self.base.ops.classifier``); ``pooling``
@@ -67,19 +89,23 @@ class ClassificationMixin:
         self.generative = not hasattr(self.tasks[0], "label_words")
         self.scorer = None
         if self.generative:
-            self.base.ops.check_generation(f"data={task.name} (a generation task on "
-                                           f"{self.base.name})")
+            self.base.ops.check_generation(
+                f"data={task.name} (a generation task on {self.base.name})"
+            )
             if not self.supports_generation:
-                raise SptError(f"method={method} classifies with label words; data={task.name} "
-                               "is a generation task: use a classification dataset (sst2, rte, "
-                               "cb, boolq, agnews, trec) or a method that generates text")
+                raise SptError(
+                    f"method={method} classifies with label words; data={task.name} "
+                    "is a generation task: use a classification dataset (sst2, rte, "
+                    "cb, boolq, agnews, trec) or a method that generates text"
+                )
             self.loss_kind = "lm"
             self.val_best = best_trackers(task.metrics)
             self.val_outputs: list[tuple[int, str]] = []
             return
         # None on CLIP, which scores images against prompted class names (spt.methods.coop)
-        self.scorer = self.base.ops.classifier(self.base, self.tasks, self.multitask,
-                                               head_dropout, pooling)
+        self.scorer = self.base.ops.classifier(
+            self.base, self.tasks, self.multitask, head_dropout, pooling
+        )
         if self.scorer is not None:
             self.head = self.scorer.head  # a trained head (encoder-only) is the method's state
         metrics = [classification_metrics(t.metrics, t.num_classes) for t in self.tasks]
@@ -101,19 +127,29 @@ class ClassificationMixin:
         if self.multitask:
             names = [t.name for t in self.tasks]
             if n_tasks != len(names):
-                raise SptError(f"data={self.task.name} mixes {len(names)} tasks ({names}) but "
-                               f"method.n_tasks={n_tasks}: set method.n_tasks={len(names)}")
+                raise SptError(
+                    f"data={self.task.name} mixes {len(names)} tasks ({names}) but "
+                    f"method.n_tasks={n_tasks}: set method.n_tasks={len(names)}"
+                )
             if task_names is not None and list(task_names) != names:
-                raise SptError(f"method.task_names={list(task_names)} do not match the "
-                               f"mixture's tasks {names}: drop method.task_names")
+                raise SptError(
+                    f"method.task_names={list(task_names)} do not match the "
+                    f"mixture's tasks {names}: drop method.task_names"
+                )
             task_names = names
         self.task_names = list(task_names or [default] * n_tasks)
         if len(self.task_names) != n_tasks:
-            raise SptError(f"method.task_names has {len(self.task_names)} names for "
-                           f"n_tasks={n_tasks}")
+            raise SptError(
+                f"method.task_names has {len(self.task_names)} names for n_tasks={n_tasks}"
+            )
 
-    def class_scores(self, embeds: torch.Tensor, mask: torch.Tensor, prefix=None,
-                     task_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def class_scores(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        prefix=None,
+        task_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``[B, C]`` class scores from the (prompted) input embeddings. ``prefix``: per-layer
         key/values ``[B, layers, 2, heads, P, d]``; on T5 an (encoder, decoder[, cross])
         tuple. In a mixture each row is scored with its own task's labels (``task_ids``) and
@@ -130,8 +166,9 @@ class ClassificationMixin:
             if shared is not None:
                 scores = shared(rows, t)
             else:
-                scores = self._task_scores(embeds[rows], mask[rows], _select_rows(self.base.ops, prefix, rows),
-                                           t)
+                scores = self._task_scores(
+                    embeds[rows], mask[rows], _select_rows(self.base.ops, prefix, rows), t
+                )
             out[rows, : scores.shape[1]] = scores.float()
         return out
 
@@ -147,8 +184,9 @@ class ClassificationMixin:
         """Text-to-text: the target's token cross-entropy with this method's prompt."""
         embeds = self.embed(batch)
         prefix = self.kv_prefix(batch, embeds.dtype) if hasattr(self, "kv_prefix") else None
-        return self.base.ops.lm_loss(self.backbone, embeds, batch["attention_mask"],
-                                     batch["labels"], prefix)
+        return self.base.ops.lm_loss(
+            self.backbone, embeds, batch["attention_mask"], batch["labels"], prefix
+        )
 
     # -- Lightning steps -------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -160,8 +198,11 @@ class ClassificationMixin:
             task_loss = classification_loss(scores, batch["labels"], self.loss_kind)
             loss = task_loss + self.regularize(batch)
             acc = (scores.argmax(-1) == batch["labels"]).float().mean()
-            self.log_dict({"train/loss": loss, "train/acc": acc}, prog_bar=True,
-                          batch_size=len(batch["labels"]))
+            self.log_dict(
+                {"train/loss": loss, "train/acc": acc},
+                prog_bar=True,
+                batch_size=len(batch["labels"]),
+            )
             if self.regularizer is not None:
                 self.log("train/task_loss", task_loss, batch_size=len(batch["labels"]))
         return check_finite(loss, self.global_step)
@@ -222,8 +263,9 @@ class ClassificationMixin:
     def generate_texts(self, batch: dict) -> list[str]:
         """Decoded generations for a batch (the text before the first end-of-sequence)."""
         tok = self.base.tokenizer
-        tokens = generate(self, batch, max_new_tokens=self.task.max_new_tokens,
-                          num_beams=self.task.num_beams)
+        tokens = generate(
+            self, batch, max_new_tokens=self.task.max_new_tokens, num_beams=self.task.num_beams
+        )
         texts = []
         for row in tokens.tolist():
             if tok.eos_token_id in row:
@@ -236,8 +278,10 @@ class ClassificationMixin:
         the generations are kept (``last_predictions``) for the run to write out."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "score"):
-            raise SptError("scoring generations needs the text-to-text data module: pass "
-                           "datamodule= to trainer.fit/validate")
+            raise SptError(
+                "scoring generations needs the text-to-text data module: pass "
+                "datamodule= to trainer.fit/validate"
+            )
         outputs = sorted(self.val_outputs)
         self.val_outputs = []
         if not outputs:
@@ -245,8 +289,9 @@ class ClassificationMixin:
         idx = [i for i, _ in outputs]
         texts = [t for _, t in outputs]
         refs = dm.references("dev")
-        self.last_predictions = [{"ref_index": i, "prediction": t, "references": refs[i]}
-                                 for i, t in outputs]
+        self.last_predictions = [
+            {"ref_index": i, "prediction": t, "references": refs[i]} for i, t in outputs
+        ]
         values = {k: torch.tensor(v) for k, v in dm.score("dev", texts, idx).items()}
         return log_metric_values(self, values, self.val_best, stage)
 
@@ -278,19 +323,26 @@ class ClassificationMixin:
                 key = f"head.{name}"
                 if key not in tensors or tensors[key].shape != p.shape:
                     classes = [t.num_classes for t in self.tasks]
-                    raise SptError(f"{path} lacks a matching {key!r} for this run's head "
-                                   f"(classes per task: {classes})")
+                    raise SptError(
+                        f"{path} lacks a matching {key!r} for this run's head "
+                        f"(classes per task: {classes})"
+                    )
                 p.copy_(tensors[key])
 
     def classification_meta(self) -> dict:
         if self.generative:
             return {"loss": self.loss_kind, "task_kind": "text-to-text"}
         if self.multitask:
-            return {"loss": self.loss_kind,
-                    "label_names": {t.name: list(t.label_names) for t in self.tasks},
-                    "label_words": {t.name: list(t.label_words) for t in self.tasks}}
-        return {"loss": self.loss_kind, "label_names": list(self.task.label_names),
-                "label_words": list(self.task.label_words)}
+            return {
+                "loss": self.loss_kind,
+                "label_names": {t.name: list(t.label_names) for t in self.tasks},
+                "label_words": {t.name: list(t.label_words) for t in self.tasks},
+            }
+        return {
+            "loss": self.loss_kind,
+            "label_names": list(self.task.label_names),
+            "label_words": list(self.task.label_words),
+        }
 
 
 class SoftPromptScoring:
@@ -303,8 +355,9 @@ class SoftPromptScoring:
         """``[B, C]`` class scores with ``prompts [B, N, d]`` at the soft slots instead of the
         method's own vectors (``scores_with_prompts(b, soft_prompts(b["task_ids"]))`` equals
         ``forward(b)``)."""
-        return self.class_scores(self.embed(batch, prompts), batch["attention_mask"],
-                                 task_ids=batch["task_ids"])
+        return self.class_scores(
+            self.embed(batch, prompts), batch["attention_mask"], task_ids=batch["task_ids"]
+        )
 
 
 def _select_rows(ops, prefix, rows: torch.Tensor):

@@ -25,8 +25,15 @@ from spt.errors import SptError
 
 
 @torch.no_grad()
-def generate(method, batch: dict, max_new_tokens: int = 32, num_beams: int = 1,
-             use_cache: bool = True, length_penalty: float = 1.0, **kwargs) -> torch.Tensor:
+def generate(
+    method,
+    batch: dict,
+    max_new_tokens: int = 32,
+    num_beams: int = 1,
+    use_cache: bool = True,
+    length_penalty: float = 1.0,
+    **kwargs,
+) -> torch.Tensor:
     """New token ids ``[B, T]`` (padded with the pad id after EOS) for each row of ``batch``.
 
     Beam search ranks finished hypotheses by summed log-probability / length**length_penalty
@@ -41,21 +48,37 @@ def generate(method, batch: dict, max_new_tokens: int = 32, num_beams: int = 1,
     if hasattr(method, "kv_prefix"):
         stepper = _stepper(method, embeds, mask, prefix, use_cache, beams=num_beams)
         if num_beams == 1:
-            return _greedy(stepper, embeds.shape[0], max_new_tokens, tok.pad_token_id,
-                           tok.eos_token_id)[0]
-        return _beam(stepper, embeds.shape[0], num_beams, max_new_tokens, tok.pad_token_id,
-                     tok.eos_token_id, length_penalty)
+            return _greedy(
+                stepper, embeds.shape[0], max_new_tokens, tok.pad_token_id, tok.eos_token_id
+            )[0]
+        return _beam(
+            stepper,
+            embeds.shape[0],
+            num_beams,
+            max_new_tokens,
+            tok.pad_token_id,
+            tok.eos_token_id,
+            length_penalty,
+        )
     out = method.backbone.generate(
-        inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-        num_beams=num_beams, do_sample=False, use_cache=use_cache, length_penalty=length_penalty,
-        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **kwargs,
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        max_new_tokens=max_new_tokens,
+        num_beams=num_beams,
+        do_sample=False,
+        use_cache=use_cache,
+        length_penalty=length_penalty,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        **kwargs,
     )
     return base.ops.new_tokens(out)  # (an encoder-decoder's start token dropped)
 
 
 @torch.no_grad()
-def greedy_reference(method, batch: dict, max_new_tokens: int = 32
-                     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def greedy_reference(
+    method, batch: dict, max_new_tokens: int = 32
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Greedy decoding by re-running the whole sequence at every step, with no cache.
 
     Slow on purpose: the reference that cached generation must equal. Returns the new token
@@ -68,15 +91,28 @@ def greedy_reference(method, batch: dict, max_new_tokens: int = 32
 
 
 @torch.no_grad()
-def beam_search(method, batch: dict, num_beams: int, max_new_tokens: int = 32,
-                use_cache: bool = True, length_penalty: float = 1.0) -> torch.Tensor:
+def beam_search(
+    method,
+    batch: dict,
+    num_beams: int,
+    max_new_tokens: int = 32,
+    use_cache: bool = True,
+    length_penalty: float = 1.0,
+) -> torch.Tensor:
     """spt's own beam search for any method (the path key/value prompts take), exposed so it
     can be checked against Hugging Face ``generate`` on input-level prompts."""
     embeds, mask, prefix = _inputs(method, batch)
     tok = method.base.tokenizer
     stepper = _stepper(method, embeds, mask, prefix, use_cache, beams=num_beams)
-    return _beam(stepper, embeds.shape[0], num_beams, max_new_tokens, tok.pad_token_id,
-                 tok.eos_token_id, length_penalty)
+    return _beam(
+        stepper,
+        embeds.shape[0],
+        num_beams,
+        max_new_tokens,
+        tok.pad_token_id,
+        tok.eos_token_id,
+        length_penalty,
+    )
 
 
 def _inputs(method, batch: dict):
@@ -91,6 +127,7 @@ def _inputs(method, batch: dict):
 
 # -- steppers: next-token logits for N rows, and a way to reorder those rows ----------------
 
+
 def _stepper(method, embeds, mask, prefix, use_cache: bool, beams: int = 1):
     """Each row repeated ``beams`` times (rows r*beams .. r*beams+beams-1 are row r's)."""
     if beams > 1:
@@ -103,13 +140,15 @@ def _stepper(method, embeds, mask, prefix, use_cache: bool, beams: int = 1):
 
 # -- search loops -------------------------------------------------------------------------
 
+
 def _pick(logits: torch.Tensor, done: torch.Tensor, pad: int) -> torch.Tensor:
     """Greedy choice; rows that already ended get the pad id."""
     return torch.where(done, torch.full_like(done, pad, dtype=torch.long), logits.argmax(-1))
 
 
-def _greedy(stepper, b: int, max_new_tokens: int, pad: int, eos: int
-            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _greedy(
+    stepper, b: int, max_new_tokens: int, pad: int, eos: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Token ids ``[B, T]`` and each step's next-token logits ``[B, V]``."""
     done = None
     steps, step_logits, nxt = [], [], None
@@ -126,8 +165,9 @@ def _greedy(stepper, b: int, max_new_tokens: int, pad: int, eos: int
     return torch.stack(steps, 1), step_logits
 
 
-def _beam(stepper, b: int, k: int, max_new_tokens: int, pad: int, eos: int,
-          length_penalty: float) -> torch.Tensor:
+def _beam(
+    stepper, b: int, k: int, max_new_tokens: int, pad: int, eos: int, length_penalty: float
+) -> torch.Tensor:
     """Beam search over ``b`` rows with ``k`` beams each (the stepper holds ``b * k`` rows)."""
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
     done = [False] * b
@@ -148,8 +188,7 @@ def _beam(stepper, b: int, k: int, max_new_tokens: int, pad: int, eos: int,
             if done[i]:
                 continue
             kept = 0
-            for rank, (s, idx) in enumerate(zip(top_s[i].tolist(), top_i[i].tolist(),
-                                                strict=True)):
+            for rank, (s, idx) in enumerate(zip(top_s[i].tolist(), top_i[i].tolist(), strict=True)):
                 beam, w = divmod(idx, vocab)
                 if w == eos:  # a finished hypothesis, if it ranks among the top k
                     if rank < k and s > -math.inf:
@@ -174,9 +213,13 @@ def _beam(stepper, b: int, k: int, max_new_tokens: int, pad: int, eos: int,
         hyps = finished[i]
         if not done[i]:  # running beams compete with the finished ones at the length limit
             norm = history.shape[1] ** length_penalty
-            hyps = hyps + [(scores[i, j].item() / norm, history[i * k + j].tolist())
-                           for j in range(k) if scores[i, j] > -math.inf]
+            hyps = hyps + [
+                (scores[i, j].item() / norm, history[i * k + j].tolist())
+                for j in range(k)
+                if scores[i, j] > -math.inf
+            ]
         out.append(max(hyps, key=lambda h: h[0])[1])
     width = max(map(len, out))
-    return torch.tensor([h + [pad] * (width - len(h)) for h in out], dtype=torch.long,
-                        device=history.device)
+    return torch.tensor(
+        [h + [pad] * (width - len(h)) for h in out], dtype=torch.long, device=history.device
+    )

@@ -36,8 +36,13 @@ def _ordinary_ids(tokenizer) -> list[int]:
     return sorted(i for tok, i in vocab.items() if i not in special and not _RESERVED.match(tok))
 
 
-def frequent_token_ids(tokenizer, k: int = 5000, texts: list[str] | None = None,
-                       sorted_by_frequency: bool = True, max_id: int | None = None) -> torch.Tensor:
+def frequent_token_ids(
+    tokenizer,
+    k: int = 5000,
+    texts: list[str] | None = None,
+    sorted_by_frequency: bool = True,
+    max_id: int | None = None,
+) -> torch.Tensor:
     """The ``k`` most common ordinary tokens.
 
     SentencePiece (T5, as in the paper) and byte-level BPE vocabularies are sorted by
@@ -59,27 +64,43 @@ def frequent_token_ids(tokenizer, k: int = 5000, texts: list[str] | None = None,
                 seen = set(ranked)
                 ranked += [i for i in ordinary if i not in seen][: k - len(ranked)]
             return torch.tensor(ranked, dtype=torch.long)
-        log.warning("vocabulary is not sorted by frequency and no texts were given to count "
-                    "tokens: sampling from the first %d ordinary ids instead", k)
+        log.warning(
+            "vocabulary is not sorted by frequency and no texts were given to count "
+            "tokens: sampling from the first %d ordinary ids instead",
+            k,
+        )
     return torch.tensor(ordinary[:k], dtype=torch.long)
 
 
-def sampled_vocab(embedding: torch.Tensor, length: int, candidates: torch.Tensor,
-                  generator: torch.Generator) -> torch.Tensor:
+def sampled_vocab(
+    embedding: torch.Tensor, length: int, candidates: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
     """Embeddings of ``length`` tokens drawn from ``candidates`` (without replacement when
     there are enough)."""
     replace = len(candidates) < length
-    idx = (torch.randint(len(candidates), (length,), generator=generator) if replace
-           else torch.randperm(len(candidates), generator=generator)[:length])
+    idx = (
+        torch.randint(len(candidates), (length,), generator=generator)
+        if replace
+        else torch.randperm(len(candidates), generator=generator)[:length]
+    )
     return embedding[candidates[idx]].detach().float().clone()
 
 
-def class_labels(embedding: torch.Tensor, length: int, label_token_ids: list[list[int]],
-                 candidates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def class_labels(
+    embedding: torch.Tensor,
+    length: int,
+    label_token_ids: list[list[int]],
+    candidates: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
     """One slot per class (its label's token embeddings averaged), the rest sampled."""
     if length < len(label_token_ids):
-        log.warning("prompt length %d < %d classes: only the first %d labels initialise it",
-                    length, len(label_token_ids), length)
+        log.warning(
+            "prompt length %d < %d classes: only the first %d labels initialise it",
+            length,
+            len(label_token_ids),
+            length,
+        )
     labels = [embedding[torch.tensor(ids)].detach().float().mean(0) for ids in label_token_ids]
     out = sampled_vocab(embedding, length, candidates, generator)
     for i, vec in enumerate(labels[:length]):
@@ -92,16 +113,24 @@ def from_text(embedding: torch.Tensor, length: int, text_ids: list[int]) -> torc
     if not text_ids:
         raise SptError("method.init=text needs a non-empty method.init_text")
     if len(text_ids) > length:
-        log.warning("init text has %d tokens, prompt length is %d: truncating", len(text_ids),
-                    length)
+        log.warning(
+            "init text has %d tokens, prompt length is %d: truncating", len(text_ids), length
+        )
     ids = torch.tensor([text_ids[i % len(text_ids)] for i in range(length)])
     return embedding[ids].detach().float().clone()
 
 
-def initial_prompt(init: str, base, length: int, generator: torch.Generator, *,
-                   init_text: str | None = None, top_k: int = 5000,
-                   texts: list[str] | None = None,
-                   label_words: list[list[list[int]]] | None = None) -> torch.Tensor:
+def initial_prompt(
+    init: str,
+    base,
+    length: int,
+    generator: torch.Generator,
+    *,
+    init_text: str | None = None,
+    top_k: int = 5000,
+    texts: list[str] | None = None,
+    label_words: list[list[list[int]]] | None = None,
+) -> torch.Tensor:
     """A prompt ``[rows, length, d]`` initialised from ``base`` (a :class:`Backbone`) by
     ``init`` (``uniform`` | ``text`` | ``sampled_vocab`` | ``class_labels``): one row, or for
     ``class_labels`` one row per task of ``label_words`` (per task, per class, token ids)."""
@@ -111,12 +140,16 @@ def initial_prompt(init: str, base, length: int, generator: torch.Generator, *,
         return uniform(length, emb.shape[1], generator)[None]
     if init == "text":
         return from_text(emb, length, tok(init_text, add_special_tokens=False)["input_ids"])[None]
-    pool = frequent_token_ids(tok, top_k, texts, base.vocab_sorted_by_frequency,
-                              max_id=emb.shape[0])
+    pool = frequent_token_ids(
+        tok, top_k, texts, base.vocab_sorted_by_frequency, max_id=emb.shape[0]
+    )
     if init == "sampled_vocab":
         return sampled_vocab(emb, length, pool, generator)[None]
     if init == "class_labels" and label_words:
-        return torch.stack([class_labels(emb, length, words, pool, generator)
-                            for words in label_words])
-    raise SptError(f"init={init!r} cannot build a prompt here: choose one of "
-                   f"{', '.join(INITS)} (class_labels needs label words)")
+        return torch.stack(
+            [class_labels(emb, length, words, pool, generator) for words in label_words]
+        )
+    raise SptError(
+        f"init={init!r} cannot build a prompt here: choose one of "
+        f"{', '.join(INITS)} (class_labels needs label words)"
+    )

@@ -21,8 +21,10 @@ from spt.modules.prefix_encoder import PrefixEncoder
 
 def validate_kv(*, length, n_tasks, hidden, loss, init, init_file, reference: str) -> None:
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-        raise SptError(f"method.length={length!r}: needs at least one position per layer "
-                       f"(an integer >= 1; {reference})")
+        raise SptError(
+            f"method.length={length!r}: needs at least one position per layer "
+            f"(an integer >= 1; {reference})"
+        )
     if not isinstance(n_tasks, int) or n_tasks < 1:
         raise SptError(f"method.n_tasks={n_tasks!r} must be an integer >= 1")
     if not isinstance(hidden, int) or hidden < 1:
@@ -30,18 +32,28 @@ def validate_kv(*, length, n_tasks, hidden, loss, init, init_file, reference: st
     if loss not in LOSSES:
         raise SptError(f"method.loss={loss!r}: choose one of {', '.join(LOSSES)}")
     if init not in ("random", "file") or (init == "file" and not init_file):
-        raise SptError(f"method.init={init!r}: choose random, or file with "
-                       "method.init_file=/path/to/prompt.safetensors")
+        raise SptError(
+            f"method.init={init!r}: choose random, or file with "
+            "method.init_file=/path/to/prompt.safetensors"
+        )
 
 
 class KVPromptMixin:
     """Needs ``self.base``/``self.backbone`` (frozen-backbone mixin) and the classification
     mixin's ``class_scores``, ``head_*`` and ``classification_meta``."""
 
-    def setup_kv_prompts(self, n_tasks: int, length: int, reparam: bool, hidden: int,
-                         dropout: float, init_std: float, seed: int,
-                         cross_attention: bool | None = False,
-                         shared_reparam: bool = True) -> None:
+    def setup_kv_prompts(
+        self,
+        n_tasks: int,
+        length: int,
+        reparam: bool,
+        hidden: int,
+        dropout: float,
+        init_std: float,
+        seed: int,
+        cross_attention: bool | None = False,
+        shared_reparam: bool = True,
+    ) -> None:
         """``shared_reparam=False`` (T5 with ``reparam``): the encoder, decoder and
         cross-attention prefixes each get their own embedding and MLP, as in Li & Liang's
         seq2seq model; True: one MLP produces all of them."""
@@ -53,9 +65,16 @@ class KVPromptMixin:
         blocks = self.layout.blocks
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.prefix = PrefixEncoder(n_tasks, length, reparam=reparam, hidden=hidden,
-                                        dropout=dropout, init_std=init_std, blocks=blocks,
-                                        **self.sizes)
+            self.prefix = PrefixEncoder(
+                n_tasks,
+                length,
+                reparam=reparam,
+                hidden=hidden,
+                dropout=dropout,
+                init_std=init_std,
+                blocks=blocks,
+                **self.sizes,
+            )
 
     @classmethod
     def serving_settings(cls, method_cfg) -> dict:
@@ -79,8 +98,12 @@ class KVPromptMixin:
     def forward(self, batch: dict) -> torch.Tensor:
         """Class scores ``[B, C]``: the input embeddings plus per-layer key/value prompts."""
         embeds = self.embed(batch)
-        return self.class_scores(embeds, batch["attention_mask"],
-                                 self.kv_prefix(batch, embeds.dtype), task_ids=batch["task_ids"])
+        return self.class_scores(
+            embeds,
+            batch["attention_mask"],
+            self.kv_prefix(batch, embeds.dtype),
+            task_ids=batch["task_ids"],
+        )
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.prefix.parameters())}, *self.head_param_groups()]
@@ -88,8 +111,9 @@ class KVPromptMixin:
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
         """The materialised prefixes (for inference) and the encoder's weights (to resume)."""
         out = {"prefix": self.prefix.table().detach().float()}
-        out.update({f"prefix_encoder.{n}": p.detach().float()
-                    for n, p in self.prefix.named_parameters()})
+        out.update(
+            {f"prefix_encoder.{n}": p.detach().float() for n, p in self.prefix.named_parameters()}
+        )
         return {**out, **self.head_tensors()}
 
     def artifact_meta(self) -> dict:
@@ -112,9 +136,15 @@ class KVPromptMixin:
         tensors, meta = load_artifact(path)
         check_base(meta, self.base.identity(), path)
         if meta.get("method") != self.method_name:
-            raise SptError(f"{path} was saved by method={meta.get('method')}, not "
-                           f"method={self.method_name}")
-        load_module_tensors(self.prefix, tensors, "prefix_encoder.", path,
-                            f"method.reparam (saved: {meta.get('reparam')}), shared_reparam "
-                            f"(saved: {meta.get('shared_reparam')}), hidden, length, n_tasks")
+            raise SptError(
+                f"{path} was saved by method={meta.get('method')}, not method={self.method_name}"
+            )
+        load_module_tensors(
+            self.prefix,
+            tensors,
+            "prefix_encoder.",
+            path,
+            f"method.reparam (saved: {meta.get('reparam')}), shared_reparam "
+            f"(saved: {meta.get('shared_reparam')}), hidden, length, n_tasks",
+        )
         self.load_head_tensors(tensors, path)

@@ -32,8 +32,13 @@ class FrozenBackboneMixin:
     supported_archs: tuple[str, ...] = ("encoder", "decoder", "encoder-decoder")
     supports_generation = True  # trains and validates on text-to-text tasks too
 
-    def attach_backbone(self, backbone: Backbone, backbone_dropout: bool = False,
-                        method: str | None = None, supports=None) -> None:
+    def attach_backbone(
+        self,
+        backbone: Backbone,
+        backbone_dropout: bool = False,
+        method: str | None = None,
+        supports=None,
+    ) -> None:
         """Freeze and keep ``backbone``. ``supports`` (from the method's YAML) narrows the
         architectures the class implements."""
         if supports is not None:
@@ -74,8 +79,11 @@ class FrozenBackboneMixin:
     def parameter_counts(self) -> dict[str, float]:
         trainable = sum(p.numel() for _, p in self.trainable_named_parameters())
         frozen = sum(p.numel() for p in self.backbone.parameters())
-        return {"params/trainable": trainable, "params/backbone": frozen,
-                "params/trainable_pct": 100.0 * trainable / max(1, trainable + frozen)}
+        return {
+            "params/trainable": trainable,
+            "params/backbone": frozen,
+            "params/trainable_pct": 100.0 * trainable / max(1, trainable + frozen),
+        }
 
     # Artifact tensors a served prompt needs (the rest, e.g. a reparameterisation MLP or
     # an LSTM encoder, only resumes training); methods override.
@@ -89,7 +97,7 @@ class FrozenBackboneMixin:
     def state_dict(self, *args, **kwargs):
         full = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
-        return type(full)((k, v) for k, v in full.items() if self._own(k[len(prefix):]))
+        return type(full)((k, v) for k, v in full.items() if self._own(k[len(prefix) :]))
 
     def required_state_keys(self) -> set[str]:
         return set(self.state_dict().keys())
@@ -99,8 +107,10 @@ class FrozenBackboneMixin:
         required = self.required_state_keys()
         missing = sorted(required - own.keys())
         if missing:
-            raise SptError(f"checkpoint lacks trainable state {missing}: it was saved by another "
-                           "method or configuration (compare method.* settings)")
+            raise SptError(
+                f"checkpoint lacks trainable state {missing}: it was saved by another "
+                "method or configuration (compare method.* settings)"
+            )
         unexpected = sorted(own.keys() - required)
         if strict and unexpected:
             raise SptError(f"checkpoint has state this method does not own: {unexpected}")
@@ -139,9 +149,12 @@ class FrozenBackboneMixin:
                 log.warning("casting trainable %s from %s back to float32", n, p.dtype)
                 p.data = p.data.float()
         counts = self.parameter_counts()
-        log.info("trainable parameters: %d of %d (%.4f%%)", counts["params/trainable"],
-                 counts["params/trainable"] + counts["params/backbone"],
-                 counts["params/trainable_pct"])
+        log.info(
+            "trainable parameters: %d of %d (%.4f%%)",
+            counts["params/trainable"],
+            counts["params/trainable"] + counts["params/backbone"],
+            counts["params/trainable_pct"],
+        )
         for logger in self.loggers:
             logger.log_metrics(counts, step=0)
 
@@ -159,15 +172,23 @@ class FrozenBackboneMixin:
         name = self.scheduler_name or "constant"
         if name == "constant" and self.warmup_steps:
             name = "constant_with_warmup"
-        scheduler = get_scheduler(name, optimizer,
-                                  num_warmup_steps=self.warmup_steps,
-                                  num_training_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler,
-                                                          "interval": "step"}}
+        scheduler = get_scheduler(
+            name,
+            optimizer,
+            num_warmup_steps=self.warmup_steps,
+            num_training_steps=self.trainer.estimated_stepping_batches,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 def served_numel(names: tuple[str, ...], sizes: dict[str, int]) -> int:
     """Sum of ``sizes`` (artifact key -> element count) over the keys ``names`` selects:
     exact keys, or key prefixes ending in ``"."``."""
-    return sum(n for k, n in sizes.items()
-               if k in names or any(k.startswith(p) for p in names if p.endswith(".")))
+    return sum(
+        n
+        for k, n in sizes.items()
+        if k in names or any(k.startswith(p) for p in names if p.endswith("."))
+    )

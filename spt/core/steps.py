@@ -47,8 +47,9 @@ def log_epoch_metrics(module, metrics: MetricCollection, best: nn.ModuleDict, st
     return log_metric_values(module, values, best, stage)
 
 
-def log_metric_values(module, values: dict[str, torch.Tensor], best: nn.ModuleDict,
-                      stage: str) -> dict:
+def log_metric_values(
+    module, values: dict[str, torch.Tensor], best: nn.ModuleDict, stage: str
+) -> dict:
     """Log ``values`` as ``<stage>/<name>`` and their running best as ``<stage>/<name>_best``
     (not during the sanity check); return them as floats."""
     out = {}
@@ -65,8 +66,10 @@ def check_finite(loss: torch.Tensor, step: int) -> torch.Tensor:
     """``loss``, or an SptError naming the step when it is NaN or infinite: training stops before
     the optimizer step, so the last checkpoint (``checkpoints/last.ckpt``) is from before it."""
     if not torch.isfinite(loss):
-        raise SptError(f"non-finite training loss ({loss.item()}) at step {step}: lower the "
-                       "learning rate (method.optimizer.lr) and train again. Training stopped "
-                       "before this step's update; the run directory keeps its checkpoints "
-                       "(checkpoints/last.ckpt is from before this step)")
+        raise SptError(
+            f"non-finite training loss ({loss.item()}) at step {step}: lower the "
+            "learning rate (method.optimizer.lr) and train again. Training stopped "
+            "before this step's update; the run directory keeps its checkpoints "
+            "(checkpoints/last.ckpt is from before this step)"
+        )
     return loss

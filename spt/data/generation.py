@@ -42,8 +42,9 @@ def reference_streams(references: Sequence[Sequence[str]]) -> list[list[str | No
     return [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
 
 
-def generation_metrics(predictions: Sequence[str], references: Sequence[Sequence[str]],
-                       use_stemmer: bool = True) -> dict[str, float]:
+def generation_metrics(
+    predictions: Sequence[str], references: Sequence[Sequence[str]], use_stemmer: bool = True
+) -> dict[str, float]:
     """Corpus BLEU (sacrebleu, 0-100, default 13a tokenization and exp smoothing) and ROUGE-L F1
     (rouge_score, 0-1: per prediction the best F1 over its references, then the mean).
 
@@ -60,8 +61,10 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[Sequence
     predictions = [str(p) for p in predictions]
     references = [[str(r) for r in refs] for refs in references]
     if len(predictions) != len(references):
-        raise SptError(f"generation_metrics: {len(predictions)} predictions but "
-                       f"{len(references)} reference lists; give one list per prediction.")
+        raise SptError(
+            f"generation_metrics: {len(predictions)} predictions but "
+            f"{len(references)} reference lists; give one list per prediction."
+        )
     if not predictions:
         raise SptError("generation_metrics: no predictions to score.")
     empty = [i for i, refs in enumerate(references) if not refs]
@@ -69,6 +72,8 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[Sequence
         raise SptError(f"generation_metrics: input(s) {empty[:5]} have no reference text.")
     bleu = sacrebleu.corpus_bleu(predictions, reference_streams(references)).score
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
-    rouge = [scorer.score_multi(refs, pred)["rougeL"].fmeasure
-             for pred, refs in zip(predictions, references, strict=True)]
+    rouge = [
+        scorer.score_multi(refs, pred)["rougeL"].fmeasure
+        for pred, refs in zip(predictions, references, strict=True)
+    ]
     return {"bleu": float(bleu), "rougeL": float(sum(rouge) / len(rouge))}

@@ -92,8 +92,13 @@ class ImageSplit:
         return len(self.rows)
 
     def subset(self, picks: Sequence[int]) -> ImageSplit:
-        return ImageSplit(self.store, [self.rows[i] for i in picks],
-                          [self.labels[i] for i in picks], self.source, self.column)
+        return ImageSplit(
+            self.store,
+            [self.rows[i] for i in picks],
+            [self.labels[i] for i in picks],
+            self.source,
+            self.column,
+        )
 
     def image(self, i: int):
         """Row ``i`` as an RGB ``PIL.Image``."""
@@ -114,14 +119,18 @@ def open_image(value: Any, source: str):
         elif value.get("path"):
             value = value["path"]
     if not isinstance(value, str | Path | io.BytesIO):
-        raise SptError(f"{source}: cannot read an image from a value of type "
-                       f"{type(value).__name__}; the image column must hold images or file paths.")
+        raise SptError(
+            f"{source}: cannot read an image from a value of type "
+            f"{type(value).__name__}; the image column must hold images or file paths."
+        )
     try:
         with Image.open(value) as img:
             return img.convert("RGB")
     except FileNotFoundError:
-        raise SptError(f"image file not found: {value} (listed in {source}). Image paths are "
-                       f"relative to the folder of the file that lists them. {ROOT_HINT}") from None
+        raise SptError(
+            f"image file not found: {value} (listed in {source}). Image paths are "
+            f"relative to the folder of the file that lists them. {ROOT_HINT}"
+        ) from None
     except (UnidentifiedImageError, OSError) as e:
         what = "an embedded image" if isinstance(value, io.BytesIO) else f"image {value}"
         raise SptError(f"cannot read {what} from {source}: {e}") from None
@@ -152,9 +161,11 @@ class ImageCollator:
         pixels = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         pixels = torch.as_tensor(pixels, dtype=torch.float32)
         if pixels.dim() != 4 or pixels.shape[0] != len(rows):
-            raise SptError(f"the image processor returned pixel_values of shape "
-                           f"{tuple(pixels.shape)} for {len(rows)} images; expected "
-                           f"[{len(rows)}, 3, H, W]. Use the CLIP backbone's image processor.")
+            raise SptError(
+                f"the image processor returned pixel_values of shape "
+                f"{tuple(pixels.shape)} for {len(rows)} images; expected "
+                f"[{len(rows)}, 3, H, W]. Use the CLIP backbone's image processor."
+            )
         return {
             "pixel_values": pixels,
             "labels": torch.tensor([y for _, y in rows], dtype=torch.long),
@@ -236,15 +247,22 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         self.metrics = [str(m) for m in to_plain(metrics)]
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or not self.metrics:
-            raise SptError(f"data.metrics must be a non-empty subset of {list(METRICS)}, "
-                           f"got {self.metrics}.")
-        for key, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                                ("n_soft", n_soft, 0)):
+            raise SptError(
+                f"data.metrics must be a non-empty subset of {list(METRICS)}, got {self.metrics}."
+            )
+        for key, value, low in (
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("n_soft", n_soft, 0),
+        ):
             if not _is_int(value) or value < low:
                 raise SptError(f"data.{key} must be an int >= {low}, got {value!r}.")
-        for key, value in (("shots", shots), ("train_limit", train_limit),
-                           ("dev_limit", dev_limit),
-                           ("eval_batch_size", eval_batch_size)):
+        for key, value in (
+            ("shots", shots),
+            ("train_limit", train_limit),
+            ("dev_limit", dev_limit),
+            ("eval_batch_size", eval_batch_size),
+        ):
             if value is not None and (not _is_int(value) or value < 1):
                 raise SptError(f"data.{key} must be null or an int >= 1, got {value!r}.")
         self.shots = shots
@@ -260,8 +278,9 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         self.hub = self._check_specs(hub, "hub", HUB_KEYS)
         self.root = check_root(self.name, root, self.local)
         if self.root is None and self.hub is None:
-            raise SptError(f"data={self.name}: no data.root and no data.hub to load from. "
-                           f"{ROOT_HINT}")
+            raise SptError(
+                f"data={self.name}: no data.root and no data.hub to load from. {ROOT_HINT}"
+            )
         self._hub_cache: dict[str, Any] = {}  # split -> loaded datasets.Dataset
         self._local_cache: dict[str, list[dict]] = {}  # split -> rows of the local file
         self._splits: dict[str, ImageSplit] = {}
@@ -271,9 +290,11 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         drop = [str(c) for c in to_plain(drop_classes or [])]
         unknown = [c for c in drop if c not in all_names]
         if unknown:
-            raise SptError(f"data.drop_classes names {unknown}, which are not class names of "
-                           f"data={self.name} ({self._names_source}); known: "
-                           f"{_preview(all_names)}.")
+            raise SptError(
+                f"data.drop_classes names {unknown}, which are not class names of "
+                f"data={self.name} ({self._names_source}); known: "
+                f"{_preview(all_names)}."
+            )
         kept = [i for i, c in enumerate(all_names) if c not in drop]
         if not kept:
             raise SptError(f"data.drop_classes removes every class of data={self.name}.")
@@ -327,8 +348,11 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         """The full class-name list (before ``drop_classes``) and where it came from."""
         if value is not None:
             names = self._read_names(value, "class_names")
-            return names, (f"data.class_names file {self._names_path(value, 'class_names')}"
-                           if isinstance(value, str) else "data.class_names")
+            return names, (
+                f"data.class_names file {self._names_path(value, 'class_names')}"
+                if isinstance(value, str)
+                else "data.class_names"
+            )
         if self.root is None:
             spec = self.hub["dev"]
             ds = self._hub_dataset("dev")
@@ -344,33 +368,44 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         spec = self.local["train"]
         where = "data.local.train"
         if not spec.get("classname"):
-            raise SptError(f"data={self.name}: data.class_names is null and {where}.classname "
-                           f"names no column to read them from; give data.class_names (a list or "
-                           f"a file under data.root with one name per line, in label order).")
+            raise SptError(
+                f"data={self.name}: data.class_names is null and {where}.classname "
+                f"names no column to read them from; give data.class_names (a list or "
+                f"a file under data.root with one name per line, in label order)."
+            )
         path = self.root / spec["path"]
         by_index: dict[int, str] = {}
         for n, row in enumerate(self._local_rows("train")):
             label = _as_index(_column(row, spec["label"], path, n, where), path, n, where)
             name = str(_column(row, spec["classname"], path, n, where)).strip()
             if by_index.setdefault(label, name) != name:
-                raise SptError(f"{path}: row {n}: label {label} is named {name!r} here but "
-                               f"{by_index[label]!r} in an earlier row; fix {where}.classname.")
+                raise SptError(
+                    f"{path}: row {n}: label {label} is named {name!r} here but "
+                    f"{by_index[label]!r} in an earlier row; fix {where}.classname."
+                )
         if not by_index or min(by_index) < 0:
-            raise SptError(f"{path}: labels must be class indices 0, 1, ...; "
-                           f"got {sorted(by_index)[:5]}.")
+            raise SptError(
+                f"{path}: labels must be class indices 0, 1, ...; got {sorted(by_index)[:5]}."
+            )
         missing = [i for i in range(max(by_index) + 1) if i not in by_index]
         if missing:
-            raise SptError(f"{path}: no training row has label(s) {missing[:10]}, so their class "
-                           f"names are unknown; give data.class_names.")
-        return [by_index[i] for i in range(len(by_index))], f"column {spec['classname']!r} of {path}"
+            raise SptError(
+                f"{path}: no training row has label(s) {missing[:10]}, so their class "
+                f"names are unknown; give data.class_names."
+            )
+        return [
+            by_index[i] for i in range(len(by_index))
+        ], f"column {spec['classname']!r} of {path}"
 
     def _names_path(self, value: str, key: str) -> Path:
         path = Path(value).expanduser()
         if path.is_absolute():
             return path
         if self.root is None:
-            raise SptError(f"data.{key} is a relative file path ({value}) but data.root is null; "
-                           f"give an absolute path, or set data.root. {ROOT_HINT}")
+            raise SptError(
+                f"data.{key} is a relative file path ({value}) but data.root is null; "
+                f"give an absolute path, or set data.root. {ROOT_HINT}"
+            )
         return self.root / path
 
     def _read_names(self, value: Any, key: str) -> list[str]:
@@ -378,8 +413,10 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         if isinstance(value, str):
             path = self._names_path(value, key)
             if not path.is_file():
-                raise SptError(f"data.{key} file not found: {path} (relative paths are under "
-                               f"data.root / SPT_DATA_DIR). {ROOT_HINT}")
+                raise SptError(
+                    f"data.{key} file not found: {path} (relative paths are under "
+                    f"data.root / SPT_DATA_DIR). {ROOT_HINT}"
+                )
             names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
             names = [n for n in names if n]
         elif isinstance(value, list):
@@ -425,19 +462,25 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
         still being read)."""
         classes = sorted(d.name for d in path.iterdir() if d.is_dir())
         if not classes:
-            raise SptError(f"{path} has no class subfolders: put each class's images in a "
-                           "folder named as the class, or use a csv/tsv/jsonl file")
+            raise SptError(
+                f"{path} has no class subfolders: put each class's images in a "
+                "folder named as the class, or use a csv/tsv/jsonl file"
+            )
         names = getattr(self, "_all_names", None) or classes
         rows = []
         for name in classes:
             if name not in names:
-                raise SptError(f"{path / name}: a class folder that is not one of the "
-                               f"{len(names)} class names ({_preview(names)}, from "
-                               f"{getattr(self, '_names_source', 'the train folder')}); rename "
-                               "it, or add it to data.class_names")
-            rows += [{"path": f"{name}/{f.name}", "label": names.index(name), "classname": name}
-                     for f in sorted((path / name).iterdir())
-                     if f.suffix.lower() in IMAGE_SUFFIXES]
+                raise SptError(
+                    f"{path / name}: a class folder that is not one of the "
+                    f"{len(names)} class names ({_preview(names)}, from "
+                    f"{getattr(self, '_names_source', 'the train folder')}); rename "
+                    "it, or add it to data.class_names"
+                )
+            rows += [
+                {"path": f"{name}/{f.name}", "label": names.index(name), "classname": name}
+                for f in sorted((path / name).iterdir())
+                if f.suffix.lower() in IMAGE_SUFFIXES
+            ]
         return rows
 
     def _local_rows(self, split: str) -> list[dict]:
@@ -445,8 +488,10 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
             spec = self.local[split]
             path = self.root / spec["path"]
             self._local_cache[split] = (
-                self._folder_rows(path) if spec["format"] == "folder"
-                else list(read_rows(path, spec["format"], columns=None, quoting="minimal")))
+                self._folder_rows(path)
+                if spec["format"] == "folder"
+                else list(read_rows(path, spec["format"], columns=None, quoting="minimal"))
+            )
         return self._local_cache[split]
 
     def _read(self, split: str) -> ImageSplit:
@@ -478,8 +523,10 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
             source = hub_source(spec)
             missing = [c for c in (spec["image"], spec["label"]) if c not in ds.column_names]
             if missing:
-                raise SptError(f"{source} has no column(s) {missing} (columns: "
-                               f"{ds.column_names}). Fix {where}.image / {where}.label.")
+                raise SptError(
+                    f"{source} has no column(s) {missing} (columns: "
+                    f"{ds.column_names}). Fix {where}.image / {where}.label."
+                )
             raw = ds.with_format("arrow")[spec["label"]].to_pylist()
             for n, label in enumerate(raw):
                 self._check_label(label, source, n, where)
@@ -535,21 +582,27 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return make_loader(ImageDataset(self._split(split)), batch_size=batch_size,
-                           shuffle=shuffle,
-                           collate_fn=ImageCollator(self.image_processor, self.task_index),
-                           num_workers=self.num_workers)
-
+        return make_loader(
+            ImageDataset(self._split(split)),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=ImageCollator(self.image_processor, self.task_index),
+            num_workers=self.num_workers,
+        )
 
 
 def load_hub_images(name: str, spec: Mapping):
     """One hub split of an image dataset (:func:`spt.data.readers.load_hub_split`), whose fix
     names the image data's own local format."""
-    return load_hub_split(spec, fix=(
-        f"Fix for data={name}: run once where the Hub is reachable (the dataset is then cached "
-        "and later offline runs use the cache), or use a local copy: data.root=/path/to/data "
-        "plus data.local train/dev files listing image paths and class indices (see "
-        "spt/conf/data/cifar10_subset.yaml)."))
+    return load_hub_split(
+        spec,
+        fix=(
+            f"Fix for data={name}: run once where the Hub is reachable (the dataset is then cached "
+            "and later offline runs use the cache), or use a local copy: data.root=/path/to/data "
+            "plus data.local train/dev files listing image paths and class indices (see "
+            "spt/conf/data/cifar10_subset.yaml)."
+        ),
+    )
 
 
 def _is_int(value: Any) -> bool:
@@ -560,8 +613,10 @@ def _column(row: Mapping, column: str, path: Path, n: int, where: str) -> Any:
     try:
         return row[column]
     except KeyError:
-        raise SptError(f"{path}: row {n} has no column {column!r} (columns: {sorted(row)}). "
-                       f"Fix {where}.image / {where}.label / {where}.classname.") from None
+        raise SptError(
+            f"{path}: row {n} has no column {column!r} (columns: {sorted(row)}). "
+            f"Fix {where}.image / {where}.label / {where}.classname."
+        ) from None
 
 
 def _as_index(value: Any, path: Path, n: int, where: str) -> int:
@@ -571,8 +626,10 @@ def _as_index(value: Any, path: Path, n: int, where: str) -> int:
     try:
         return int(str(value).strip())
     except ValueError:
-        raise SptError(f"{path}: row {n}: label {value!r} is not an integer class index; "
-                       f"{where}.label must name a column of class indices 0, 1, ...") from None
+        raise SptError(
+            f"{path}: row {n}: label {value!r} is not an integer class index; "
+            f"{where}.label must name a column of class indices 0, 1, ..."
+        ) from None
 
 
 def _preview(names: Sequence[str], k: int = 8) -> str:

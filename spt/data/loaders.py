@@ -35,26 +35,40 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 log = logging.getLogger(__name__)
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, collate_fn: Callable,
-                num_workers: int = 0, sampler: Sampler | None = None,
-                lengths: list[int] | None = None) -> StatefulDataLoader:
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    collate_fn: Callable,
+    num_workers: int = 0,
+    sampler: Sampler | None = None,
+    lengths: list[int] | None = None,
+) -> StatefulDataLoader:
     """A stateful loader over ``dataset``; ``sampler`` (e.g. a weighted mixture) replaces the
     shuffle. With ``lengths`` (tokens per row), training batches are grouped by length and
     evaluation (``shuffle=False``) reads the rows longest first."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if shuffle and lengths is not None and distributed:
-        log.warning("data.group_by_length does not group training batches under DDP "
-                    "(Lightning shards the rows with its DistributedSampler); evaluation still "
-                    "reads rows longest first")
+        log.warning(
+            "data.group_by_length does not group training batches under DDP "
+            "(Lightning shards the rows with its DistributedSampler); evaluation still "
+            "reads rows longest first"
+        )
     if shuffle and sampler is None and not distributed:
         sampler = EpochShuffle(len(dataset), run_seed(), lengths=lengths, batch_size=batch_size)
     elif not shuffle and sampler is None and lengths is not None:
         sampler = sorted(range(len(dataset)), key=lambda i: -lengths[i])
-    return StatefulDataLoader(dataset, batch_size=batch_size,
-                              shuffle=shuffle if sampler is None else None, sampler=sampler,
-                              collate_fn=collate_fn, num_workers=num_workers,
-                              persistent_workers=num_workers > 0,
-                              generator=torch.Generator().manual_seed(run_seed()))
+    return StatefulDataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(run_seed()),
+    )
 
 
 def run_seed() -> int:
@@ -72,8 +86,14 @@ class EpochShuffle(Sampler[int]):
 
     megabatch = 50  # batches per length-sorted group
 
-    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None,
-                 lengths: list[int] | None = None, batch_size: int = 1):
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        weights: torch.Tensor | None = None,
+        lengths: list[int] | None = None,
+        batch_size: int = 1,
+    ):
         self.n, self.seed, self.epoch = n, seed, 0
         self.weights = weights
         self.lengths, self.batch_size = lengths, batch_size
@@ -87,17 +107,19 @@ class EpochShuffle(Sampler[int]):
     def permutation(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2**63)
         if self.weights is not None:
-            return torch.multinomial(self.weights, self.n, replacement=True,
-                                     generator=generator).tolist()
+            return torch.multinomial(
+                self.weights, self.n, replacement=True, generator=generator
+            ).tolist()
         order = torch.randperm(self.n, generator=generator).tolist()
         if self.lengths is None:
             return order
         size = self.batch_size * self.megabatch
         batches = []
         for start in range(0, self.n, size):
-            group = sorted(order[start:start + size], key=lambda i: -self.lengths[i])
-            batches += [group[i:i + self.batch_size] for i in range(0, len(group),
-                                                                    self.batch_size)]
+            group = sorted(order[start : start + size], key=lambda i: -self.lengths[i])
+            batches += [
+                group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)
+            ]
         # the loader cuts this order every batch_size rows: a short batch can only come last
         short = batches.pop() if batches and len(batches[-1]) < self.batch_size else []
         shuffled = torch.randperm(len(batches), generator=generator).tolist()

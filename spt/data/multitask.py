@@ -80,17 +80,29 @@ class MultiTaskDataModule(L.LightningDataModule):
         seed: seeds the temperature sampler (proportional mixing shuffles with the run seed).
     """
 
-    def __init__(self, name: str, tokenizer: Any, arch: str,
-                 tasks: Mapping[str, Callable[..., Any]], mixing_temperature: float = 1.0,
-                 batch_size: int = 32, eval_batch_size: int | None = None,
-                 num_workers: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        name: str,
+        tokenizer: Any,
+        arch: str,
+        tasks: Mapping[str, Callable[..., Any]],
+        mixing_temperature: float = 1.0,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
         super().__init__()
         if not tasks or len(tasks) < 2:
-            raise SptError(f"data={name}: a mixture needs at least two tasks in data.tasks, "
-                           f"got {list(tasks or {})}")
+            raise SptError(
+                f"data={name}: a mixture needs at least two tasks in data.tasks, "
+                f"got {list(tasks or {})}"
+            )
         if not isinstance(mixing_temperature, int | float) or mixing_temperature < 1:
-            raise SptError(f"data.mixing_temperature={mixing_temperature!r} must be a number "
-                           ">= 1 (1 = proportional to task sizes)")
+            raise SptError(
+                f"data.mixing_temperature={mixing_temperature!r} must be a number "
+                ">= 1 (1 = proportional to task sizes)"
+            )
         for key, value in (("batch_size", batch_size), ("num_workers", num_workers + 1)):
             if not isinstance(value, int) or value < 1:
                 raise SptError(f"data.{key}={value!r} must be a positive integer")
@@ -100,13 +112,14 @@ class MultiTaskDataModule(L.LightningDataModule):
         for i, (task_name, make) in enumerate(tasks.items()):
             child = make(tokenizer=tokenizer, arch=arch, task_index=i)
             if not hasattr(child.task, "label_words"):
-                raise SptError(f"data.tasks.{task_name} is not a classification task: a "
-                               "mixture holds classification tasks only")
+                raise SptError(
+                    f"data.tasks.{task_name} is not a classification task: a "
+                    "mixture holds classification tasks only"
+                )
             self.children.append(child)
         names = [c.name for c in self.children]
         if len(set(names)) != len(names):
-            raise SptError(f"data.tasks has repeated task names {names}: give each a distinct "
-                           "name")
+            raise SptError(f"data.tasks has repeated task names {names}: give each a distinct name")
         self.mixing_temperature = float(mixing_temperature)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -152,17 +165,33 @@ class MultiTaskDataModule(L.LightningDataModule):
         sampler = None
         if self.mixing_temperature != 1.0:  # else a plain shuffle is proportional already
             share = sizes ** (1 / self.mixing_temperature)  # per task, spread over its rows
-            weights = torch.cat([torch.full((len(p),), float(s / n))
-                                 for p, s, n in zip(parts, share, sizes, strict=True)])
+            weights = torch.cat(
+                [
+                    torch.full((len(p),), float(s / n))
+                    for p, s, n in zip(parts, share, sizes, strict=True)
+                ]
+            )
             sampler = EpochShuffle(len(data), self.seed, weights=weights)  # resumable
-        return make_loader(data, batch_size=self.batch_size, shuffle=True, sampler=sampler,
-                           collate_fn=self._collator(), num_workers=self.num_workers)
+        return make_loader(
+            data,
+            batch_size=self.batch_size,
+            shuffle=True,
+            sampler=sampler,
+            collate_fn=self._collator(),
+            num_workers=self.num_workers,
+        )
 
     def _eval_loaders(self) -> list[DataLoader]:
-        return [make_loader(_Tagged(c._dataset("dev"), i), batch_size=self.eval_batch_size,
-                            shuffle=False, collate_fn=self._collator(),
-                            num_workers=self.num_workers)
-                for i, c in enumerate(self.children)]
+        return [
+            make_loader(
+                _Tagged(c._dataset("dev"), i),
+                batch_size=self.eval_batch_size,
+                shuffle=False,
+                collate_fn=self._collator(),
+                num_workers=self.num_workers,
+            )
+            for i, c in enumerate(self.children)
+        ]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders()

@@ -68,8 +68,9 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
-def check_spec(spec: Any, where: str, text_fields: Sequence[str], label_names: Sequence[str],
-               allowed: set[str]) -> dict:
+def check_spec(
+    spec: Any, where: str, text_fields: Sequence[str], label_names: Sequence[str], allowed: set[str]
+) -> dict:
     """Validate a split spec; ``where`` is its YAML key (e.g. ``data.local.train``) for messages."""
     if not isinstance(spec, Mapping):
         raise SptError(f"{where} must be a mapping with keys {sorted(allowed)}, got {spec!r}.")
@@ -85,29 +86,40 @@ def check_spec(spec: Any, where: str, text_fields: Sequence[str], label_names: S
         raise SptError(f"{where}.fields must map template field -> column, got {fields!r}.")
     missing = [f for f in text_fields if f not in fields]
     if missing:
-        raise SptError(f"{where}.fields has no column for text field(s) {missing} "
-                       f"(data.text_fields = {list(text_fields)}).")
+        raise SptError(
+            f"{where}.fields has no column for text field(s) {missing} "
+            f"(data.text_fields = {list(text_fields)})."
+        )
     label_map = spec.get("label_map")
     if label_map is not None:
         if not isinstance(label_map, Mapping):
-            raise SptError(f"{where}.label_map must map raw label -> label name, "
-                           f"got {label_map!r}.")
+            raise SptError(
+                f"{where}.label_map must map raw label -> label name, got {label_map!r}."
+            )
         bad = sorted({str(v) for v in label_map.values() if v not in label_names})
         if bad:
-            raise SptError(f"{where}.label_map maps to {bad}, which are not in data.label_names "
-                           f"{list(label_names)}.")
+            raise SptError(
+                f"{where}.label_map maps to {bad}, which are not in data.label_names "
+                f"{list(label_names)}."
+            )
         spec["label_map"] = {label_key(k): v for k, v in label_map.items()}
     if "format" in spec and spec["format"] not in ("tsv", "csv", "jsonl"):
         raise SptError(f"{where}.format must be tsv, csv or jsonl, got {spec['format']!r}.")
     if spec.get("quoting", "minimal") not in QUOTING:
-        raise SptError(f"{where}.quoting must be one of {sorted(QUOTING)}, "
-                       f"got {spec['quoting']!r}.")
+        raise SptError(
+            f"{where}.quoting must be one of {sorted(QUOTING)}, got {spec['quoting']!r}."
+        )
     return spec
 
 
-def map_labels(raw: Sequence[Any], label_map: Mapping[str, str] | None,
-               label_names: Sequence[str], source: str, where: str,
-               int2str: Any = None) -> list[int]:
+def map_labels(
+    raw: Sequence[Any],
+    label_map: Mapping[str, str] | None,
+    label_names: Sequence[str],
+    source: str,
+    where: str,
+    int2str: Any = None,
+) -> list[int]:
     """Raw label values -> class indices (position in ``label_names``); unmapped ones are errors."""
     index = {name: i for i, name in enumerate(label_names)}
     out: list[int] = []
@@ -162,16 +174,18 @@ def read_rows(path: Path, fmt: str, columns: Sequence[str] | None, quoting: str)
             yield dict(zip(header, row, strict=True))
 
 
-def read_local(root: Path, spec: Mapping, text_fields: Sequence[str], label_names: Sequence[str],
-               where: str) -> RawSplit:
+def read_local(
+    root: Path, spec: Mapping, text_fields: Sequence[str], label_names: Sequence[str], where: str
+) -> RawSplit:
     """Read one split described by a local spec (see module docstring)."""
     path = root / spec["path"]
     if not path.is_file():
         raise SptError(f"data file not found: {path} (from {where}.path). {ROOT_HINT}")
     fmt = spec.get("format") or FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise SptError(f"cannot tell the format of {path}; "
-                       f"set {where}.format to tsv, csv or jsonl.")
+        raise SptError(
+            f"cannot tell the format of {path}; set {where}.format to tsv, csv or jsonl."
+        )
     texts: dict[str, list[str]] = {f: [] for f in text_fields}
     raw: list[Any] = []
     fields = spec["fields"]
@@ -184,8 +198,10 @@ def read_local(root: Path, spec: Mapping, text_fields: Sequence[str], label_name
                 texts[f].append("" if value is None else str(value))
             raw.append(row[label_col])
         except KeyError as e:
-            raise SptError(f"{path}: row {n} has no column {e.args[0]!r} (columns: {sorted(row)}). "
-                           f"Fix {where}.fields / {where}.label / {where}.columns.") from None
+            raise SptError(
+                f"{path}: row {n} has no column {e.args[0]!r} (columns: {sorted(row)}). "
+                f"Fix {where}.fields / {where}.label / {where}.columns."
+            ) from None
     labels = map_labels(raw, spec.get("label_map"), label_names, str(path), where)
     return RawSplit(texts, labels, str(path))
 
@@ -207,9 +223,15 @@ def _offline_as_env_says() -> Iterator[str | None]:
     if reason is None:
         yield None
         return
-    saved = [(mod, attr, getattr(mod, attr)) for mod, attr in
-             ((datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
-              (constants, "HF_HUB_OFFLINE")) if hasattr(mod, attr)]
+    saved = [
+        (mod, attr, getattr(mod, attr))
+        for mod, attr in (
+            (datasets.config, "HF_HUB_OFFLINE"),
+            (datasets.config, "HF_DATASETS_OFFLINE"),
+            (constants, "HF_HUB_OFFLINE"),
+        )
+        if hasattr(mod, attr)
+    ]
     try:
         for mod, attr, _ in saved:
             setattr(mod, attr, True)
@@ -236,14 +258,18 @@ def load_hub_split(spec: Mapping, fix: str | None = None):
 
         with _offline_as_env_says() as offline:
             kwargs = {"revision": spec["revision"]} if spec.get("revision") else {}
-            return datasets.load_dataset(spec["path"], spec.get("name"),
-                                         split=spec.get("split", "train"), **kwargs)
+            return datasets.load_dataset(
+                spec["path"], spec.get("name"), split=spec.get("split", "train"), **kwargs
+            )
     except Exception as e:  # any hub failure has the same fix
         summary = (str(e).strip().splitlines() or [""])[0]
         note = f" (offline mode, {offline}: only the local HF cache was tried)" if offline else ""
         gated = any(w in str(e).lower() for w in ("gated", "401", "403", "unauthorized"))
-        access = ("This dataset is gated: accept its terms on huggingface.co and set HF_TOKEN. "
-                  if gated else "")
+        access = (
+            "This dataset is gated: accept its terms on huggingface.co and set HF_TOKEN. "
+            if gated
+            else ""
+        )
         fix = fix or f"To use a local copy instead, {ROOT_HINT[0].lower()}{ROOT_HINT[1:]}"
         raise SptError(
             f"data.root is null, so {hub_source(spec)} was loaded from the Hub, and that "
@@ -260,32 +286,37 @@ def check_root(name: str, root, local: Mapping | None) -> Path | None:
     if local is None:
         raise SptError(f"{name}: data.root is set ({root}) but data.local describes no files.")
     if not root.is_dir():
-        raise SptError(f"data root not found: {root} (from data.root / SPT_DATA_DIR). "
-                       f"{ROOT_HINT}")
+        raise SptError(f"data root not found: {root} (from data.root / SPT_DATA_DIR). {ROOT_HINT}")
     for split, spec in local.items():
         if spec is None:
             continue
         path = root / spec["path"]
         folder = spec.get("format") == "folder"  # images, a subfolder per class
         if not (path.is_dir() if folder else path.is_file()):
-            raise SptError(f"{name}: data {'folder' if folder else 'file'} not found: {path} "
-                           f"(data.local.{split}.path under data.root). {ROOT_HINT}")
+            raise SptError(
+                f"{name}: data {'folder' if folder else 'file'} not found: {path} "
+                f"(data.local.{split}.path under data.root). {ROOT_HINT}"
+            )
     return root
 
 
-def read_hub(spec: Mapping, text_fields: Sequence[str], label_names: Sequence[str],
-             where: str) -> RawSplit:
+def read_hub(
+    spec: Mapping, text_fields: Sequence[str], label_names: Sequence[str], where: str
+) -> RawSplit:
     """Load one split with ``datasets.load_dataset``; a failure becomes an SptError with the fix."""
     source = hub_source(spec)
     ds = load_hub_split(spec)
     fields = spec["fields"]
     missing = [c for c in [*fields.values(), spec["label"]] if c not in ds.column_names]
     if missing:
-        raise SptError(f"{source} has no column(s) {missing} (columns: {ds.column_names}). "
-                       f"Fix {where}.fields / {where}.label.")
+        raise SptError(
+            f"{source} has no column(s) {missing} (columns: {ds.column_names}). "
+            f"Fix {where}.fields / {where}.label."
+        )
     texts = {f: [str(v) for v in ds[fields[f]]] for f in text_fields}
     feature = ds.features.get(spec["label"])
     int2str = getattr(feature, "int2str", None)
-    labels = map_labels(ds[spec["label"]], spec.get("label_map"), label_names, source, where,
-                        int2str=int2str)
+    labels = map_labels(
+        ds[spec["label"]], spec.get("label_map"), label_names, source, where, int2str=int2str
+    )
     return RawSplit(texts, labels, source)

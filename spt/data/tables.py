@@ -56,8 +56,10 @@ def linearize_mr(mr: str) -> str:
     while pos < len(text):
         m = _MR_SLOT.match(text, pos)
         if m is None:
-            raise SptError(f"cannot parse the E2E meaning representation {mr!r} at character "
-                           f"{pos}: expected comma-separated 'attribute[value]' slots.")
+            raise SptError(
+                f"cannot parse the E2E meaning representation {mr!r} at character "
+                f"{pos}: expected comma-separated 'attribute[value]' slots."
+            )
         slots.append(f"{m.group(1)} : {m.group(2).strip()}")
         pos = m.end()
     if not slots:
@@ -92,8 +94,10 @@ def _read_e2e_csv(path: Path) -> list[Entry]:
     with path.open(encoding="utf-8", newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or not {"mr", "ref"} <= set(reader.fieldnames):
-            raise SptError(f"{path}: expected a CSV with header columns 'mr' and 'ref', "
-                           f"found {reader.fieldnames}.")
+            raise SptError(
+                f"{path}: expected a CSV with header columns 'mr' and 'ref', "
+                f"found {reader.fieldnames}."
+            )
         pairs = [(row["mr"], row["ref"]) for row in reader]
     return group_by_mr(pairs)
 
@@ -110,8 +114,10 @@ def _read_webnlg_jsonl(path: Path) -> list[Entry]:
             except json.JSONDecodeError as e:
                 raise SptError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from None
             except KeyError as e:
-                raise SptError(f"{path}:{lineno}: entry has no {e.args[0]!r} field; expected "
-                               "'triples' and 'lexicalizations'.") from None
+                raise SptError(
+                    f"{path}:{lineno}: entry has no {e.args[0]!r} field; expected "
+                    "'triples' and 'lexicalizations'."
+                ) from None
             meta = {k: obj[k] for k in ("eid", "category", "seen_category") if k in obj}
             entries.append(Entry(linearize_triples(triples), [x["text"] for x in lex], meta))
     return entries
@@ -127,12 +133,15 @@ def read_local_entries(root: Path, spec: Mapping, kind: str, where: str) -> list
 
 # ---------------------------------------------------------------------------- the Hub
 def _hub_entries(ds: Any, kind: str, source: str, where: str) -> list[Entry]:
-    need = (["meaning_representation", "target"] if kind == "e2e"
-            else ["modified_triple_sets", "lex"])
+    need = (
+        ["meaning_representation", "target"] if kind == "e2e" else ["modified_triple_sets", "lex"]
+    )
     missing = [c for c in need if c not in ds.column_names]
     if missing:
-        raise SptError(f"{source} has no column(s) {missing} (columns: {ds.column_names}); "
-                       f"data.kind={kind!r} expects {need}. Fix {where} or data.kind.")
+        raise SptError(
+            f"{source} has no column(s) {missing} (columns: {ds.column_names}); "
+            f"data.kind={kind!r} expects {need}. Fix {where} or data.kind."
+        )
     if kind == "e2e":
         targets: dict[str, list[str]] = {}
         listed: dict[str, list[str]] = {}
@@ -146,8 +155,10 @@ def _hub_entries(ds: Any, kind: str, source: str, where: str) -> list[Entry]:
                     if ref not in known:
                         known.append(ref)
         # eval splits list every reference of an MR in ``references``; train has one per row
-        return [Entry(linearize_mr(mr), listed.get(mr) or refs, {"mr": mr})
-                for mr, refs in targets.items()]
+        return [
+            Entry(linearize_mr(mr), listed.get(mr) or refs, {"mr": mr})
+            for mr, refs in targets.items()
+        ]
     entries = []
     for row in ds:
         triples = [t.split(" | ") for t in row["modified_triple_sets"]["mtriple_set"][0]]
@@ -168,8 +179,9 @@ def check_split_spec(spec: Any, where: str, allowed: set[str]) -> dict | None:
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
-        raise SptError(f"{where} must be null or a mapping with keys {sorted(allowed)}, "
-                       f"got {spec!r}.")
+        raise SptError(
+            f"{where} must be null or a mapping with keys {sorted(allowed)}, got {spec!r}."
+        )
     spec = dict(spec)
     unknown = set(spec) - allowed
     if unknown:

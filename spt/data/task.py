@@ -26,4 +26,3 @@ class TaskInfo:
     num_classes: int
     label_after_space: bool = False
     label_score: str = "sum"
-

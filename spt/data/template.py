@@ -57,19 +57,25 @@ def parse_template(template: str, text_fields: Sequence[str]) -> list[_Piece]:
             raw.append(("soft", spec))
             continue
         if spec or conversion:
-            raise SptError(f"data.template: write placeholders as plain {{{field}}} (or "
-                           "{soft:N} for N soft tokens), without format specs or conversions.")
+            raise SptError(
+                f"data.template: write placeholders as plain {{{field}}} (or "
+                "{soft:N} for N soft tokens), without format specs or conversions."
+            )
         if field not in text_fields:
-            raise SptError(f"data.template uses {{{field}}}, which is not in data.text_fields "
-                           f"{list(text_fields)} (or {{soft}}).")
+            raise SptError(
+                f"data.template uses {{{field}}}, which is not in data.text_fields "
+                f"{list(text_fields)} (or {{soft}})."
+            )
         if field in seen:
             raise SptError(f"data.template uses {{{field}}} more than once; use it once.")
         seen.append(field)
         raw.append(("field", field))
     soft_specs = [v for k, v in raw if k == "soft"]
     if len(soft_specs) > 1 and not all(soft_specs):
-        raise SptError(f"data.template {template!r} has several soft slots: give each a count, "
-                       "e.g. {soft:2} ... {soft:1}.")
+        raise SptError(
+            f"data.template {template!r} has several soft slots: give each a count, "
+            "e.g. {soft:2} ... {soft:1}."
+        )
     unused = [f for f in text_fields if f not in seen]
     if unused:
         raise SptError(f"data.text_fields {unused} do not appear in data.template {template!r}.")
@@ -96,10 +102,12 @@ def special_affixes(tokenizer) -> tuple[list[int], list[int]]:
     plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
     full = tokenizer(probe, add_special_tokens=True)["input_ids"]
     for start in range(len(full) - len(plain) + 1):
-        if full[start:start + len(plain)] == plain:
-            return list(full[:start]), list(full[start + len(plain):])
-    raise SptError(f"cannot locate the text inside the special tokens of "
-                   f"{type(tokenizer).__name__}: {full} vs {plain}.")
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start]), list(full[start + len(plain) :])
+    raise SptError(
+        f"cannot locate the text inside the special tokens of "
+        f"{type(tokenizer).__name__}: {full} vs {plain}."
+    )
 
 
 def fit_lengths(lengths: Sequence[int], budget: int) -> list[int]:
@@ -137,7 +145,7 @@ class Encoded:
 def mark_soft(mask_row, offset: int, starts: Sequence[int], counts: Sequence[int]) -> None:
     """Set a padded row's soft slots in a boolean ``soft_mask`` row (collators share this)."""
     for start, count in zip(starts, counts, strict=True):
-        mask_row[offset + start: offset + start + count] = True
+        mask_row[offset + start : offset + start + count] = True
 
 
 class TemplateEncoder:
@@ -153,8 +161,11 @@ class TemplateEncoder:
         self.soft_id = pad if pad is not None else tokenizer.unk_token_id
         if self.soft_id is None:
             self.soft_id = 0
-        self._text_ids = {i: self._enc([self._piece_text(p, p.value)])[0]
-                          for i, p in enumerate(self.pieces) if p.kind == "text"}
+        self._text_ids = {
+            i: self._enc([self._piece_text(p, p.value)])[0]
+            for i, p in enumerate(self.pieces)
+            if p.kind == "text"
+        }
         self.ends_with_space = template[-1:].isspace()
 
     def _enc(self, texts: list[str]) -> list[list[int]]:
@@ -187,13 +198,20 @@ class TemplateEncoder:
         if n_soft == 0:
             return ()
         if sum(counts) != n_soft:
-            raise SptError(f"data.template {self.template!r} places {sum(counts)} soft tokens "
-                           f"({list(counts)}) but the method uses {n_soft}: make the counts add "
-                           f"up to {n_soft} or set the method's length to {sum(counts)}.")
+            raise SptError(
+                f"data.template {self.template!r} places {sum(counts)} soft tokens "
+                f"({list(counts)}) but the method uses {n_soft}: make the counts add "
+                f"up to {n_soft} or set the method's length to {sum(counts)}."
+            )
         return counts
 
-    def encode(self, texts: Mapping[str, Sequence[str]], n_soft: int, max_length: int,
-               label_reserve: int = 0) -> Encoded:
+    def encode(
+        self,
+        texts: Mapping[str, Sequence[str]],
+        n_soft: int,
+        max_length: int,
+        label_reserve: int = 0,
+    ) -> Encoded:
         counts = self.soft_counts(n_soft)
         fixed = self.n_template_tokens + n_soft + label_reserve
         budget = max_length - fixed
@@ -205,8 +223,10 @@ class TemplateEncoder:
                 "Raise data.max_length or shorten data.template."
             )
         field_pieces = [(i, p) for i, p in enumerate(self.pieces) if p.kind == "field"]
-        field_ids = {p.value: self._enc([self._piece_text(p, t) for t in texts[p.value]])
-                     for _, p in field_pieces}
+        field_ids = {
+            p.value: self._enc([self._piece_text(p, t) for t in texts[p.value]])
+            for _, p in field_pieces
+        }
         n_rows = len(next(iter(texts.values()))) if texts else 0
         ids: list[list[int]] = []
         soft_start: list[tuple[int, ...]] = []

@@ -63,8 +63,12 @@ class EncodedDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"input_ids": self.ids[i], "soft_start": self.soft_start[i],
-                "soft_counts": self.soft_counts, "label": self.labels[i]}
+        return {
+            "input_ids": self.ids[i],
+            "soft_start": self.soft_start[i],
+            "soft_counts": self.soft_counts,
+            "label": self.labels[i],
+        }
 
 
 class Collator:
@@ -84,8 +88,8 @@ class Collator:
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
             off = length - n if self.left else 0
-            input_ids[i, off:off + n] = torch.tensor(r["input_ids"], dtype=torch.long)
-            attention[i, off:off + n] = 1
+            input_ids[i, off : off + n] = torch.tensor(r["input_ids"], dtype=torch.long)
+            attention[i, off : off + n] = 1
             mark_soft(soft[i], off, r["soft_start"], r["soft_counts"])
         return {
             "input_ids": input_ids,
@@ -166,8 +170,10 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         self.label_names = [str(x) for x in to_plain(label_names)]
         self.label_words = [str(x) for x in to_plain(label_words)]
         if not self.label_names or len(set(self.label_names)) != len(self.label_names):
-            raise SptError(f"data.label_names must be a non-empty list of distinct names, "
-                           f"got {self.label_names}.")
+            raise SptError(
+                f"data.label_names must be a non-empty list of distinct names, "
+                f"got {self.label_names}."
+            )
         if len(self.label_words) != len(self.label_names):
             raise SptError(
                 f"{self.name}: data.label_words has {len(self.label_words)} entries "
@@ -177,14 +183,22 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         self.metrics = [str(m) for m in to_plain(metrics)]
         bad = [m for m in self.metrics if m not in METRICS]
         if bad or not self.metrics:
-            raise SptError(f"data.metrics must be a non-empty subset of {list(METRICS)}, "
-                           f"got {self.metrics}.")
-        for key, value, low in (("max_length", max_length, 1), ("batch_size", batch_size, 1),
-                                ("num_workers", num_workers, 0), ("n_soft", n_soft, 0)):
+            raise SptError(
+                f"data.metrics must be a non-empty subset of {list(METRICS)}, got {self.metrics}."
+            )
+        for key, value, low in (
+            ("max_length", max_length, 1),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("n_soft", n_soft, 0),
+        ):
             if not isinstance(value, int) or value < low:
                 raise SptError(f"data.{key} must be an int >= {low}, got {value!r}.")
-        for key, value in (("train_limit", train_limit), ("dev_limit", dev_limit),
-                           ("eval_batch_size", eval_batch_size)):
+        for key, value in (
+            ("train_limit", train_limit),
+            ("dev_limit", dev_limit),
+            ("eval_batch_size", eval_batch_size),
+        ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise SptError(f"data.{key} must be null or an int >= 1, got {value!r}.")
         self.max_length = max_length
@@ -206,8 +220,9 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
             longest = max(len(ids) for ids in self.label_word_ids())
             label_reserve = self.ops.label_reserve(longest)
         if not isinstance(label_reserve, int) or label_reserve < 0:
-            raise SptError(f"data.label_reserve must be null or an int >= 0, "
-                           f"got {label_reserve!r}.")
+            raise SptError(
+                f"data.label_reserve must be null or an int >= 0, got {label_reserve!r}."
+            )
         self.label_reserve = label_reserve
         self.pad_id = self.encoder.soft_id
 
@@ -228,8 +243,10 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         if not isinstance(specs, dict) or set(specs) != set(SPLITS):
             got = sorted(specs) if isinstance(specs, dict) else specs
             raise SptError(f"data.{key} must have exactly the splits {list(SPLITS)}, got {got}.")
-        return {s: check_spec(specs[s], f"data.{key}.{s}", self.text_fields, self.label_names,
-                              allowed) for s in SPLITS}
+        return {
+            s: check_spec(specs[s], f"data.{key}.{s}", self.text_fields, self.label_names, allowed)
+            for s in SPLITS
+        }
 
     # ------------------------------------------------------------------ public API
     @property
@@ -263,8 +280,9 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         if split not in self._raw:
             where = f"data.{'local' if self.root is not None else 'hub'}.{split}"
             if self.root is not None:
-                raw = read_local(self.root, self.local[split], self.text_fields, self.label_names,
-                                 where)
+                raw = read_local(
+                    self.root, self.local[split], self.text_fields, self.label_names, where
+                )
             else:
                 raw = read_hub(self.hub[split], self.text_fields, self.label_names, where)
             limit = self.limits[split]
@@ -284,8 +302,14 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         rows = self._rows(split)
         enc = self.encoder.encode(rows.texts, self.n_soft, self.max_length, self.label_reserve)
         if enc.n_truncated:
-            log.warning("%s/%s: truncated %d of %d inputs to max_length=%d", self.name, split,
-                        enc.n_truncated, len(rows), self.max_length)
+            log.warning(
+                "%s/%s: truncated %d of %d inputs to max_length=%d",
+                self.name,
+                split,
+                enc.n_truncated,
+                len(rows),
+                self.max_length,
+            )
         ds = EncodedDataset(enc, rows.labels)
         self._datasets[split] = (key, ds)
         return ds
@@ -301,10 +325,14 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         ds = self._dataset(split)
-        return make_loader(ds, batch_size=batch_size, shuffle=shuffle,
-                           collate_fn=self._collator(), num_workers=self.num_workers,
-                           lengths=[len(ids) for ids in ds.ids] if self.group_by_length else None)
-
+        return make_loader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=self._collator(),
+            num_workers=self.num_workers,
+            lengths=[len(ids) for ids in ds.ids] if self.group_by_length else None,
+        )
 
     # ------------------------------------------------------------------ in-context examples
     def context_examples(self, k: int, seed: int = 0, balanced: bool = True) -> list[dict]:
@@ -326,15 +354,22 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         """
         rows = self._rows("train")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(rows):
-            raise SptError(f"{self.name}: cannot take {k!r} in-context examples from "
-                           f"{len(rows)} train rows (data.train_limit={self.limits['train']}); "
-                           f"ask for 1..{len(rows)}")
+            raise SptError(
+                f"{self.name}: cannot take {k!r} in-context examples from "
+                f"{len(rows)} train rows (data.train_limit={self.limits['train']}); "
+                f"ask for 1..{len(rows)}"
+            )
         rng = random.Random(f"{seed}:context")  # str seeds are stable across runs
-        picked = (self._balanced_pick(rows.labels, k, rng) if balanced
-                  else rng.sample(range(len(rows)), k))
+        picked = (
+            self._balanced_pick(rows.labels, k, rng)
+            if balanced
+            else rng.sample(range(len(rows)), k)
+        )
         rng.shuffle(picked)
-        return [self._render_example({f: rows.texts[f][i] for f in self.text_fields},
-                                     rows.labels[i]) for i in picked]
+        return [
+            self._render_example({f: rows.texts[f][i] for f in self.text_fields}, rows.labels[i])
+            for i in picked
+        ]
 
     @staticmethod
     def _balanced_pick(labels: Sequence[int], k: int, rng: random.Random) -> list[int]:
@@ -355,18 +390,27 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
 
         enc = self.encoder
         label_ids = enc.label_word_ids(self.label_words[label])
-        field_ids = {p.value: enc._enc([enc._piece_text(p, fields[p.value])])[0]
-                     for p in enc.pieces if p.kind == "field"}
+        field_ids = {
+            p.value: enc._enc([enc._piece_text(p, fields[p.value])])[0]
+            for p in enc.pieces
+            if p.kind == "field"
+        }
         template = sum(len(v) for v in enc._text_ids.values())
         budget = max(1, self.max_length - template - len(label_ids))
         names = list(field_ids)
-        keep = dict(zip(names, fit_lengths([len(field_ids[n]) for n in names], budget),
-                        strict=True))
+        keep = dict(
+            zip(names, fit_lengths([len(field_ids[n]) for n in names], budget), strict=True)
+        )
         ids: list[int] = []
         types: list[str] = []
         for i, p in enumerate(enc.pieces):
-            piece = (enc._text_ids[i] if p.kind == "text"
-                     else field_ids[p.value][: keep[p.value]] if p.kind == "field" else [])
+            piece = (
+                enc._text_ids[i]
+                if p.kind == "text"
+                else field_ids[p.value][: keep[p.value]]
+                if p.kind == "field"
+                else []
+            )
             ids += piece
             types += ["format" if p.kind == "text" else "input"] * len(piece)
         ids += label_ids

@@ -77,8 +77,13 @@ IGNORE = -100  # label value the loss skips
 class TextToTextDataset(Dataset):
     """One tokenized split. Train rows carry labels; eval rows carry ``ref_index``."""
 
-    def __init__(self, ids: list[list[int]], soft_start: list[tuple[int, ...]],
-                 soft_counts: tuple[int, ...], labels: list[list[int]] | None):
+    def __init__(
+        self,
+        ids: list[list[int]],
+        soft_start: list[tuple[int, ...]],
+        soft_counts: tuple[int, ...],
+        labels: list[list[int]] | None,
+    ):
         self.ids = ids
         self.soft_start = soft_start
         self.soft_counts = soft_counts
@@ -88,8 +93,11 @@ class TextToTextDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        row = {"input_ids": self.ids[i], "soft_start": self.soft_start[i],
-               "soft_counts": self.soft_counts}
+        row = {
+            "input_ids": self.ids[i],
+            "soft_start": self.soft_start[i],
+            "soft_counts": self.soft_counts,
+        }
         if self.labels is None:
             row["ref_index"] = i
         else:
@@ -123,15 +131,15 @@ class TextToTextCollator:
         for i, r in enumerate(rows):
             n = len(r["input_ids"])
             off = length - n if self.left else 0
-            input_ids[i, off:off + n] = torch.tensor(r["input_ids"], dtype=torch.long)
-            attention[i, off:off + n] = 1
+            input_ids[i, off : off + n] = torch.tensor(r["input_ids"], dtype=torch.long)
+            attention[i, off : off + n] = 1
             mark_soft(soft[i], off, r["soft_start"], r["soft_counts"])
             if train:
                 lab = torch.tensor(r["labels"], dtype=torch.long)
                 if self.labels_aligned:
-                    labels[i, off:off + n] = lab
+                    labels[i, off : off + n] = lab
                 else:
-                    labels[i, :len(lab)] = lab
+                    labels[i, : len(lab)] = lab
         batch = {"input_ids": input_ids, "attention_mask": attention, "soft_mask": soft}
         if train:
             batch["labels"] = labels
@@ -213,18 +221,28 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         self.metrics = [str(m) for m in to_plain(metrics)]
         bad = [m for m in self.metrics if m not in GENERATION_METRICS]
         if bad or not self.metrics:
-            raise SptError(f"data.metrics must be a non-empty subset of {list(GENERATION_METRICS)}"
-                           f", got {self.metrics}.")
-        for key, value, low in (("max_source_length", max_source_length, 1),
-                                ("max_target_length", max_target_length, 1),
-                                ("batch_size", batch_size, 1), ("num_workers", num_workers, 0),
-                                ("n_soft", n_soft, 0), ("split_seed", split_seed, 0),
-                                ("num_beams", num_beams, 1)):
+            raise SptError(
+                f"data.metrics must be a non-empty subset of {list(GENERATION_METRICS)}"
+                f", got {self.metrics}."
+            )
+        for key, value, low in (
+            ("max_source_length", max_source_length, 1),
+            ("max_target_length", max_target_length, 1),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("n_soft", n_soft, 0),
+            ("split_seed", split_seed, 0),
+            ("num_beams", num_beams, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise SptError(f"data.{key} must be an int >= {low}, got {value!r}.")
-        for key, value in (("train_limit", train_limit), ("dev_limit", dev_limit),
-                           ("test_limit", test_limit), ("eval_batch_size", eval_batch_size),
-                           ("max_new_tokens", max_new_tokens)):
+        for key, value in (
+            ("train_limit", train_limit),
+            ("dev_limit", dev_limit),
+            ("test_limit", test_limit),
+            ("eval_batch_size", eval_batch_size),
+            ("max_new_tokens", max_new_tokens),
+        ):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise SptError(f"data.{key} must be null or an int >= 1, got {value!r}.")
         if not isinstance(dev_fraction, int | float) or not 0 < dev_fraction < 1:
@@ -250,8 +268,10 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
             self.encoder.suffix = []
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
-            raise SptError(f"{self.name}: the tokenizer {type(tokenizer).__name__} has no eos "
-                           "token; generation targets need one to mark their end.")
+            raise SptError(
+                f"{self.name}: the tokenizer {type(tokenizer).__name__} has no eos "
+                "token; generation targets need one to mark their end."
+            )
         self.pad_id = self.encoder.soft_id
 
         self.local = self._check_specs(local, "local", LOCAL_KEYS)
@@ -271,8 +291,10 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         specs = to_plain(specs)
         if not isinstance(specs, dict) or not set(specs) <= set(SPLITS) or "train" not in specs:
             got = sorted(specs) if isinstance(specs, dict) else specs
-            raise SptError(f"data.{key} must map train (required), dev and test to file specs "
-                           f"(dev/test may be null), got {got}.")
+            raise SptError(
+                f"data.{key} must map train (required), dev and test to file specs "
+                f"(dev/test may be null), got {got}."
+            )
         out = {s: check_split_spec(specs.get(s), f"data.{key}.{s}", allowed) for s in SPLITS}
         if out["train"] is None:
             raise SptError(f"data.{key}.train is required.")
@@ -281,8 +303,12 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
     # ------------------------------------------------------------------ public API
     @property
     def task(self) -> GenerationTaskInfo:
-        return GenerationTaskInfo(name=self.name, metrics=tuple(self.metrics),
-                                  max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
+        return GenerationTaskInfo(
+            name=self.name,
+            metrics=tuple(self.metrics),
+            max_new_tokens=self.max_new_tokens,
+            num_beams=self.num_beams,
+        )
 
     def sources(self, split: str) -> list[str]:
         """Linearised tables, one per row of ``split`` (train: per pair; dev/test: per table)."""
@@ -305,8 +331,9 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         sources, refs, _ = self._split_rows("train")
         return [f"{s} {r[0]}" for s, r in zip(sources[:limit], refs[:limit], strict=True)]
 
-    def score(self, split: str, predictions: Sequence[str],
-              ref_index: Sequence[int] | None = None) -> dict[str, float]:
+    def score(
+        self, split: str, predictions: Sequence[str], ref_index: Sequence[int] | None = None
+    ) -> dict[str, float]:
         """:func:`generation_metrics` of predictions against ``references(split)`` (all rows in
         order, or the rows ``ref_index`` names), restricted to ``task.metrics``."""
         refs = self._split_rows(split)[1]
@@ -321,8 +348,7 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
     def _read(self, split: str) -> list[Entry]:
         where, specs = self._source()
         if where == "local":
-            return read_local_entries(self.root, specs[split], self.kind,
-                                      f"data.local.{split}")
+            return read_local_entries(self.root, specs[split], self.kind, f"data.local.{split}")
         return read_hub_entries(specs[split], self.kind, f"data.hub.{split}")
 
     def _split_entries(self, split: str) -> list[Entry]:
@@ -336,8 +362,9 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
             self._entries["train"] = [everything[i] for i in train]
             self._entries["dev"] = [everything[i] for i in dev]
         elif specs[split] is None:
-            raise SptError(f"{self.name}: data.{where}.{split} is null, so there is no {split} "
-                           f"split to load.")
+            raise SptError(
+                f"{self.name}: data.{where}.{split} is null, so there is no {split} split to load."
+            )
         else:
             self._entries[split] = self._read(split)
         return self._entries[split]
@@ -368,8 +395,12 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         if self.ops.target_follows_prompt:  # the text follows the template's last piece
             ids = [self.encoder.label_word_ids(r) for r in refs]
         else:
-            ids = [list(x) for x in self.tokenizer([r.strip() for r in refs],
-                                                   add_special_tokens=False)["input_ids"]]
+            ids = [
+                list(x)
+                for x in self.tokenizer([r.strip() for r in refs], add_special_tokens=False)[
+                    "input_ids"
+                ]
+            ]
         out, cut = [], 0
         for x in ids:
             if len(x) + 1 > self.max_target_length:
@@ -392,7 +423,8 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
                 f"data.max_source_length={self.max_source_length} is too small for the template: "
                 f"special tokens and template words take {self.encoder.n_template_tokens}, "
                 f"n_soft={self.n_soft}, leaving {room} tokens for the table. "
-                "Raise data.max_source_length or shorten data.template.")
+                "Raise data.max_source_length or shorten data.template."
+            )
         sources, refs, _ = self._split_rows(split)
         enc = self.encoder.encode({FIELD: sources}, self.n_soft, self.max_source_length)
         labels = None
@@ -407,11 +439,15 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         else:
             ids = enc.ids
         if enc.n_truncated or n_cut:
-            msg = (f"{self.name}/{split}: truncated {enc.n_truncated} of {len(sources)} sources to "
-                   f"max_source_length={self.max_source_length}")
+            msg = (
+                f"{self.name}/{split}: truncated {enc.n_truncated} of {len(sources)} sources to "
+                f"max_source_length={self.max_source_length}"
+            )
             if split == "train":
-                msg += (f" and {n_cut} of {len(sources)} targets to "
-                        f"max_target_length={self.max_target_length}")
+                msg += (
+                    f" and {n_cut} of {len(sources)} targets to "
+                    f"max_target_length={self.max_target_length}"
+                )
             log.warning(msg)
         ds = TextToTextDataset(ids, enc.soft_start, enc.soft_counts, labels)
         self._datasets[split] = (key, ds)
@@ -420,8 +456,12 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read and tokenize the splits the stage needs: fit -> train + dev, validate -> dev,
         test/predict -> test, None -> every split the source has."""
-        splits = {"fit": ("train", "dev"), "validate": ("dev",), "test": ("test",),
-                  "predict": ("test",)}.get(stage)
+        splits = {
+            "fit": ("train", "dev"),
+            "validate": ("dev",),
+            "test": ("test",),
+            "predict": ("test",),
+        }.get(stage)
         if splits is None:
             _, specs = self._source()
             splits = tuple(s for s in SPLITS if specs[s] is not None or s == "dev")
@@ -430,12 +470,19 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        collate = TextToTextCollator(self.pad_id, left=self.ops.left_padded,
-                                     labels_aligned=self.ops.target_follows_prompt,
-                                     task_index=self.task_index)
-        return make_loader(self._dataset(split), batch_size=batch_size, shuffle=shuffle,
-                           collate_fn=collate, num_workers=self.num_workers)
-
+        collate = TextToTextCollator(
+            self.pad_id,
+            left=self.ops.left_padded,
+            labels_aligned=self.ops.target_follows_prompt,
+            task_index=self.task_index,
+        )
+        return make_loader(
+            self._dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+        )
 
     test_split = "test"  # E2E and WebNLG have references for their test splits
 

@@ -81,19 +81,23 @@ WEIGHT_KEY = "prompt_embeddings"
 EXPORTED = {"input": "prompt", "kv": "prefix"}
 UNEXPORTABLE = {
     "context": "its prompt is a context of real examples with token-type offsets, a layout "
-               "PEFT's prompt and prefix tuning adapters cannot hold",
+    "PEFT's prompt and prefix tuning adapters cannot hold",
     "clip": "its context vectors live in CLIP's text tower around class names; PEFT has no "
-            "CLIP prompt learner",
+    "CLIP prompt learner",
 }
 
 
 def exportable_methods() -> list[str]:
     return [n for kind in EXPORTED for n in methods.names(prompt=kind)]
+
+
 IMPORTABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
 
-_BOS_NOTE = ("PEFT puts the virtual tokens in front of the tokenizer's leading special token "
-             "(BOS/CLS); spt's templates put them after it, so scores under PEFT differ "
-             "somewhat from spt's (they are equal for the same placement)")
+_BOS_NOTE = (
+    "PEFT puts the virtual tokens in front of the tokenizer's leading special token "
+    "(BOS/CLS); spt's templates put them after it, so scores under PEFT differ "
+    "somewhat from spt's (they are equal for the same placement)"
+)
 
 
 @dataclass(frozen=True)
@@ -111,26 +115,38 @@ class PeftArch:
 
 PEFT_ARCHS = {
     "decoder": PeftArch(
-        "CAUSAL_LM", ("CAUSAL_LM",), export_notes=(_BOS_NOTE,),
-        import_notes=("PEFT trained these vectors in front of the BOS token; spt's templates "
-                      "put the soft slots after it, so scores in spt differ somewhat from "
-                      "PEFT's",)),
+        "CAUSAL_LM",
+        ("CAUSAL_LM",),
+        export_notes=(_BOS_NOTE,),
+        import_notes=(
+            "PEFT trained these vectors in front of the BOS token; spt's templates "
+            "put the soft slots after it, so scores in spt differ somewhat from "
+            "PEFT's",
+        ),
+    ),
     "encoder-decoder": PeftArch(
-        "SEQ_2_SEQ_LM", ("SEQ_2_SEQ_LM",),
+        "SEQ_2_SEQ_LM",
+        ("SEQ_2_SEQ_LM",),
         prefix_refusal="PEFT puts one prefix into both the decoder's self- and "
-                       "cross-attention and none into the encoder, while spt's T5 prefixes are "
-                       "separate encoder, decoder and cross-attention blocks"),
+        "cross-attention and none into the encoder, while spt's T5 prefixes are "
+        "separate encoder, decoder and cross-attention blocks",
+    ),
     "encoder": PeftArch(
-        "FEATURE_EXTRACTION", ("FEATURE_EXTRACTION", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"),
-        export_notes=("the classification head (head.*) is not exported: a PEFT "
-                      "FEATURE_EXTRACTION adapter returns the prompted hidden states; put a "
-                      "classifier on them", _BOS_NOTE),
+        "FEATURE_EXTRACTION",
+        ("FEATURE_EXTRACTION", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"),
+        export_notes=(
+            "the classification head (head.*) is not exported: a PEFT "
+            "FEATURE_EXTRACTION adapter returns the prompted hidden states; put a "
+            "classifier on them",
+            _BOS_NOTE,
+        ),
         import_refusal="spt's prompt tuning on encoder-only models scores classes with its "
-                       "own trained head, which a PEFT prompt adapter does not hold. Use a "
-                       "decoder-only or encoder-decoder model, or train method=prompt on this "
-                       "one",
+        "own trained head, which a PEFT prompt adapter does not hold. Use a "
+        "decoder-only or encoder-decoder model, or train method=prompt on this "
+        "one",
         prefix_refusal="the encoder-only export has not been compared against PEFT's prefix "
-                       "path, and the classification head has no place in a PEFT adapter"),
+        "path, and the classification head has no place in a PEFT adapter",
+    ),
 }
 
 
@@ -145,13 +161,20 @@ class Converted:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def lines(self) -> list[str]:
-        return [f"spt: {self.summary}", *(f"spt: note: {n}" for n in self.notes),
-                f"spt: load it with {self.load}"]
+        return [
+            f"spt: {self.summary}",
+            *(f"spt: note: {n}" for n in self.notes),
+            f"spt: load it with {self.load}",
+        ]
 
 
 # -- spt -> PEFT -------------------------------------------------------------------------------
-def export_peft(artifact_path: str | os.PathLike, out_dir: str | os.PathLike,
-                base_model_name_or_path: str | None = None, task: int = 0) -> Converted:
+def export_peft(
+    artifact_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    base_model_name_or_path: str | None = None,
+    task: int = 0,
+) -> Converted:
     """Write row ``task`` of an spt artifact as a PEFT adapter directory ``out_dir``.
 
     ``artifact_path`` is a run directory (its ``prompt.safetensors``) or an artifact file.
@@ -171,20 +194,29 @@ def export_peft(artifact_path: str | os.PathLike, out_dir: str | os.PathLike,
         raise SptError(_unsupported_method(method, kind, path))
     name = EXPORTED[kind]
     if arch not in PEFT_ARCHS:
-        raise SptError(f"{path} was trained on a {arch or 'unknown'} backbone "
-                       f"({base.get('name')!r}): PEFT prompt adapters cover decoder-only, "
-                       "encoder-decoder and encoder-only language models; export a run on one "
-                       "of those")
+        raise SptError(
+            f"{path} was trained on a {arch or 'unknown'} backbone "
+            f"({base.get('name')!r}): PEFT prompt adapters cover decoder-only, "
+            "encoder-decoder and encoder-only language models; export a run on one "
+            "of those"
+        )
     table = tensors.get(name)
     if table is None or table.dim() != 3:
-        raise SptError(f"{path}: a method={method} artifact should hold a '{name}' table "
-                       f"[n_tasks, length, width], it has {sorted(tensors)}: re-save it with "
-                       "python -m spt.run (method.init=file, train=false)")
+        raise SptError(
+            f"{path}: a method={method} artifact should hold a '{name}' table "
+            f"[n_tasks, length, width], it has {sorted(tensors)}: re-save it with "
+            "python -m spt.run (method.init=file, train=false)"
+        )
     row, notes = _task_row(table, task, meta, path)
     base_name = base_model_name_or_path or base.get("name")
-    provenance = {"exported_from": str(path), "method": method, "task": task,
-                  "task_name": _task_names(meta, table.shape[0])[task], "base": base,
-                  **{k: meta[k] for k in ("label_names", "label_words", "loss") if k in meta}}
+    provenance = {
+        "exported_from": str(path),
+        "method": method,
+        "task": task,
+        "task_name": _task_names(meta, table.shape[0])[task],
+        "base": base,
+        **{k: meta[k] for k in ("label_names", "label_words", "loss") if k in meta},
+    }
     if name == "prompt":
         config, more = _prompt_config(method, arch, row, base, base_name)
     else:
@@ -192,11 +224,14 @@ def export_peft(artifact_path: str | os.PathLike, out_dir: str | os.PathLike,
     out = _write_adapter(out_dir, config, {WEIGHT_KEY: row}, provenance)
     return Converted(
         path=out,
-        summary=(f"wrote a PEFT {_plain(config.peft_type)} adapter ({_plain(config.task_type)}, "
-                 f"{row.shape[0]} virtual tokens) from method={method} task row {task} of {path} "
-                 f"to {out}"),
+        summary=(
+            f"wrote a PEFT {_plain(config.peft_type)} adapter ({_plain(config.task_type)}, "
+            f"{row.shape[0]} virtual tokens) from method={method} task row {task} of {path} "
+            f"to {out}"
+        ),
         load=f"PeftModel.from_pretrained(<{base.get('name')} model>, {str(out)!r})",
-        notes=tuple(notes + more))
+        notes=tuple(notes + more),
+    )
 
 
 def _plain(value) -> str:
@@ -209,8 +244,10 @@ def _artifact_path(source) -> Path:
     if p.is_dir():
         art = p / "prompt.safetensors"
         if not art.is_file():
-            raise SptError(f"{p} holds no prompt.safetensors: give the directory of a finished "
-                           "python -m spt.run run (not its parent), or the artifact file itself")
+            raise SptError(
+                f"{p} holds no prompt.safetensors: give the directory of a finished "
+                "python -m spt.run run (not its parent), or the artifact file itself"
+            )
         return art
     if not p.exists():
         raise SptError(f"{p} does not exist: give a run directory or a prompt .safetensors file")
@@ -218,16 +255,24 @@ def _artifact_path(source) -> Path:
 
 
 def _unsupported_method(method, kind, path) -> str:
-    why = (f"method={method}: {UNEXPORTABLE[kind]}" if kind in UNEXPORTABLE
-           else f"spt has no PEFT mapping for method={method!r}")
-    return (f"cannot export {path} to PEFT: {why}. Exportable methods: "
-            f"{', '.join(exportable_methods())}")
+    why = (
+        f"method={method}: {UNEXPORTABLE[kind]}"
+        if kind in UNEXPORTABLE
+        else f"spt has no PEFT mapping for method={method!r}"
+    )
+    return (
+        f"cannot export {path} to PEFT: {why}. Exportable methods: "
+        f"{', '.join(exportable_methods())}"
+    )
 
 
 def _task_names(meta: dict, n: int) -> list[str]:
     names = meta.get("task_names")
-    return list(names) if isinstance(names, list) and len(names) == n else [f"task{i}"
-                                                                           for i in range(n)]
+    return (
+        list(names)
+        if isinstance(names, list) and len(names) == n
+        else [f"task{i}" for i in range(n)]
+    )
 
 
 def _task_row(table: torch.Tensor, task, meta: dict, path) -> tuple[torch.Tensor, list[str]]:
@@ -235,12 +280,16 @@ def _task_row(table: torch.Tensor, task, meta: dict, path) -> tuple[torch.Tensor
     names = _task_names(meta, n)
     if not isinstance(task, int) or isinstance(task, bool) or not 0 <= task < n:
         listing = ", ".join(f"{i}={t}" for i, t in enumerate(names))
-        raise SptError(f"--task {task!r}: {path} holds {n} task row(s) ({listing}); PEFT holds "
-                       f"one prompt per adapter: pick one with --task 0..{n - 1}")
+        raise SptError(
+            f"--task {task!r}: {path} holds {n} task row(s) ({listing}); PEFT holds "
+            f"one prompt per adapter: pick one with --task 0..{n - 1}"
+        )
     notes = []
     if n > 1:
-        notes.append(f"exported task row {task} ({names[task]}) of {n}; export the others "
-                     "with --task into separate adapter directories")
+        notes.append(
+            f"exported task row {task} ({names[task]}) of {n}; export the others "
+            "with --task into separate adapter directories"
+        )
     return table[task].detach().float().contiguous(), notes
 
 
@@ -248,8 +297,9 @@ def _peft():
     try:
         import peft
     except ImportError:
-        raise SptError("exporting to PEFT needs the peft package: pip install 'peft>=0.13'") \
-            from None
+        raise SptError(
+            "exporting to PEFT needs the peft package: pip install 'peft>=0.13'"
+        ) from None
     return peft
 
 
@@ -257,55 +307,83 @@ def _prompt_config(method, arch, row, base, base_name):
     peft = _peft()
     length, d = row.shape
     if base.get("hidden_size") not in (None, d):
-        raise SptError(f"the prompt's width {d} differs from the base model's hidden size "
-                       f"{base.get('hidden_size')} in its own metadata: the artifact is damaged")
+        raise SptError(
+            f"the prompt's width {d} differs from the base model's hidden size "
+            f"{base.get('hidden_size')} in its own metadata: the artifact is damaged"
+        )
     config = peft.PromptTuningConfig(
-        task_type=PEFT_ARCHS[arch].task_type, num_virtual_tokens=length, token_dim=d,
+        task_type=PEFT_ARCHS[arch].task_type,
+        num_virtual_tokens=length,
+        token_dim=d,
         num_transformer_submodules=1,  # encoder input only, as spt does (also on T5)
-        prompt_tuning_init="RANDOM", base_model_name_or_path=base_name, inference_mode=True)
+        prompt_tuning_init="RANDOM",
+        base_model_name_or_path=base_name,
+        inference_mode=True,
+    )
     notes = []
     if method == "ptuning":
-        notes.append("P-tuning's LSTM/MLP prompt encoder is not exported, only the prompt it "
-                     "produces (PEFT's P-tuning encoder is another network, and PEFT's saved "
-                     "P-tuning adapters keep only that prompt too); it becomes PEFT prompt "
-                     "tuning, all vectors in one block in front of the input even if the spt "
-                     "template spread them over several {soft:N} slots")
+        notes.append(
+            "P-tuning's LSTM/MLP prompt encoder is not exported, only the prompt it "
+            "produces (PEFT's P-tuning encoder is another network, and PEFT's saved "
+            "P-tuning adapters keep only that prompt too); it becomes PEFT prompt "
+            "tuning, all vectors in one block in front of the input even if the spt "
+            "template spread them over several {soft:N} slots"
+        )
     if method == "mpt":
-        notes.append("MPT's shared prompt and task factors are not exported, only this task's "
-                     "materialised prompt (as PEFT prompt tuning)")
+        notes.append(
+            "MPT's shared prompt and task factors are not exported, only this task's "
+            "materialised prompt (as PEFT prompt tuning)"
+        )
     return config, [*notes, *PEFT_ARCHS[arch].export_notes]
 
 
 def _prefix_config(method, arch, row, meta, base, path, base_name):
     why = PEFT_ARCHS[arch].prefix_refusal
     if why:
-        raise SptError(f"cannot export {path} (method={method} on {base.get('name')}, "
-                       f"{arch}) as a PEFT prefix-tuning adapter: {why}. Prefix export covers "
-                       "decoder-only models; for this model train method=prompt and export that")
+        raise SptError(
+            f"cannot export {path} (method={method} on {base.get('name')}, "
+            f"{arch}) as a PEFT prefix-tuning adapter: {why}. Prefix export covers "
+            "decoder-only models; for this model train method=prompt and export that"
+        )
     peft = _peft()
     try:
         layers, kv_heads, head_dim = (int(meta[k]) for k in ("n_layers", "n_kv_heads", "head_dim"))
     except (KeyError, TypeError, ValueError):
-        raise SptError(f"{path}: the metadata lacks the attention sizes (n_layers, n_kv_heads, "
-                       "head_dim) a prefix export needs: re-save the artifact with this spt "
-                       "version (python -m spt.run method.init=file train=false)") from None
+        raise SptError(
+            f"{path}: the metadata lacks the attention sizes (n_layers, n_kv_heads, "
+            "head_dim) a prefix export needs: re-save the artifact with this spt "
+            "version (python -m spt.run method.init=file train=false)"
+        ) from None
     kv_dim = kv_heads * head_dim
     if row.shape[1] != layers * 2 * kv_dim:
-        raise SptError(f"{path}: the prefix rows are {row.shape[1]} wide, not layers x 2 x "
-                       f"kv_heads x head_dim = {layers} x 2 x {kv_heads} x {head_dim}: the "
-                       "artifact is damaged")
+        raise SptError(
+            f"{path}: the prefix rows are {row.shape[1]} wide, not layers x 2 x "
+            f"kv_heads x head_dim = {layers} x 2 x {kv_heads} x {head_dim}: the "
+            "artifact is damaged"
+        )
     config = peft.PrefixTuningConfig(
-        task_type="CAUSAL_LM", num_virtual_tokens=row.shape[0], token_dim=kv_dim,
-        num_layers=layers, num_attention_heads=kv_heads, num_transformer_submodules=1,
-        encoder_hidden_size=kv_dim, prefix_projection=False, base_model_name_or_path=base_name,
-        inference_mode=True)
+        task_type="CAUSAL_LM",
+        num_virtual_tokens=row.shape[0],
+        token_dim=kv_dim,
+        num_layers=layers,
+        num_attention_heads=kv_heads,
+        num_transformer_submodules=1,
+        encoder_hidden_size=kv_dim,
+        prefix_projection=False,
+        base_model_name_or_path=base_name,
+        inference_mode=True,
+    )
     notes = []
     if meta.get("reparam"):
-        notes.append("the reparameterisation MLP is not exported, only the prefix it produces "
-                     "(PEFT's saved prefix adapters hold only that too)")
+        notes.append(
+            "the reparameterisation MLP is not exported, only the prefix it produces "
+            "(PEFT's saved prefix adapters hold only that too)"
+        )
     if method == "ptuning_v2":
-        notes.append("P-Tuning v2's deep prompts on a decoder-only model are key/value prefixes: "
-                     "exported as PEFT prefix tuning (importing it back gives method=prefix)")
+        notes.append(
+            "P-Tuning v2's deep prompts on a decoder-only model are key/value prefixes: "
+            "exported as PEFT prefix tuning (importing it back gives method=prefix)"
+        )
     return config, notes
 
 
@@ -319,9 +397,11 @@ def _write_adapter(out_dir, config, weights: dict[str, torch.Tensor], provenance
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".spt-export-"))
     try:  # both files are complete before either replaces an older one
         config.save_pretrained(str(tmp))
-        save_file(weights, str(tmp / WEIGHTS_NAME),
-                  metadata={"format": "pt", "spt": json.dumps(provenance, sort_keys=True,
-                                                              default=str)})
+        save_file(
+            weights,
+            str(tmp / WEIGHTS_NAME),
+            metadata={"format": "pt", "spt": json.dumps(provenance, sort_keys=True, default=str)},
+        )
         umask = os.umask(0)
         os.umask(umask)
         for name in (WEIGHTS_NAME, CONFIG_NAME):
@@ -333,8 +413,12 @@ def _write_adapter(out_dir, config, weights: dict[str, torch.Tensor], provenance
 
 
 # -- PEFT -> spt -------------------------------------------------------------------------------
-def import_peft(adapter_dir: str | os.PathLike, backbone, out_path: str | os.PathLike,
-                task_name: str | None = None) -> Converted:
+def import_peft(
+    adapter_dir: str | os.PathLike,
+    backbone,
+    out_path: str | os.PathLike,
+    task_name: str | None = None,
+) -> Converted:
     """Write a PEFT prompt-tuning, P-tuning or prefix-tuning adapter as an spt artifact for
     ``backbone`` (a :class:`spt.backbones.Backbone`; its identity goes into the artifact).
 
@@ -353,72 +437,110 @@ def import_peft(adapter_dir: str | os.PathLike, backbone, out_path: str | os.Pat
     identity = backbone.identity()
     src_base = provenance.get("base") or {}
     if src_base.get("fingerprint") not in (None, identity.get("fingerprint")):
-        raise SptError(f"{adir} was exported by spt from a prompt trained on "
-                       f"{src_base.get('name')!r} (fingerprint {src_base.get('fingerprint')}), "
-                       f"but the backbone is {identity.get('name')!r} (fingerprint "
-                       f"{identity.get('fingerprint')}): import it with the model it was "
-                       "trained on (--model ...)")
+        raise SptError(
+            f"{adir} was exported by spt from a prompt trained on "
+            f"{src_base.get('name')!r} (fingerprint {src_base.get('fingerprint')}), "
+            f"but the backbone is {identity.get('name')!r} (fingerprint "
+            f"{identity.get('fingerprint')}): import it with the model it was "
+            "trained on (--model ...)"
+        )
     arch = backbone.arch
     task_type = config.get("task_type")
     if arch not in PEFT_ARCHS:
-        raise SptError(f"cannot import a PEFT adapter onto {backbone.name} ({arch}): spt imports "
-                       "PEFT prompts for decoder-only and encoder-decoder language models")
+        raise SptError(
+            f"cannot import a PEFT adapter onto {backbone.name} ({arch}): spt imports "
+            "PEFT prompts for decoder-only and encoder-decoder language models"
+        )
     if PEFT_ARCHS[arch].import_refusal:
-        raise SptError(f"cannot import {adir} onto the {arch} {backbone.name}: "
-                       f"{PEFT_ARCHS[arch].import_refusal}")
+        raise SptError(
+            f"cannot import {adir} onto the {arch} {backbone.name}: "
+            f"{PEFT_ARCHS[arch].import_refusal}"
+        )
     accepted = PEFT_ARCHS[arch].task_types
     if task_type is not None and task_type not in accepted:
-        raise SptError(f"{adir} is a PEFT {task_type} adapter, but {backbone.name} is "
-                       f"{arch} (PEFT task type {' or '.join(accepted)}): the "
-                       f"adapter was made for another kind of model "
-                       f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
-                       "import it with that model (--model ...)")
+        raise SptError(
+            f"{adir} is a PEFT {task_type} adapter, but {backbone.name} is "
+            f"{arch} (PEFT task type {' or '.join(accepted)}): the "
+            f"adapter was made for another kind of model "
+            f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
+            "import it with that model (--model ...)"
+        )
     emb = weights.get(WEIGHT_KEY)
     if emb is None or emb.dim() != 2:
         found = {k: list(v.shape) for k, v in weights.items()}
-        raise SptError(f"{adir / WEIGHTS_NAME} should hold '{WEIGHT_KEY}' [tokens, width] for a "
-                       f"PEFT {peft_type} adapter, it holds {found}: re-save the adapter with "
-                       "PeftModel.save_pretrained")
+        raise SptError(
+            f"{adir / WEIGHTS_NAME} should hold '{WEIGHT_KEY}' [tokens, width] for a "
+            f"PEFT {peft_type} adapter, it holds {found}: re-save the adapter with "
+            "PeftModel.save_pretrained"
+        )
     extra = sorted(k for k in weights if k != WEIGHT_KEY)
     name = task_name or provenance.get("task_name") or adir.resolve().name
-    source = {"format": "peft", "adapter_dir": str(adir.resolve()), "peft_type": peft_type,
-              "task_type": task_type, "peft_version": config.get("peft_version"),
-              "base_model_name_or_path": config.get("base_model_name_or_path")}
+    source = {
+        "format": "peft",
+        "adapter_dir": str(adir.resolve()),
+        "peft_type": peft_type,
+        "task_type": task_type,
+        "peft_version": config.get("peft_version"),
+        "base_model_name_or_path": config.get("base_model_name_or_path"),
+    }
     carried = {k: provenance[k] for k in ("label_names", "label_words", "loss") if k in provenance}
     if peft_type == "PREFIX_TUNING":
         tensors, meta, notes = _prefix_artifact(config, emb, backbone, adir)
-        load = (f"method=prefix method.reparam=false method.length={meta['length']} "
-                f"method.init=file method.init_file=")
+        load = (
+            f"method=prefix method.reparam=false method.length={meta['length']} "
+            f"method.init=file method.init_file="
+        )
     else:
         tensors, meta, notes = _prompt_artifact(config, emb, backbone, adir, peft_type)
         load = f"method=prompt method.length={meta['length']} method.init=file method.init_file="
     if extra:
-        notes.append(f"ignored tensors that are not the prompt ({', '.join(extra[:4])}"
-                     f"{', ...' if len(extra) > 4 else ''}): spt keeps the model's weights frozen")
-    meta.update({"n_tasks": 1, "task_names": [name], "init": "peft", "base": identity,
-                 "source": source, **carried})
+        notes.append(
+            f"ignored tensors that are not the prompt ({', '.join(extra[:4])}"
+            f"{', ...' if len(extra) > 4 else ''}): spt keeps the model's weights frozen"
+        )
+    meta.update(
+        {
+            "n_tasks": 1,
+            "task_names": [name],
+            "init": "peft",
+            "base": identity,
+            "source": source,
+            **carried,
+        }
+    )
     out = save_artifact(out_path, tensors, meta)
-    return Converted(path=out,
-                     summary=(f"wrote method={meta['method']} artifact ({meta['length']} "
-                              f"{'prefix positions' if meta['method'] == 'prefix' else 'vectors'}"
-                              f", base {identity['name']}) from the PEFT {peft_type} adapter "
-                              f"{adir} to {out}"),
-                     load=load + str(out), notes=tuple(notes))
+    return Converted(
+        path=out,
+        summary=(
+            f"wrote method={meta['method']} artifact ({meta['length']} "
+            f"{'prefix positions' if meta['method'] == 'prefix' else 'vectors'}"
+            f", base {identity['name']}) from the PEFT {peft_type} adapter "
+            f"{adir} to {out}"
+        ),
+        load=load + str(out),
+        notes=tuple(notes),
+    )
 
 
 def _read_config(adir: Path) -> dict:
     if not adir.exists():
-        raise SptError(f"adapter directory {adir} does not exist: give the directory PEFT's "
-                       "save_pretrained wrote")
+        raise SptError(
+            f"adapter directory {adir} does not exist: give the directory PEFT's "
+            "save_pretrained wrote"
+        )
     if adir.is_file():
-        raise SptError(f"{adir} is a file: give the adapter directory that holds it "
-                       f"({adir.parent})")
+        raise SptError(
+            f"{adir} is a file: give the adapter directory that holds it ({adir.parent})"
+        )
     path = adir / CONFIG_NAME
     if not path.is_file():
         inner = sorted(str(p.parent.relative_to(adir)) for p in adir.glob(f"*/{CONFIG_NAME}"))
-        hint = (f"; adapters were found in {', '.join(inner[:5])}: pass one of those directories"
-                if inner else "; give the directory PeftModel.save_pretrained wrote (it holds "
-                f"{CONFIG_NAME} and {WEIGHTS_NAME})")
+        hint = (
+            f"; adapters were found in {', '.join(inner[:5])}: pass one of those directories"
+            if inner
+            else "; give the directory PeftModel.save_pretrained wrote (it holds "
+            f"{CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
         raise SptError(f"no {CONFIG_NAME} in {adir}: it is not a PEFT adapter directory{hint}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -431,14 +553,20 @@ def _read_config(adir: Path) -> dict:
 
 def _unsupported_peft_type(peft_type: str, adir: Path) -> str:
     if not peft_type:
-        return (f"{adir / CONFIG_NAME} names no peft_type: it is not a PEFT adapter config "
-                "(re-save the adapter with PeftModel.save_pretrained)")
-    why = ("it adds or changes model weights, which spt keeps frozen; load it with PEFT "
-           "instead" if peft_type not in ("MULTITASK_PROMPT_TUNING", "CPT", "ADAPTION_PROMPT")
-           else "its prompts need PEFT's own task and context machinery")
-    return (f"{adir} is a PEFT {peft_type} adapter, which spt cannot import: {why}. spt imports "
-            f"soft prompts only: {', '.join(IMPORTABLE)} (prefix tuning with or without "
-            "prefix_projection, on decoder-only models)")
+        return (
+            f"{adir / CONFIG_NAME} names no peft_type: it is not a PEFT adapter config "
+            "(re-save the adapter with PeftModel.save_pretrained)"
+        )
+    why = (
+        "it adds or changes model weights, which spt keeps frozen; load it with PEFT instead"
+        if peft_type not in ("MULTITASK_PROMPT_TUNING", "CPT", "ADAPTION_PROMPT")
+        else "its prompts need PEFT's own task and context machinery"
+    )
+    return (
+        f"{adir} is a PEFT {peft_type} adapter, which spt cannot import: {why}. spt imports "
+        f"soft prompts only: {', '.join(IMPORTABLE)} (prefix tuning with or without "
+        "prefix_projection, on decoder-only models)"
+    )
 
 
 def _read_weights(adir: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -448,12 +576,16 @@ def _read_weights(adir: Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = adir / WEIGHTS_NAME
     if not path.is_file():
         if (adir / PICKLE_NAME).is_file():
-            raise SptError(f"{adir} holds {PICKLE_NAME}, a pickle, which spt does not load (it "
-                           "can run code): re-save the adapter as safetensors with "
-                           "PeftModel.from_pretrained(model, dir).save_pretrained(dir, "
-                           "safe_serialization=True)")
-        raise SptError(f"no {WEIGHTS_NAME} in {adir}: copy the adapter's weights file next to "
-                       f"its {CONFIG_NAME} (PeftModel.save_pretrained writes both)")
+            raise SptError(
+                f"{adir} holds {PICKLE_NAME}, a pickle, which spt does not load (it "
+                "can run code): re-save the adapter as safetensors with "
+                "PeftModel.from_pretrained(model, dir).save_pretrained(dir, "
+                "safe_serialization=True)"
+            )
+        raise SptError(
+            f"no {WEIGHTS_NAME} in {adir}: copy the adapter's weights file next to "
+            f"its {CONFIG_NAME} (PeftModel.save_pretrained writes both)"
+        )
     try:
         weights = load_file(str(path))
         with safe_open(str(path), "pt") as f:
@@ -472,10 +604,12 @@ def _n_virtual(config: dict, rows: int, per: int, adir: Path) -> int:
     if n is None:
         n = rows // per
     if not isinstance(n, int) or n < 1 or rows != n * per:
-        raise SptError(f"{adir}: {WEIGHT_KEY} has {rows} rows, but num_virtual_tokens={n} x "
-                       f"num_transformer_submodules={per} says {n * per if isinstance(n, int) else '?'}"
-                       ": the config and weights do not belong together; re-save the adapter "
-                       "with PeftModel.save_pretrained")
+        raise SptError(
+            f"{adir}: {WEIGHT_KEY} has {rows} rows, but num_virtual_tokens={n} x "
+            f"num_transformer_submodules={per} says {n * per if isinstance(n, int) else '?'}"
+            ": the config and weights do not belong together; re-save the adapter "
+            "with PeftModel.save_pretrained"
+        )
     return n
 
 
@@ -484,24 +618,34 @@ def _prompt_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path, peft
     token_dim = config.get("token_dim")
     if token_dim not in (None, d) or emb.shape[1] != d:
         width = token_dim if token_dim is not None else emb.shape[1]
-        raise SptError(f"{adir} holds a prompt of token_dim={width}, but {backbone.name} has "
-                       f"hidden size {d}: the adapter was trained for another base model "
-                       f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
-                       "import it with that model (--model ...)")
+        raise SptError(
+            f"{adir} holds a prompt of token_dim={width}, but {backbone.name} has "
+            f"hidden size {d}: the adapter was trained for another base model "
+            f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
+            "import it with that model (--model ...)"
+        )
     per = config.get("num_transformer_submodules") or 1
     n = _n_virtual(config, emb.shape[0], per, adir)
     notes = []
     if per > 1:
-        notes.append(f"the adapter holds {n * per} rows (num_transformer_submodules={per}); "
-                     f"PEFT's prompt tuning puts only the first {n} in front of the encoder "
-                     "input and never reads the others: the first ones were imported")
+        notes.append(
+            f"the adapter holds {n * per} rows (num_transformer_submodules={per}); "
+            f"PEFT's prompt tuning puts only the first {n} in front of the encoder "
+            "input and never reads the others: the first ones were imported"
+        )
     if peft_type == "P_TUNING":
-        notes.append("a saved PEFT P-tuning adapter holds only the prompt its encoder produced "
-                     "(not the encoder): imported as method=prompt")
+        notes.append(
+            "a saved PEFT P-tuning adapter holds only the prompt its encoder produced "
+            "(not the encoder): imported as method=prompt"
+        )
     notes += PEFT_ARCHS[backbone.arch].import_notes
     prompt = emb[:n].detach().float().unsqueeze(0)
-    meta = {"method": "prompt", "length": n, "init_text": None,
-            "trainable_parameters": prompt.numel()}
+    meta = {
+        "method": "prompt",
+        "length": n,
+        "init_text": None,
+        "trainable_parameters": prompt.numel(),
+    }
     return {"prompt": prompt}, meta, notes
 
 
@@ -510,35 +654,51 @@ def _prefix_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path):
 
     why = PEFT_ARCHS[backbone.arch].prefix_refusal
     if why:
-        raise SptError(f"cannot import the PEFT prefix-tuning adapter {adir} onto "
-                       f"{backbone.name} ({backbone.arch}): {why}. Prefix import covers "
-                       "decoder-only models")
+        raise SptError(
+            f"cannot import the PEFT prefix-tuning adapter {adir} onto "
+            f"{backbone.name} ({backbone.arch}): {why}. Prefix import covers "
+            "decoder-only models"
+        )
     sizes = attention_sizes(backbone.config)
     layers, kv_heads, head_dim = sizes["n_layers"], sizes["n_kv_heads"], sizes["head_dim"]
     kv_dim = kv_heads * head_dim
-    got = {"num_layers": config.get("num_layers"),
-           "num_attention_heads": config.get("num_attention_heads"),
-           "token_dim": config.get("token_dim")}
+    got = {
+        "num_layers": config.get("num_layers"),
+        "num_attention_heads": config.get("num_attention_heads"),
+        "token_dim": config.get("token_dim"),
+    }
     want = {"num_layers": layers, "num_attention_heads": kv_heads, "token_dim": kv_dim}
     bad = [k for k in want if got[k] is not None and got[k] != want[k]]
     width = layers * 2 * kv_dim
     if bad or emb.shape[1] != width:
-        detail = ", ".join(f"{k}={got[k]} (the backbone needs {want[k]})" for k in bad) or \
-            f"{WEIGHT_KEY} is {emb.shape[1]} wide (the backbone needs {width})"
+        detail = (
+            ", ".join(f"{k}={got[k]} (the backbone needs {want[k]})" for k in bad)
+            or f"{WEIGHT_KEY} is {emb.shape[1]} wide (the backbone needs {width})"
+        )
         raise SptError(
             f"{adir} does not fit {backbone.name} ({layers} layers, {kv_heads} KV heads of "
             f"dim {head_dim}): {detail}. Import it with the model it was trained for "
             f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); adapters saved "
             "by PEFT versions that sized grouped-query prefixes by query heads do not run on "
-            "this model in PEFT either")
+            "this model in PEFT either"
+        )
     n = _n_virtual(config, emb.shape[0], 1, adir)
     notes = []
     if config.get("prefix_projection"):
-        notes.append("the adapter was trained with prefix_projection; PEFT saved the prefix its "
-                     "MLP produced (not the MLP): imported as method=prefix reparam=false")
+        notes.append(
+            "the adapter was trained with prefix_projection; PEFT saved the prefix its "
+            "MLP produced (not the MLP): imported as method=prefix reparam=false"
+        )
     table = emb.detach().float().unsqueeze(0)  # [1, P, layers * 2 * kv_dim], PEFT == spt layout
-    meta = {"method": "prefix", "length": n, "reparam": False, "cross_attention": False,
-            **sizes, "trainable_parameters": table.numel(), "prefix_parameters": table.numel()}
+    meta = {
+        "method": "prefix",
+        "length": n,
+        "reparam": False,
+        "cross_attention": False,
+        **sizes,
+        "trainable_parameters": table.numel(),
+        "prefix_parameters": table.numel(),
+    }
     return {"prefix": table, "prefix_encoder.weight": table}, meta, notes
 
 
@@ -560,8 +720,10 @@ def build_backbone(model: str, overrides: list[str] | tuple[str, ...] = ()):
         conf_dir, name = CONF_DIR / "model", model
         if not (conf_dir / f"{name}.yaml").is_file():
             known = sorted(q.stem for q in conf_dir.glob("*.yaml"))
-            raise SptError(f"--model {model}: there is no spt/conf/model/{model}.yaml; choose one of "
-                           f"{', '.join(known) or '(none found)'} or give a model YAML file")
+            raise SptError(
+                f"--model {model}: there is no spt/conf/model/{model}.yaml; choose one of "
+                f"{', '.join(known) or '(none found)'} or give a model YAML file"
+            )
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             cfg = compose(config_name=name, overrides=list(overrides))
@@ -574,26 +736,45 @@ def build_backbone(model: str, overrides: list[str] | tuple[str, ...] = ()):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m spt.interop.peft",
-        description="Convert spt prompt artifacts to PEFT adapters and back.")
+        description="Convert spt prompt artifacts to PEFT adapters and back.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="spt artifact -> PEFT adapter directory")
     ex.add_argument("source", help="a run directory (with prompt.safetensors) or an artifact file")
     ex.add_argument("out_dir", help="the PEFT adapter directory to write")
-    ex.add_argument("--task", type=int, default=0,
-                    help="row of a multi-task prompt table to export (default: 0)")
-    ex.add_argument("--base-model", default=None,
-                    help="base_model_name_or_path for adapter_config.json (default: the "
-                         "artifact's base model name)")
+    ex.add_argument(
+        "--task",
+        type=int,
+        default=0,
+        help="row of a multi-task prompt table to export (default: 0)",
+    )
+    ex.add_argument(
+        "--base-model",
+        default=None,
+        help="base_model_name_or_path for adapter_config.json (default: the "
+        "artifact's base model name)",
+    )
     im = sub.add_parser("import", help="PEFT adapter directory -> spt artifact")
     im.add_argument("adapter_dir", help="a directory written by PeftModel.save_pretrained")
     im.add_argument("out", help="the spt artifact to write (.safetensors, plus its .json)")
-    im.add_argument("--model", required=True,
-                    help="the backbone: a model name from spt/conf/model (tiny-llama, smollm2-135m, t5-small, "
-                         "...) or a model YAML file")
-    im.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a key of the model config (repeatable), e.g. dtype=bfloat16")
-    im.add_argument("--task-name", default=None,
-                    help="name of the imported task row (default: the adapter directory's name)")
+    im.add_argument(
+        "--model",
+        required=True,
+        help="the backbone: a model name from spt/conf/model (tiny-llama, smollm2-135m, t5-small, "
+        "...) or a model YAML file",
+    )
+    im.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key of the model config (repeatable), e.g. dtype=bfloat16",
+    )
+    im.add_argument(
+        "--task-name",
+        default=None,
+        help="name of the imported task row (default: the adapter directory's name)",
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "export":

@@ -49,15 +49,26 @@ def registry() -> dict[str, MethodInfo]:
     found = {}
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
-        classes = [c for c in vars(module).values()
-                   if inspect.isclass(c) and c.__module__ == module.__name__
-                   and getattr(c, "method_name", None) is not None]
+        classes = [
+            c
+            for c in vars(module).values()
+            if inspect.isclass(c)
+            and c.__module__ == module.__name__
+            and getattr(c, "method_name", None) is not None
+        ]
         if len(classes) != 1:
-            raise RuntimeError(f"{module.__name__} should define one method class (with a "
-                               f"method_name), it defines {[c.__name__ for c in classes]}")
+            raise RuntimeError(
+                f"{module.__name__} should define one method class (with a "
+                f"method_name), it defines {[c.__name__ for c in classes]}"
+            )
         cls = classes[0]
-        found[info.name] = MethodInfo(info.name, cls, cls.prompt_kind, tuple(cls.supported_archs),
-                                      bool(cls.supports_generation))
+        found[info.name] = MethodInfo(
+            info.name,
+            cls,
+            cls.prompt_kind,
+            tuple(cls.supported_archs),
+            bool(cls.supports_generation),
+        )
     return found
 
 
@@ -65,8 +76,9 @@ def get(name: str) -> MethodInfo:
     """The method called ``name``, or an error listing the methods there are."""
     methods = registry()
     if name not in methods:
-        raise SptError(f"method={name!r} is not an spt method: choose one of "
-                       f"{', '.join(sorted(methods))}")
+        raise SptError(
+            f"method={name!r} is not an spt method: choose one of {', '.join(sorted(methods))}"
+        )
     return methods[name]
 
 
@@ -75,14 +87,17 @@ def of_class(cls: type) -> MethodInfo:
     for info in registry().values():
         if info.cls is cls:
             return info
-    raise SptError(f"{cls.__module__}.{cls.__qualname__} is not a method under spt.methods: "
-                   f"method._target_ names one of {', '.join(sorted(registry()))}")
+    raise SptError(
+        f"{cls.__module__}.{cls.__qualname__} is not a method under spt.methods: "
+        f"method._target_ names one of {', '.join(sorted(registry()))}"
+    )
 
 
 def names(**where) -> list[str]:
     """Sorted names of the methods whose fields equal ``where`` (``names(prompt="kv")``)."""
-    return sorted(n for n, m in registry().items()
-                  if all(getattr(m, k) == v for k, v in where.items()))
+    return sorted(
+        n for n, m in registry().items() if all(getattr(m, k) == v for k, v in where.items())
+    )
 
 
 __all__ = ["PROMPT_KINDS", "MethodInfo", "get", "names", "of_class", "registry"]

@@ -99,27 +99,50 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         init_texts: list[str] | None = None,
     ):
         super().__init__()
-        _validate(length=length, position=class_token_position, init=init, init_text=init_text,
-                  init_file=init_file, init_std=init_std, loss=loss, n_tasks=n_tasks)
+        _validate(
+            length=length,
+            position=class_token_position,
+            init=init,
+            init_text=init_text,
+            init_file=init_file,
+            init_std=init_std,
+            loss=loss,
+            n_tasks=n_tasks,
+        )
         self.setup_method(
-            inspect.currentframe(), backbone=backbone, task=task,
-            backbone_dropout=backbone_dropout, supports=supports, loss=loss,
-            head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
-            optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps)
+            inspect.currentframe(),
+            backbone=backbone,
+            task=task,
+            backbone_dropout=backbone_dropout,
+            supports=supports,
+            loss=loss,
+            head_dropout=head_dropout,
+            head_lr=head_lr,
+            task_names=task_names,
+            n_tasks=n_tasks,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+        )
         if self.multitask:
-            raise SptError("method=coop scores one set of class names; a task mixture "
-                           f"(data={task.name}) is not supported: use one image dataset")
+            raise SptError(
+                "method=coop scores one set of class names; a task mixture "
+                f"(data={task.name}) is not supported: use one image dataset"
+            )
         if not hasattr(task, "label_words"):
-            raise SptError(f"method=coop classifies images; data={task.name} is a generation "
-                           "task: use an image dataset (data=cifar10_subset or a coop_* one)")
+            raise SptError(
+                f"method=coop classifies images; data={task.name} is a generation "
+                "task: use an image dataset (data=cifar10_subset or a coop_* one)"
+            )
         self.class_names = [str(w) for w in task.label_words]
         self.length = length
         self.position = class_token_position
         self.class_specific = bool(class_specific)
-        ids, soft = class_prompt_tokens(backbone.tokenizer, self.class_names, length,
-                                        class_token_position)
+        ids, soft = class_prompt_tokens(
+            backbone.tokenizer, self.class_names, length, class_token_position
+        )
         # Rebuilt from the class names on load; not part of the trainable state or artifact.
-        self.register_buffer("class_ids", ids, persistent=False)          # [C, L]
+        self.register_buffer("class_ids", ids, persistent=False)  # [C, L]
         self.register_buffer("class_soft_mask", soft, persistent=False)  # [C, L] bool
         k = len(self.class_names) if self.class_specific else 1
         self.prompt = nn.Parameter(torch.zeros(n_tasks, k, length, backbone.hidden_size))
@@ -137,9 +160,11 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         else:
             ids = self.base.tokenizer(init_text, add_special_tokens=False)["input_ids"]
             if len(ids) != self.length:
-                raise SptError(f"method.init_text={init_text!r} is {len(ids)} tokens but "
-                               f"method.length={self.length}: set method.length={len(ids)} "
-                               "(CoOp's context takes the text's length)")
+                raise SptError(
+                    f"method.init_text={init_text!r} is {len(ids)} tokens but "
+                    f"method.length={self.length}: set method.length={len(ids)} "
+                    "(CoOp's context takes the text's length)"
+                )
             vec = self.base.input_embeddings.weight.detach().float()[ids]
         with torch.no_grad():
             self.prompt.copy_(vec.expand_as(self.prompt))
@@ -149,16 +174,22 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         tensors, meta = load_artifact(path)
         check_base(meta, self.base.identity(), path)
         if meta.get("method") != self.method_name or "prompt" not in tensors:
-            raise SptError(f"{path} is not a CoOp context (method={meta.get('method')!r}): "
-                           "train one with method=coop")
+            raise SptError(
+                f"{path} is not a CoOp context (method={meta.get('method')!r}): "
+                "train one with method=coop"
+            )
         want, got = tuple(self.prompt.shape), tuple(tensors["prompt"].shape)
         if got != want:
-            raise SptError(f"{path} holds a context of shape {list(got)} [n_tasks, classes or 1, "
-                           f"length, dim], this run expects {list(want)}: match method.length, "
-                           "method.class_specific (and the class count) and method.n_tasks")
+            raise SptError(
+                f"{path} holds a context of shape {list(got)} [n_tasks, classes or 1, "
+                f"length, dim], this run expects {list(want)}: match method.length, "
+                "method.class_specific (and the class count) and method.n_tasks"
+            )
         if self.class_specific and meta.get("class_names") != self.class_names:
-            raise SptError(f"{path} holds class-specific contexts for {meta.get('class_names')}, "
-                           f"not this dataset's classes {self.class_names}")
+            raise SptError(
+                f"{path} holds class-specific contexts for {meta.get('class_names')}, "
+                f"not this dataset's classes {self.class_names}"
+            )
         with torch.no_grad():
             self.prompt.copy_(tensors["prompt"])
 
@@ -184,15 +215,19 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         or ``[V, C, length, d]``."""
         n_classes, seq = self.class_ids.shape
         v = contexts.shape[0]
-        ctx = contexts.unsqueeze(1).expand(v, n_classes, *contexts.shape[1:]) \
-            if contexts.dim() == 3 else contexts
+        ctx = (
+            contexts.unsqueeze(1).expand(v, n_classes, *contexts.shape[1:])
+            if contexts.dim() == 3
+            else contexts
+        )
         ids = self.class_ids.expand(v, n_classes, seq).reshape(v * n_classes, seq)
         soft = self.class_soft_mask.expand(v, n_classes, seq).reshape(v * n_classes, seq)
         table = self.base.input_embeddings
         embeds = insert_soft(table(ids), soft, ctx.reshape(v * n_classes, self.length, -1))
         with _replaced_output(table, embeds):
-            out = self.backbone.get_text_features(input_ids=ids,
-                                                  attention_mask=torch.ones_like(ids))
+            out = self.backbone.get_text_features(
+                input_ids=ids, attention_mask=torch.ones_like(ids)
+            )
         return F.normalize(out.pooler_output.float(), dim=-1).reshape(v, n_classes, -1)
 
     def scores_with_prompts(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
@@ -209,7 +244,7 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
     def _logits(self, batch: dict, contexts: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
         """CLIP's scaled cosine logits ``[B, C]`` of each image against the class texts of its
         context ``contexts[which[b]]``."""
-        text = self.text_features(contexts)                   # [V, C, p]
+        text = self.text_features(contexts)  # [V, C, p]
         image = self.image_features(batch["pixel_values"])  # [B, p]
         scale = self.backbone.logit_scale.exp().float()
         return scale * torch.einsum("bp,bcp->bc", image, text[which])
@@ -239,12 +274,14 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         }
 
 
-def class_prompt_tokens(tokenizer, class_names: list[str], length: int,
-                        position: str) -> tuple[torch.Tensor, torch.Tensor]:
+def class_prompt_tokens(
+    tokenizer, class_names: list[str], length: int, position: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids ``[C, L]`` of each class's prompt with ``length`` placeholder slots for the
     context, and the mask of those slots ``[C, L]`` (bool). Sequences are
     ``<start> [layout] . <end>`` padded with the tokenizer's pad id after the end token; the
     layout follows ``position``: ``ctx name``, ``ctx/2 name ctx/2`` or ``name ctx``."""
+
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -261,8 +298,12 @@ def class_prompt_tokens(tokenizer, class_names: list[str], length: int,
         if position == "end":
             parts = [(slot * length, True), (words + dot, False)]
         elif position == "middle":
-            parts = [(slot * half, True), (words, False), (slot * (length - half), True),
-                     (dot, False)]
+            parts = [
+                (slot * half, True),
+                (words, False),
+                (slot * (length - half), True),
+                (dot, False),
+            ]
         else:
             parts = [(words, False), (slot * length, True), (dot, False)]
         ids = start + [i for p, _ in parts for i in p] + end
@@ -288,11 +329,14 @@ def _replaced_output(module: nn.Module, output: torch.Tensor):
 
 def _validate(*, length, position, init, init_text, init_file, init_std, loss, n_tasks) -> None:
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-        raise SptError(f"method.length={length!r}: the context needs at least one vector (an "
-                       "integer >= 1; CoOp uses 16, or 4 with init_text='a photo of a')")
+        raise SptError(
+            f"method.length={length!r}: the context needs at least one vector (an "
+            "integer >= 1; CoOp uses 16, or 4 with init_text='a photo of a')"
+        )
     if position not in POSITIONS:
-        raise SptError(f"method.class_token_position={position!r}: choose one of "
-                       f"{', '.join(POSITIONS)}")
+        raise SptError(
+            f"method.class_token_position={position!r}: choose one of {', '.join(POSITIONS)}"
+        )
     if init not in INITS:
         raise SptError(f"method.init={init!r}: choose one of {', '.join(INITS)}")
     if init == "text" and not init_text:
@@ -302,7 +346,8 @@ def _validate(*, length, position, init, init_text, init_file, init_std, loss, n
     if not isinstance(init_std, int | float) or init_std <= 0:
         raise SptError(f"method.init_std={init_std!r} must be a number > 0 (CoOp: 0.02)")
     if loss != "class_ce":
-        raise SptError(f"method.loss={loss!r}: CoOp trains with class_ce (cross-entropy over "
-                       "CLIP's logits)")
+        raise SptError(
+            f"method.loss={loss!r}: CoOp trains with class_ce (cross-entropy over CLIP's logits)"
+        )
     if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
         raise SptError(f"method.n_tasks={n_tasks!r} must be an integer >= 1")

@@ -122,15 +122,35 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         supports: list[str] | None = None,
     ):
         super().__init__()
-        _validate(n_examples=n_examples, balanced=balanced, separator=separator, init=init,
-                  init_file=init_file, eps_input=eps_input, eps_format=eps_format,
-                  loss_decay=loss_decay, context_loss=context_loss, n_tasks=n_tasks, loss=loss)
+        _validate(
+            n_examples=n_examples,
+            balanced=balanced,
+            separator=separator,
+            init=init,
+            init_file=init_file,
+            eps_input=eps_input,
+            eps_format=eps_format,
+            loss_decay=loss_decay,
+            context_loss=context_loss,
+            n_tasks=n_tasks,
+            loss=loss,
+        )
         dm = datamodule  # an object, not a hyperparameter: setup_method leaves it out
         self.setup_method(
-            inspect.currentframe(), backbone=backbone, task=task,
-            backbone_dropout=backbone_dropout, supports=supports, loss=loss, head_dropout=0.0,
-            head_lr=None, task_names=task_names, n_tasks=n_tasks, optimizer=optimizer,
-            scheduler=scheduler, warmup_steps=warmup_steps)
+            inspect.currentframe(),
+            backbone=backbone,
+            task=task,
+            backbone_dropout=backbone_dropout,
+            supports=supports,
+            loss=loss,
+            head_dropout=0.0,
+            head_lr=None,
+            task_names=task_names,
+            n_tasks=n_tasks,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+        )
         self.use_soft_prompt = True  # False = zero-shot: the query alone, no context
         self.eps_input = float(eps_input)
         self.eps_format = float(eps_format)
@@ -143,15 +163,20 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
             self.load_prompt_file(init_file)
         else:
             if dm is None or not hasattr(dm, "context_examples"):
-                raise SptError("method=cpt builds its context from training rows: pass the "
-                               "text-classification data module (datamodule=...), or load a "
-                               "trained context with method.init=file")
+                raise SptError(
+                    "method=cpt builds its context from training rows: pass the "
+                    "text-classification data module (datamodule=...), or load a "
+                    "trained context with method.init=file"
+                )
             if n_examples > dm.num_rows("train"):
-                raise SptError(f"method.n_examples={n_examples} but data={dm.name} has only "
-                               f"{dm.num_rows('train')} train rows: lower method.n_examples or "
-                               "raise data.train_limit")
-            self._install_context(*self._context_from_data(dm, n_examples, balanced,
-                                                           separator, seed))
+                raise SptError(
+                    f"method.n_examples={n_examples} but data={dm.name} has only "
+                    f"{dm.num_rows('train')} train rows: lower method.n_examples or "
+                    "raise data.train_limit"
+                )
+            self._install_context(
+                *self._context_from_data(dm, n_examples, balanced, separator, seed)
+            )
         self.check_frozen()
 
     # -- the context ------------------------------------------------------------------------
@@ -165,11 +190,15 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
             ids += ex["ids"] + sep
             types += [TOKEN_TYPES[t] for t in ex["types"]] + [FORMAT] * len(sep)
             example += [k_] * (len(ex["ids"]) + len(sep))
-        return (torch.tensor(ids, dtype=torch.long), torch.tensor(types, dtype=torch.long),
-                torch.tensor(example, dtype=torch.long))
+        return (
+            torch.tensor(ids, dtype=torch.long),
+            torch.tensor(types, dtype=torch.long),
+            torch.tensor(example, dtype=torch.long),
+        )
 
-    def _install_context(self, ids: torch.Tensor, types: torch.Tensor,
-                         example: torch.Tensor) -> None:
+    def _install_context(
+        self, ids: torch.Tensor, types: torch.Tensor, example: torch.Tensor
+    ) -> None:
         """Register the context buffers and a zero delta table ``[n_tasks, C, d]``, on the
         backbone's device."""
         emb = self.base.input_embeddings.weight
@@ -186,11 +215,21 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         self._label_positions = labels[labels > 0]  # a label at position 0 has no predictor
         limit = getattr(self.base.config, "max_position_embeddings", None)
         if limit and len(ids) >= limit:
-            log.warning("the CPT context has %d tokens, more than %s's %d positions: lower "
-                        "method.n_examples or data.max_length", len(ids), self.base.name, limit)
+            log.warning(
+                "the CPT context has %d tokens, more than %s's %d positions: lower "
+                "method.n_examples or data.max_length",
+                len(ids),
+                self.base.name,
+                limit,
+            )
         counts = {n: int((types == v).sum()) for n, v in TOKEN_TYPES.items()}
-        log.info("CPT context: %d examples, %d tokens %s: %r", self.n_examples, len(ids), counts,
-                 self.base.tokenizer.decode(ids.tolist())[:300])
+        log.info(
+            "CPT context: %d examples, %d tokens %s: %r",
+            self.n_examples,
+            len(ids),
+            counts,
+            self.base.tokenizer.decode(ids.tolist())[:300],
+        )
 
     @property
     def trainable_mask(self) -> torch.Tensor:
@@ -252,11 +291,17 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         positions = torch.arange(c, device=embeds.device).expand(t, -1)
         pos = self._label_positions.to(embeds.device)
         keep = pos - 1 if with_nll and len(pos) else 1
-        out = self.backbone(inputs_embeds=embeds, attention_mask=positions.new_ones(t, c),
-                            position_ids=positions, use_cache=True, logits_to_keep=keep)
+        out = self.backbone(
+            inputs_embeds=embeds,
+            attention_mask=positions.new_ones(t, c),
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
         cache = out.cache
-        prefix = torch.stack([torch.stack([layer.keys, layer.values], 1)
-                              for layer in cache.layers], 1)  # [T, layers, 2, h, C, hd]
+        prefix = torch.stack(
+            [torch.stack([layer.keys, layer.values], 1) for layer in cache.layers], 1
+        )  # [T, layers, 2, h, C, hd]
         nll = None
         if with_nll:
             nll = embeds.new_zeros(t, self.n_examples, dtype=torch.float32)
@@ -342,7 +387,8 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         (another seed or ``n_examples``), the checkpoint's context replaces them first."""
         keys = ("context_ids", "context_types", "context_example")
         if all(k in state_dict for k in keys) and not torch.equal(
-                state_dict["context_ids"].cpu(), self.context_ids.cpu()):
+            state_dict["context_ids"].cpu(), self.context_ids.cpu()
+        ):
             log.info("the checkpoint's CPT context replaces the sampled one")
             self._install_context(*(state_dict[k].long() for k in keys))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -353,22 +399,30 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         tensors, meta = load_artifact(path)
         check_base(meta, self.base.identity(), path)
         if meta.get("method") != self.method_name:
-            raise SptError(f"{path} holds a method={meta.get('method')} prompt, not a CPT "
-                           "context: train one with method=cpt")
+            raise SptError(
+                f"{path} holds a method={meta.get('method')} prompt, not a CPT "
+                "context: train one with method=cpt"
+            )
         need = ("delta", "context_ids", "context_types", "context_example")
         missing = [k for k in need if k not in tensors]
         if missing:
             raise SptError(f"{path} lacks {missing} (it has {sorted(tensors)})")
         delta, ids, types = tensors["delta"], tensors["context_ids"], tensors["context_types"]
-        if not (len(ids) == len(types) == len(tensors["context_example"])
-                and set(types.tolist()) <= set(TOKEN_TYPES.values())):
-            raise SptError(f"{path}: context_ids, context_types and context_example disagree "
-                           "(a damaged or hand-edited file): save the artifact again")
+        if not (
+            len(ids) == len(types) == len(tensors["context_example"])
+            and set(types.tolist()) <= set(TOKEN_TYPES.values())
+        ):
+            raise SptError(
+                f"{path}: context_ids, context_types and context_example disagree "
+                "(a damaged or hand-edited file): save the artifact again"
+            )
         want = [self.n_tasks, len(ids), self.base.hidden_size]
         if list(delta.shape) != want:
-            raise SptError(f"{path} holds deltas of shape {list(delta.shape)} [n_tasks, "
-                           f"context, dim], this run expects {want}: set "
-                           f"method.n_tasks={delta.shape[0]}")
+            raise SptError(
+                f"{path} holds deltas of shape {list(delta.shape)} [n_tasks, "
+                f"context, dim], this run expects {want}: set "
+                f"method.n_tasks={delta.shape[0]}"
+            )
         self._install_context(ids.long(), types.long(), tensors["context_example"].long())
         with torch.no_grad():
             self.delta.weight.copy_(delta)
@@ -413,18 +467,36 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _validate(*, n_examples, balanced, separator, init, init_file, eps_input, eps_format,
-              loss_decay, context_loss, n_tasks, loss) -> None:
+def _validate(
+    *,
+    n_examples,
+    balanced,
+    separator,
+    init,
+    init_file,
+    eps_input,
+    eps_format,
+    loss_decay,
+    context_loss,
+    n_tasks,
+    loss,
+) -> None:
     if not isinstance(n_examples, int) or isinstance(n_examples, bool) or n_examples < 1:
-        raise SptError(f"method.n_examples={n_examples!r}: the context needs at least one "
-                       "example (an integer >= 1; the paper uses a few, e.g. 4)")
+        raise SptError(
+            f"method.n_examples={n_examples!r}: the context needs at least one "
+            "example (an integer >= 1; the paper uses a few, e.g. 4)"
+        )
     for key, value in (("eps_input", eps_input), ("eps_format", eps_format)):
         if not _number(value) or value < 0:
-            raise SptError(f"method.{key}={value!r} must be a number >= 0 (0 freezes those "
-                           "tokens; the paper's demo uses 0.2 for input, 0.1 for format)")
+            raise SptError(
+                f"method.{key}={value!r} must be a number >= 0 (0 freezes those "
+                "tokens; the paper's demo uses 0.2 for input, 0.1 for format)"
+            )
     if eps_input == 0 and eps_format == 0:
-        raise SptError("method.eps_input=0 and method.eps_format=0 leave nothing to train: "
-                       "give one of them a radius > 0")
+        raise SptError(
+            "method.eps_input=0 and method.eps_format=0 leave nothing to train: "
+            "give one of them a radius > 0"
+        )
     if not _number(loss_decay) or not 0 < loss_decay <= 1:
         raise SptError(f"method.loss_decay={loss_decay!r} must be in (0, 1] (1.0 = no decay)")
     if init not in INITS:

@@ -98,14 +98,34 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         supports: list[str] | None = None,
     ):
         super().__init__()
-        _validate(stage=stage, length=length, rank=rank, init=init, init_text=init_text,
-                  init_file=init_file, teachers=teachers, distill_weight=distill_weight,
-                  source_file=source_file, loss=loss, n_tasks=n_tasks)
+        _validate(
+            stage=stage,
+            length=length,
+            rank=rank,
+            init=init,
+            init_text=init_text,
+            init_file=init_file,
+            teachers=teachers,
+            distill_weight=distill_weight,
+            source_file=source_file,
+            loss=loss,
+            n_tasks=n_tasks,
+        )
         self.setup_method(
-            inspect.currentframe(), backbone=backbone, task=task,
-            backbone_dropout=backbone_dropout, supports=supports, loss=loss,
-            head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
-            optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps)
+            inspect.currentframe(),
+            backbone=backbone,
+            task=task,
+            backbone_dropout=backbone_dropout,
+            supports=supports,
+            loss=loss,
+            head_dropout=head_dropout,
+            head_lr=head_lr,
+            task_names=task_names,
+            n_tasks=n_tasks,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+        )
         self.stage = stage
         self.distill_weight = float(distill_weight)
         g = torch.Generator().manual_seed(seed)
@@ -126,8 +146,9 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
 
     # -- initialisation --------------------------------------------------------------------
     def _init_shared(self, init, init_text, top_k, texts, g) -> None:
-        vec = inits.initial_prompt(init, self.base, self.prompts.length, g, init_text=init_text,
-                                   top_k=top_k, texts=texts)
+        vec = inits.initial_prompt(
+            init, self.base, self.prompts.length, g, init_text=init_text, top_k=top_k, texts=texts
+        )
         with torch.no_grad():
             self.prompts.shared.copy_(vec[0])
 
@@ -137,13 +158,17 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         if meta.get("method") != self.method_name:
             raise SptError(f"{path} was saved by method={meta.get('method')}, not method=mpt")
         if stage is not None and meta.get("stage") != stage:
-            raise SptError(f"{path} is an MPT {meta.get('stage')}-stage artifact; "
-                           f"method.source_file needs the {stage} stage's prompt.safetensors")
+            raise SptError(
+                f"{path} is an MPT {meta.get('stage')}-stage artifact; "
+                f"method.source_file needs the {stage} stage's prompt.safetensors"
+            )
         want = tuple(self.prompts.shared.shape)
         if tuple(tensors["shared"].shape) != want:
-            raise SptError(f"{path} holds a shared prompt of shape "
-                           f"{list(tensors['shared'].shape)}, this run expects {list(want)}: "
-                           f"set method.length={tensors['shared'].shape[0]}")
+            raise SptError(
+                f"{path} holds a shared prompt of shape "
+                f"{list(tensors['shared'].shape)}, this run expects {list(want)}: "
+                f"set method.length={tensors['shared'].shape[0]}"
+            )
         return tensors
 
     def _load_shared(self, path) -> None:
@@ -156,8 +181,10 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         for name in ("u", "v"):
             got, want = tensors[name].shape, getattr(self.prompts, name).shape
             if got != want:
-                raise SptError(f"{path} holds {name} of shape {list(got)}, this run expects "
-                               f"{list(want)}: match method.n_tasks, rank and length")
+                raise SptError(
+                    f"{path} holds {name} of shape {list(got)}, this run expects "
+                    f"{list(want)}: match method.n_tasks, rank and length"
+                )
         with torch.no_grad():
             for name in ("shared", "u", "v"):
                 getattr(self.prompts, name).copy_(tensors[name])
@@ -165,29 +192,39 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
 
     def _load_teachers(self, teachers: dict[str, str]) -> None:
         if self.base.ops.lm_head(self.backbone) is None:  # the hidden states it reads
-            raise SptError("method.teachers: distillation compares LM-head class scores; "
-                           f"{self.base.name} ({self.base.arch}-only) has no LM head: use a "
-                           "decoder-only or encoder-decoder model, or method.teachers=null")
+            raise SptError(
+                "method.teachers: distillation compares LM-head class scores; "
+                f"{self.base.name} ({self.base.arch}-only) has no LM head: use a "
+                "decoder-only or encoder-decoder model, or method.teachers=null"
+            )
         names = [t.name for t in self.tasks]
         if sorted(teachers) != sorted(names):
-            raise SptError(f"method.teachers names {sorted(teachers)} but the tasks are "
-                           f"{names}: give one Prompt Tuning artifact per task")
+            raise SptError(
+                f"method.teachers names {sorted(teachers)} but the tasks are "
+                f"{names}: give one Prompt Tuning artifact per task"
+            )
         table = []
         for info in self.tasks:
             path = teachers[info.name]
             tensors, meta = load_artifact(path)
             check_base(meta, self.base.identity(), path)
             if meta.get("method") != "prompt" or "prompt" not in tensors:
-                raise SptError(f"teacher {path} is not a Prompt Tuning artifact "
-                               f"(method={meta.get('method')}): train it with method=prompt")
+                raise SptError(
+                    f"teacher {path} is not a Prompt Tuning artifact "
+                    f"(method={meta.get('method')}): train it with method=prompt"
+                )
             prompt = tensors["prompt"]
             if prompt.shape[1:] != self.prompts.shared.shape:
-                raise SptError(f"teacher {path} has {prompt.shape[1]} prompt vectors; this run "
-                               f"has method.length={self.prompts.length}: they must match")
+                raise SptError(
+                    f"teacher {path} has {prompt.shape[1]} prompt vectors; this run "
+                    f"has method.length={self.prompts.length}: they must match"
+                )
             if list(meta.get("label_words") or []) != list(info.label_words):
-                raise SptError(f"teacher {path} was trained with label words "
-                               f"{meta.get('label_words')}, task {info.name} uses "
-                               f"{list(info.label_words)}: use the same data config")
+                raise SptError(
+                    f"teacher {path} was trained with label words "
+                    f"{meta.get('label_words')}, task {info.name} uses "
+                    f"{list(info.label_words)}: use the same data config"
+                )
             table.append(prompt[0])
         self.teacher_names = names
         self.teacher_prompts = torch.stack(table)
@@ -208,8 +245,9 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         return insert_soft(embeds, batch["soft_mask"], prompts)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.class_scores(self.embed(batch), batch["attention_mask"],
-                                 task_ids=batch["task_ids"])
+        return self.class_scores(
+            self.embed(batch), batch["attention_mask"], task_ids=batch["task_ids"]
+        )
 
     @contextlib.contextmanager
     def _capture_hidden(self):
@@ -230,18 +268,30 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         with torch.no_grad(), self._capture_hidden() as teacher_hidden:
             teacher = self.class_scores(
                 self.embed(batch, self.teacher_prompts[batch["task_ids"]]),
-                batch["attention_mask"], task_ids=batch["task_ids"])
+                batch["attention_mask"],
+                task_ids=batch["task_ids"],
+            )
         task_loss = classification_loss(scores, batch["labels"], self.loss_kind)
         reg = self.regularize(batch)
         kl = distill_kl(scores, teacher)
         # task groups are scored in the same order for both, with differently shaped hiddens
-        mse = F.mse_loss(torch.cat([h.flatten() for h in student_hidden]).float(),
-                         torch.cat([h.flatten() for h in teacher_hidden]).float())
+        mse = F.mse_loss(
+            torch.cat([h.flatten() for h in student_hidden]).float(),
+            torch.cat([h.flatten() for h in teacher_hidden]).float(),
+        )
         loss = task_loss + self.distill_weight * (kl + mse) + reg
         acc = (scores.argmax(-1) == batch["labels"]).float().mean()
-        self.log_dict({"train/loss": loss, "train/task_loss": task_loss, "train/kl": kl,
-                       "train/mse": mse, "train/acc": acc}, prog_bar=True,
-                      batch_size=len(batch["labels"]))
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/task_loss": task_loss,
+                "train/kl": kl,
+                "train/mse": mse,
+                "train/acc": acc,
+            },
+            prog_bar=True,
+            batch_size=len(batch["labels"]),
+        )
         return check_finite(loss, self.global_step)
 
     def param_groups(self) -> list[dict]:
@@ -251,8 +301,13 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
     # -- artifact --------------------------------------------------------------------------
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
         p = self.prompts
-        return {"prompt": p.table().detach().float(), "shared": p.shared.detach().float(),
-                "u": p.u.detach().float(), "v": p.v.detach().float(), **self.head_tensors()}
+        return {
+            "prompt": p.table().detach().float(),
+            "shared": p.shared.detach().float(),
+            "u": p.u.detach().float(),
+            "v": p.v.detach().float(),
+            **self.head_tensors(),
+        }
 
     def artifact_meta(self) -> dict:
         return {
@@ -280,8 +335,20 @@ def distill_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
-def _validate(*, stage, length, rank, init, init_text, init_file, teachers, distill_weight,
-              source_file, loss, n_tasks) -> None:
+def _validate(
+    *,
+    stage,
+    length,
+    rank,
+    init,
+    init_text,
+    init_file,
+    teachers,
+    distill_weight,
+    source_file,
+    loss,
+    n_tasks,
+) -> None:
     if stage not in STAGES:
         raise SptError(f"method.stage={stage!r}: choose source or target")
     for key, value in (("length", length), ("rank", rank), ("n_tasks", n_tasks)):
@@ -294,11 +361,15 @@ def _validate(*, stage, length, rank, init, init_text, init_file, teachers, dist
     if init == "file" and not init_file:
         raise SptError("method.init=file needs method.init_file=/path/to/prompt.safetensors")
     if stage == "target" and init != "file" and not source_file:
-        raise SptError("method.stage=target needs method.source_file=<source run>/"
-                       "prompt.safetensors (the source stage's artifact)")
+        raise SptError(
+            "method.stage=target needs method.source_file=<source run>/"
+            "prompt.safetensors (the source stage's artifact)"
+        )
     if stage == "target" and teachers:
-        raise SptError("method.teachers is for the source stage; the target stage trains "
-                       "without distillation: drop method.teachers")
+        raise SptError(
+            "method.teachers is for the source stage; the target stage trains "
+            "without distillation: drop method.teachers"
+        )
     if not isinstance(distill_weight, int | float) or distill_weight < 0:
         raise SptError(f"method.distill_weight={distill_weight!r} must be a number >= 0")
     if loss not in LOSSES:

@@ -90,15 +90,41 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
         init_texts: list[str] | None = None,
     ):
         super().__init__()
-        validate_kv(length=length, n_tasks=n_tasks, hidden=hidden, loss=loss, init=init,
-                    init_file=init_file, reference="Li & Liang use 10 for table-to-text")
+        validate_kv(
+            length=length,
+            n_tasks=n_tasks,
+            hidden=hidden,
+            loss=loss,
+            init=init,
+            init_file=init_file,
+            reference="Li & Liang use 10 for table-to-text",
+        )
         self.setup_method(
-            inspect.currentframe(), backbone=backbone, task=task,
-            backbone_dropout=backbone_dropout, supports=supports, loss=loss,
-            head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
-            optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps)
-        self.setup_kv_prompts(n_tasks, length, reparam, hidden, prefix_dropout, init_std, seed,
-                              cross_attention, shared_reparam)
+            inspect.currentframe(),
+            backbone=backbone,
+            task=task,
+            backbone_dropout=backbone_dropout,
+            supports=supports,
+            loss=loss,
+            head_dropout=head_dropout,
+            head_lr=head_lr,
+            task_names=task_names,
+            n_tasks=n_tasks,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+        )
+        self.setup_kv_prompts(
+            n_tasks,
+            length,
+            reparam,
+            hidden,
+            prefix_dropout,
+            init_std,
+            seed,
+            cross_attention,
+            shared_reparam,
+        )
         if init == "file":
             self.load_prefix_file(init_file)
         self.check_frozen()

@@ -79,15 +79,32 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
         supports: list[str] | None = None,
     ):
         super().__init__()
-        _validate(length=length, init=init, loss=loss, n_tasks=n_tasks, init_text=init_text,
-                  init_file=init_file, vocab_top_k=vocab_top_k)
+        _validate(
+            length=length,
+            init=init,
+            loss=loss,
+            n_tasks=n_tasks,
+            init_text=init_text,
+            init_file=init_file,
+            vocab_top_k=vocab_top_k,
+        )
         # The run logs the whole resolved config itself; logger=False keeps Lightning from
         # merging (and clashing with) the data module's hparams.
         self.setup_method(
-            inspect.currentframe(), backbone=backbone, task=task,
-            backbone_dropout=backbone_dropout, supports=supports, loss=loss,
-            head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
-            optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps)
+            inspect.currentframe(),
+            backbone=backbone,
+            task=task,
+            backbone_dropout=backbone_dropout,
+            supports=supports,
+            loss=loss,
+            head_dropout=head_dropout,
+            head_lr=head_lr,
+            task_names=task_names,
+            n_tasks=n_tasks,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+        )
         self.use_soft_prompt = True  # False = zero-shot: the template and verbalizer only
 
         self.prompt = PromptTable(n_tasks, length, backbone.hidden_size)
@@ -100,20 +117,30 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
             self.load_prompt_file(init_file)
             return
         if init == "class_labels" and self.generative:
-            raise SptError(f"method.init=class_labels needs label words; data={self.task.name} "
-                           "is a generation task: set method.init=sampled_vocab (or text, "
-                           "uniform, file)")
+            raise SptError(
+                f"method.init=class_labels needs label words; data={self.task.name} "
+                "is a generation task: set method.init=sampled_vocab (or text, "
+                "uniform, file)"
+            )
         words = None
         if init == "class_labels":  # each task's row from its own label words
             tok = self.base.tokenizer
             words = []
             for info in self.tasks:
-                ids = self.base.ops.label_tokens(tok, list(info.label_words),
-                                                 info.label_after_space).lists()
+                ids = self.base.ops.label_tokens(
+                    tok, list(info.label_words), info.label_after_space
+                ).lists()
                 words.append([[i for i in w if i != tok.eos_token_id] or w for w in ids])
-        vec = inits.initial_prompt(init, self.base, self.prompt.length,
-                                   torch.Generator().manual_seed(seed), init_text=init_text,
-                                   top_k=top_k, texts=texts, label_words=words)
+        vec = inits.initial_prompt(
+            init,
+            self.base,
+            self.prompt.length,
+            torch.Generator().manual_seed(seed),
+            init_text=init_text,
+            top_k=top_k,
+            texts=texts,
+            label_words=words,
+        )
         with torch.no_grad():
             self.prompt.weight.copy_(vec.expand_as(self.prompt.weight))
 
@@ -126,9 +153,11 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
         want = tuple(self.prompt.weight.shape)
         got = tuple(tensors["prompt"].shape)
         if got != want:
-            raise SptError(f"{path} holds a prompt of shape {list(got)} [n_tasks, length, dim], "
-                           f"this run expects {list(want)}: set method.length={got[1]} and "
-                           f"method.n_tasks={got[0]}")
+            raise SptError(
+                f"{path} holds a prompt of shape {list(got)} [n_tasks, length, dim], "
+                f"this run expects {list(want)}: set method.length={got[1]} and "
+                f"method.n_tasks={got[0]}"
+            )
         with torch.no_grad():
             self.prompt.weight.copy_(tensors["prompt"])
         self.load_head_tensors(tensors, path)
@@ -155,8 +184,9 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Class scores ``[B, C]`` for a batch from the data module."""
-        return self.class_scores(self.embed(batch), batch["attention_mask"],
-                                 task_ids=batch["task_ids"])
+        return self.class_scores(
+            self.embed(batch), batch["attention_mask"], task_ids=batch["task_ids"]
+        )
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.prompt.parameters())}, *self.head_param_groups()]
@@ -182,8 +212,10 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
 
 def _validate(*, length, init, loss, n_tasks, init_text, init_file, vocab_top_k) -> None:
     if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-        raise SptError(f"method.length={length!r}: the prompt needs at least one vector "
-                       "(an integer >= 1; Lester et al. use 1-150, 20 by default)")
+        raise SptError(
+            f"method.length={length!r}: the prompt needs at least one vector "
+            "(an integer >= 1; Lester et al. use 1-150, 20 by default)"
+        )
     if not isinstance(n_tasks, int) or n_tasks < 1:
         raise SptError(f"method.n_tasks={n_tasks!r} must be an integer >= 1")
     if init not in inits.INITS:

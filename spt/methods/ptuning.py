@@ -66,8 +66,9 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
     ):
         super().__init__()
         if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-            raise SptError(f"method.length={length!r}: needs at least one pseudo-token "
-                           "(an integer >= 1)")
+            raise SptError(
+                f"method.length={length!r}: needs at least one pseudo-token (an integer >= 1)"
+            )
         if encoder not in ("lstm", "mlp"):
             raise SptError(f"method.encoder={encoder!r}: choose lstm or mlp")
         if hidden is not None and (not isinstance(hidden, int) or hidden < 2):
@@ -75,17 +76,30 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
         if loss not in LOSSES:
             raise SptError(f"method.loss={loss!r}: choose one of {', '.join(LOSSES)}")
         if init not in ("random", "file") or (init == "file" and not init_file):
-            raise SptError(f"method.init={init!r}: choose random, or file with "
-                           "method.init_file=/path/to/prompt.safetensors")
+            raise SptError(
+                f"method.init={init!r}: choose random, or file with "
+                "method.init_file=/path/to/prompt.safetensors"
+            )
         self.setup_method(
-            inspect.currentframe(), backbone=backbone, task=task,
-            backbone_dropout=backbone_dropout, supports=supports, loss=loss,
-            head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
-            optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps)
+            inspect.currentframe(),
+            backbone=backbone,
+            task=task,
+            backbone_dropout=backbone_dropout,
+            supports=supports,
+            loss=loss,
+            head_dropout=head_dropout,
+            head_lr=head_lr,
+            task_names=task_names,
+            n_tasks=n_tasks,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+        )
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.prompt_encoder = PromptEncoder(n_tasks, length, backbone.hidden_size, encoder,
-                                                hidden, encoder_dropout, init_std)
+            self.prompt_encoder = PromptEncoder(
+                n_tasks, length, backbone.hidden_size, encoder, hidden, encoder_dropout, init_std
+            )
         if init == "file":
             self.load_prompt_file(init_file)
         self.check_frozen()
@@ -107,8 +121,9 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
         return insert_soft(embeds, batch["soft_mask"], prompts)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.class_scores(self.embed(batch), batch["attention_mask"],
-                                 task_ids=batch["task_ids"])
+        return self.class_scores(
+            self.embed(batch), batch["attention_mask"], task_ids=batch["task_ids"]
+        )
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.prompt_encoder.parameters())}, *self.head_param_groups()]
@@ -116,8 +131,12 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
     # -- artifact --------------------------------------------------------------------------
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
         out = {"prompt": self.prompt_encoder.table().detach().float()}
-        out.update({f"prompt_encoder.{n}": p.detach().float()
-                    for n, p in self.prompt_encoder.named_parameters()})
+        out.update(
+            {
+                f"prompt_encoder.{n}": p.detach().float()
+                for n, p in self.prompt_encoder.named_parameters()
+            }
+        )
         return {**out, **self.head_tensors()}
 
     def artifact_meta(self) -> dict:
@@ -136,7 +155,11 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
         """Resume from an artifact's encoder weights (same base model and encoder setup)."""
         tensors, meta = load_artifact(path)
         check_base(meta, self.base.identity(), path)
-        load_module_tensors(self.prompt_encoder, tensors, "prompt_encoder.", path,
-                            f"method.length / hidden / encoder; saved by method="
-                            f"{meta.get('method')}")
+        load_module_tensors(
+            self.prompt_encoder,
+            tensors,
+            "prompt_encoder.",
+            path,
+            f"method.length / hidden / encoder; saved by method={meta.get('method')}",
+        )
         self.load_head_tensors(tensors, path)

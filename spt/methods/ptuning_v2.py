@@ -69,8 +69,15 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
         init_texts: list[str] | None = None,
     ):
         super().__init__()
-        validate_kv(length=length, n_tasks=n_tasks, hidden=hidden, loss=loss, init=init,
-                    init_file=init_file, reference="Liu et al. use 20 for classification")
+        validate_kv(
+            length=length,
+            n_tasks=n_tasks,
+            hidden=hidden,
+            loss=loss,
+            init=init,
+            init_file=init_file,
+            reference="Liu et al. use 20 for classification",
+        )
         if pooling not in (None, "auto", "cls", "mean", "pooler"):
             raise SptError(f"method.pooling={pooling!r}: choose auto, pooler, cls, mean or null")
         # auto: the reference classifier reads BERT's pooler output, outputs[1], then dropout
@@ -81,12 +88,24 @@ class PTuningV2(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Light
             raise SptError(f"method.prompt_dropout={prompt_dropout!r} must be in [0, 1)")
         self.pooling = pooling
         self.setup_method(
-            inspect.currentframe(), backbone=backbone, task=task,
-            backbone_dropout=backbone_dropout, supports=supports, loss=loss,
-            head_dropout=head_dropout, head_lr=head_lr, task_names=task_names, n_tasks=n_tasks,
-            optimizer=optimizer, scheduler=scheduler, warmup_steps=warmup_steps, pooling=pooling)
-        self.setup_kv_prompts(n_tasks, length, reparam, hidden, prompt_dropout, init_std, seed,
-                              cross_attention)
+            inspect.currentframe(),
+            backbone=backbone,
+            task=task,
+            backbone_dropout=backbone_dropout,
+            supports=supports,
+            loss=loss,
+            head_dropout=head_dropout,
+            head_lr=head_lr,
+            task_names=task_names,
+            n_tasks=n_tasks,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+            pooling=pooling,
+        )
+        self.setup_kv_prompts(
+            n_tasks, length, reparam, hidden, prompt_dropout, init_std, seed, cross_attention
+        )
         if init == "file":
             self.load_prefix_file(init_file)
         self.check_frozen()

@@ -17,8 +17,14 @@ class LowRankTaskPrompts(nn.Module):
     ``forward(task_ids [B]) -> [B, length, d]``; ``table() -> [n_tasks, length, d]``.
     """
 
-    def __init__(self, n_tasks: int, length: int, d: int, rank: int = 1,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        n_tasks: int,
+        length: int,
+        d: int,
+        rank: int = 1,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         self.rank = rank
         self.shared = nn.Parameter(torch.zeros(length, d))
@@ -41,5 +47,6 @@ class LowRankTaskPrompts(nn.Module):
         return self.shared.unsqueeze(0) * self.task_matrices()
 
     def forward(self, task_ids: torch.Tensor) -> torch.Tensor:
-        return self.shared.unsqueeze(0) * (torch.bmm(self.u[task_ids], self.v[task_ids])
-                                           / self.rank)
+        return self.shared.unsqueeze(0) * (
+            torch.bmm(self.u[task_ids], self.v[task_ids]) / self.rank
+        )

@@ -24,9 +24,20 @@ class PrefixEncoder(nn.Module):
     the third axis is keys, 1 values.
     """
 
-    def __init__(self, n_tasks: int, length: int, n_layers: int, n_kv_heads: int, head_dim: int,
-                 d_model: int, reparam: bool = True, hidden: int = 512, dropout: float = 0.0,
-                 init_std: float = 0.02, blocks: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        n_tasks: int,
+        length: int,
+        n_layers: int,
+        n_kv_heads: int,
+        head_dim: int,
+        d_model: int,
+        reparam: bool = True,
+        hidden: int = 512,
+        dropout: float = 0.0,
+        init_std: float = 0.02,
+        blocks: tuple[int, ...] | None = None,
+    ):
         super().__init__()
         self.shape = (n_layers, 2, n_kv_heads, head_dim)
         out = n_layers * 2 * n_kv_heads * head_dim
@@ -40,8 +51,18 @@ class PrefixEncoder(nn.Module):
             if sum(blocks) != n_layers:
                 raise ValueError(f"blocks {blocks} do not add up to {n_layers} layers")
             self.blocks = nn.ModuleList(
-                PrefixEncoder(n_tasks, length, b, n_kv_heads, head_dim, d_model, hidden=hidden,
-                              init_std=init_std) for b in blocks)
+                PrefixEncoder(
+                    n_tasks,
+                    length,
+                    b,
+                    n_kv_heads,
+                    head_dim,
+                    d_model,
+                    hidden=hidden,
+                    init_std=init_std,
+                )
+                for b in blocks
+            )
         elif reparam:
             self.embedding = nn.Parameter(torch.randn(n_tasks, length, d_model) * init_std)
             self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.Tanh(), nn.Linear(hidden, out))

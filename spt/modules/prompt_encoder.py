@@ -15,15 +15,29 @@ class PromptEncoder(nn.Module):
     once per step, not once per batch row.
     """
 
-    def __init__(self, n_tasks: int, length: int, dim: int, kind: str = "lstm",
-                 hidden: int | None = None, dropout: float = 0.0, init_std: float = 1.0):
+    def __init__(
+        self,
+        n_tasks: int,
+        length: int,
+        dim: int,
+        kind: str = "lstm",
+        hidden: int | None = None,
+        dropout: float = 0.0,
+        init_std: float = 1.0,
+    ):
         super().__init__()
         hidden = hidden or dim
         self.kind = kind
         self.embedding = nn.Parameter(torch.randn(n_tasks, length, dim) * init_std)
         if kind == "lstm":
-            self.lstm = nn.LSTM(dim, hidden // 2, num_layers=2, bidirectional=True,
-                                batch_first=True, dropout=dropout)
+            self.lstm = nn.LSTM(
+                dim,
+                hidden // 2,
+                num_layers=2,
+                bidirectional=True,
+                batch_first=True,
+                dropout=dropout,
+            )
             self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim))
         elif kind == "mlp":
             self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))

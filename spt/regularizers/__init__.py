@@ -16,8 +16,11 @@ def methods_providing(names: tuple[str, ...]) -> list[str]:
     attribute in ``names``."""
     from spt import methods
 
-    return sorted(n for n, info in methods.registry().items()
-                  if all(callable(getattr(info.cls, a, None)) for a in names))
+    return sorted(
+        n
+        for n, info in methods.registry().items()
+        if all(callable(getattr(info.cls, a, None)) for a in names)
+    )
 
 
 def attach(regularizer, method) -> None:
@@ -28,9 +31,11 @@ def attach(regularizer, method) -> None:
     missing = [n for n in needs if not callable(getattr(method, n, None))]
     if missing:
         works = methods_providing(needs)
-        raise SptError(f"regularizer={name} works on soft-prompt vectors and method={method_name} "
-                       f"has none (no {', '.join(missing)}): use method={' | '.join(works)}, or "
-                       "regularizer=none")
+        raise SptError(
+            f"regularizer={name} works on soft-prompt vectors and method={method_name} "
+            f"has none (no {', '.join(missing)}): use method={' | '.join(works)}, or "
+            "regularizer=none"
+        )
     check = getattr(regularizer, "check", None)
     if check is not None:
         check(method)

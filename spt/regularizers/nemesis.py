@@ -92,8 +92,9 @@ def sample_positions(n_positions: int, k: int, generator: torch.Generator | None
     return torch.randperm(n_positions, generator=generator)[:k]
 
 
-def corrupted_prompts(prompts: torch.Tensor, positions: torch.Tensor,
-                      weight: float) -> torch.Tensor:
+def corrupted_prompts(
+    prompts: torch.Tensor, positions: torch.Tensor, weight: float
+) -> torch.Tensor:
     """``prompts [B, ..., N, d]`` -> ``[(K + 1) * B, ..., N, d]``: the prompts unchanged, then one
     copy per position in ``positions [K]`` with that position's vector times ``weight``
     (variant-major, as :func:`stack_batch` repeats the batch). Middle axes (e.g. CoOp's
@@ -124,8 +125,9 @@ def probe_scores(module, batch: dict, positions: torch.Tensor, weight: float) ->
     variants stacked along the batch axis."""
     prompts = module.soft_prompts(batch["task_ids"])
     copies = len(positions) + 1
-    scores = module.scores_with_prompts(stack_batch(batch, copies),
-                                        corrupted_prompts(prompts, positions, weight))
+    scores = module.scores_with_prompts(
+        stack_batch(batch, copies), corrupted_prompts(prompts, positions, weight)
+    )
     return scores.reshape(copies, len(batch["labels"]), -1)
 
 
@@ -144,9 +146,11 @@ def training_progress(trainer) -> tuple[float, float]:
     batches = trainer.num_training_batches
     total_steps = trainer.estimated_stepping_batches
     if not (math.isfinite(batches) and math.isfinite(total_steps)) or batches < 1:
-        raise SptError("regularizer=nemesis schedules its weight over the run's epochs: train on "
-                       "a sized dataset for a finite trainer.max_steps or trainer.max_epochs, or "
-                       "set regularizer.schedule=constant")
+        raise SptError(
+            "regularizer=nemesis schedules its weight over the run's epochs: train on "
+            "a sized dataset for a finite trainer.max_steps or trainer.max_epochs, or "
+            "set regularizer.schedule=constant"
+        )
     per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
     return trainer.global_step / per_epoch, total_steps / per_epoch
 
@@ -194,24 +198,38 @@ class Nemesis:
     requires = ("soft_prompts", "scores_with_prompts")  # what a method must provide
     every_step_logs = ("train/prompt_norm/",)  # written at every step, not every n-th
 
-    def __init__(self, weight: float = 1.0, p=2, n_positions: int = 1,
-                 corruption_weight: float = 0.001, beta: float = 0.5,
-                 schedule: str = "logistic", growth: float = 0.2, seed: int = 0):
+    def __init__(
+        self,
+        weight: float = 1.0,
+        p=2,
+        n_positions: int = 1,
+        corruption_weight: float = 0.001,
+        beta: float = 0.5,
+        schedule: str = "logistic",
+        growth: float = 0.2,
+        seed: int = 0,
+    ):
         if p not in NORM_ORDERS:
             raise SptError(f"regularizer.p={p!r}: choose 1, 2 or inf")
-        for key, value in (("weight", weight), ("corruption_weight", corruption_weight),
-                           ("growth", growth)):
+        for key, value in (
+            ("weight", weight),
+            ("corruption_weight", corruption_weight),
+            ("growth", growth),
+        ):
             if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
                 raise SptError(f"regularizer.{key}={value!r} must be a number >= 0")
         if not isinstance(beta, int | float) or not 0 <= beta <= 1:
-            raise SptError(f"regularizer.beta={beta!r} must be in [0, 1] (1 = PUN only, "
-                           "0 = PAN only)")
+            raise SptError(
+                f"regularizer.beta={beta!r} must be in [0, 1] (1 = PUN only, 0 = PAN only)"
+            )
         self.random_positions = isinstance(n_positions, str) and n_positions.startswith("random")
-        if self.random_positions and n_positions[len("random"):].isdigit():
-            n_positions = int(n_positions[len("random"):])
+        if self.random_positions and n_positions[len("random") :].isdigit():
+            n_positions = int(n_positions[len("random") :])
         if not isinstance(n_positions, int) or isinstance(n_positions, bool) or n_positions < 1:
-            raise SptError(f"regularizer.n_positions={n_positions!r} must be an integer >= 1 "
-                           "or random<n> (n random positions, unprobed)")
+            raise SptError(
+                f"regularizer.n_positions={n_positions!r} must be an integer >= 1 "
+                "or random<n> (n random positions, unprobed)"
+            )
         if schedule not in SCHEDULES:
             raise SptError(f"regularizer.schedule={schedule!r}: choose {' or '.join(SCHEDULES)}")
         self.weight = float(weight)
@@ -226,13 +244,17 @@ class Nemesis:
     def check(self, method) -> None:
         """Refuse, before training, a method this regularizer cannot serve."""
         if getattr(method, "generative", False):
-            raise SptError(f"regularizer={self.name} compares class scores (PAN counts correct "
-                           f"rows); data={method.task.name} is a generation task: use a "
-                           "classification dataset or regularizer=none")
+            raise SptError(
+                f"regularizer={self.name} compares class scores (PAN counts correct "
+                f"rows); data={method.task.name} is a generation task: use a "
+                "classification dataset or regularizer=none"
+            )
         n = method.n_soft_tokens
         if self.beta < 1 and self.n_positions > n:
-            raise SptError(f"regularizer.n_positions={self.n_positions} exceeds the prompt's {n} "
-                           f"vectors: set regularizer.n_positions between 1 and {n}")
+            raise SptError(
+                f"regularizer.n_positions={self.n_positions} exceeds the prompt's {n} "
+                f"vectors: set regularizer.n_positions between 1 and {n}"
+            )
 
     def weight_at(self, epoch: float | None, total_epochs: float | None) -> float:
         """``omega`` at ``epoch`` of ``total_epochs`` (1 throughout when constant)."""
@@ -240,8 +262,9 @@ class Nemesis:
             return 1.0
         return omega(epoch, total_epochs, self.growth)
 
-    def __call__(self, module, batch: dict, *, epoch: float | None = None,
-                 total_epochs: float | None = None) -> tuple[torch.Tensor, dict]:
+    def __call__(
+        self, module, batch: dict, *, epoch: float | None = None, total_epochs: float | None = None
+    ) -> tuple[torch.Tensor, dict]:
         if self.schedule == "logistic" and (epoch is None or total_epochs is None):
             epoch, total_epochs = training_progress(module.trainer)
         w = self.weight_at(epoch, total_epochs)

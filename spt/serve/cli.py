@@ -19,6 +19,7 @@ log = logging.getLogger("spt.serve")
 
 # -- command line ----------------------------------------------------------------------------
 
+
 def _parse_run(text: str) -> tuple[str | None, str]:
     """``NAME=DIR`` or ``DIR`` (a ``=`` inside a path, after a ``/``, is part of the path)."""
     name, sep, path = text.partition("=")
@@ -30,7 +31,7 @@ def _parse_run(text: str) -> tuple[str | None, str]:
 def _read_jsonl(path: str) -> list[dict]:
     f = sys.stdin if path == "-" else None
     try:
-        lines = (f.read() if f else Path(path).expanduser().read_text(encoding="utf-8"))
+        lines = f.read() if f else Path(path).expanduser().read_text(encoding="utf-8")
     except OSError as err:
         raise SptError(f"cannot read --input {path}: {err}") from None
     rows = []
@@ -40,8 +41,10 @@ def _read_jsonl(path: str) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except ValueError as err:
-            raise SptError(f"{path} line {n} is not JSON ({err}): write one "
-                           '{"task": ..., "text": {...}} object per line') from None
+            raise SptError(
+                f"{path} line {n} is not JSON ({err}): write one "
+                '{"task": ..., "text": {...}} object per line'
+            ) from None
     return rows
 
 
@@ -52,15 +55,24 @@ def _server(args) -> PromptServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spt.serve", description=__doc__.split(
-        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m spt.serve",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_runs(p):
-        p.add_argument("--run", action="append", required=True, metavar="[TASK=]DIR",
-                       help="a run directory to serve, optionally named (repeat per task)")
-        p.add_argument("--threads", type=int, default=0,
-                       help="torch intra-op threads (0 = torch's default)")
+        p.add_argument(
+            "--run",
+            action="append",
+            required=True,
+            metavar="[TASK=]DIR",
+            help="a run directory to serve, optionally named (repeat per task)",
+        )
+        p.add_argument(
+            "--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)"
+        )
 
     p = sub.add_parser("predict", help="classify the rows of a JSON-lines file")
     add_runs(p)
@@ -72,10 +84,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="rows per forward at most")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long the first request of a batch waits for company")
-    p.add_argument("--access-log", action="store_true",
-                   help="log every request (off by default: it costs throughput)")
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long the first request of a batch waits for company",
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log every request (off by default: it costs throughput)",
+    )
 
     p = sub.add_parser("load-test", help="measure a running server")
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -85,13 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows-per-request", type=int, default=1)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per load-test request
     try:
         if args.command == "load-test":
-            print(json.dumps(load_test(args.url, _read_jsonl(args.input), args.concurrency,
-                                       args.duration, args.rows_per_request)))
+            print(
+                json.dumps(
+                    load_test(
+                        args.url,
+                        _read_jsonl(args.input),
+                        args.concurrency,
+                        args.duration,
+                        args.rows_per_request,
+                    )
+                )
+            )
             return 0
         if args.command == "predict":
             if args.batch_size < 1:
@@ -101,14 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "predict":
             server.check_rows(rows)  # every row, before the first forward
             for start in range(0, len(rows), args.batch_size):
-                for pred in server.predict(rows[start:start + args.batch_size]):
+                for pred in server.predict(rows[start : start + args.batch_size]):
                     print(json.dumps(pred))
             return 0
         import uvicorn
 
         app = create_app(server, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info",
-                    access_log=args.access_log)
+        uvicorn.run(
+            app, host=args.host, port=args.port, log_level="info", access_log=args.access_log
+        )
         return 0
     except Exception as exc:  # a user error (also behind Hydra's wrapper): one line, status 2
         return cli_error(exc)

@@ -18,6 +18,7 @@ log = logging.getLogger("spt.serve")
 
 # -- HTTP: dynamic batching ------------------------------------------------------------------
 
+
 class Batcher:
     """Gathers concurrent requests into one :meth:`PromptServer.predict` call.
 
@@ -51,11 +52,17 @@ class Batcher:
         """Counters since start: ``batches``, ``rows``, ``requests``, ``rows_per_batch_mean``,
         ``requests_per_batch_mean``, ``max_rows``, ``batch_sizes`` (rows -> batches)."""
         n = max(1, self.batches)
-        return {"batches": self.batches, "rows": self.rows, "requests": self.requests,
-                "rows_per_batch_mean": self.rows / n, "requests_per_batch_mean":
-                self.requests / n, "max_rows": self.max_rows,
-                "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
-                "max_batch": self.max_batch, "max_wait_ms": self.max_wait * 1000.0}
+        return {
+            "batches": self.batches,
+            "rows": self.rows,
+            "requests": self.requests,
+            "rows_per_batch_mean": self.rows / n,
+            "requests_per_batch_mean": self.requests / n,
+            "max_rows": self.max_rows,
+            "batch_sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+            "max_batch": self.max_batch,
+            "max_wait_ms": self.max_wait * 1000.0,
+        }
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
@@ -132,7 +139,7 @@ class Batcher:
         start = 0
         for request, future in batch:
             if not future.done():  # a client that went away leaves a cancelled future
-                future.set_result(preds[start:start + len(request)])
+                future.set_result(preds[start : start + len(request)])
             start += len(request)
 
 
@@ -166,16 +173,20 @@ def create_app(server: PromptServer, max_batch: int = 32, max_wait_ms: float = 5
         finally:
             await batcher.stop()
 
-    app = FastAPI(title="spt prompt server", lifespan=lifespan,
-                  description="Soft prompts of several tasks on one frozen backbone.")
+    app = FastAPI(
+        title="spt prompt server",
+        lifespan=lifespan,
+        description="Soft prompts of several tasks on one frozen backbone.",
+    )
     app.state.batcher = batcher
     app.state.server = server
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # no traceback to clients
         log.exception("request failed")
-        return JSONResponse(status_code=500,
-                            content={"detail": f"internal error: {type(exc).__name__}: {exc}"})
+        return JSONResponse(
+            status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"}
+        )
 
     @app.get("/health")
     async def health() -> dict:

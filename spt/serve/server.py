@@ -34,6 +34,7 @@ def served_methods() -> list[str]:
 
 # -- runs ----------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class _Run:
     """One run directory: its resolved config and its prompt artifact."""
@@ -58,16 +59,22 @@ def _read_run(name: str | None, path: str | Path) -> _Run:
     path = Path(path).expanduser()
     run_dir = path.parent if path.suffix in (".safetensors", ".json") else path
     if not run_dir.is_dir():
-        raise SptError(f"run directory not found: {run_dir} (pass the directory spt.run "
-                       "printed, holding config.yaml and prompt.safetensors)")
+        raise SptError(
+            f"run directory not found: {run_dir} (pass the directory spt.run "
+            "printed, holding config.yaml and prompt.safetensors)"
+        )
     config = run_dir / "config.yaml"
     if not config.is_file():
-        raise SptError(f"{run_dir} is not a run directory: it has no config.yaml (spt.run writes "
-                       "one with prompt.safetensors when a run finishes)")
+        raise SptError(
+            f"{run_dir} is not a run directory: it has no config.yaml (spt.run writes "
+            "one with prompt.safetensors when a run finishes)"
+        )
     artifact = run_dir / "prompt.safetensors"
     if not artifact.is_file():
-        raise SptError(f"{run_dir} has no prompt.safetensors: a zero-shot run (zero_shot=true) "
-                       "or an unfinished one; serve a trained run")
+        raise SptError(
+            f"{run_dir} has no prompt.safetensors: a zero-shot run (zero_shot=true) "
+            "or an unfinished one; serve a trained run"
+        )
     try:
         cfg = OmegaConf.load(config)
     except Exception as err:  # a YAML parse error from a hand-edited file
@@ -78,24 +85,33 @@ def _read_run(name: str | None, path: str | Path) -> _Run:
     tensors, meta = load_artifact(artifact)
     run = _Run(name, run_dir, cfg, tensors, meta)
     if run.method not in served_methods():
-        raise SptError(f"{run_dir} holds a method={run.method} prompt, which spt.serve does "
-                       f"not serve: it serves method={', '.join(served_methods())} "
-                       "(classification runs)")
+        raise SptError(
+            f"{run_dir} holds a method={run.method} prompt, which spt.serve does "
+            f"not serve: it serves method={', '.join(served_methods())} "
+            "(classification runs)"
+        )
     if meta.get("task_kind") == "text-to-text" or "label_names" not in meta:
-        raise SptError(f"{run_dir} is a text-to-text run (data={meta.get('data')}): spt.serve "
-                       "serves classification prompts; generate text with spt.generate")
+        raise SptError(
+            f"{run_dir} is a text-to-text run (data={meta.get('data')}): spt.serve "
+            "serves classification prompts; generate text with spt.generate"
+        )
     if meta.get("n_tasks", 1) != 1:
-        raise SptError(f"{run_dir} holds a {meta.get('n_tasks')}-task prompt table "
-                       f"({meta.get('task_names')}): spt.serve stacks single-task runs; serve "
-                       "runs trained on one task each")
+        raise SptError(
+            f"{run_dir} holds a {meta.get('n_tasks')}-task prompt table "
+            f"({meta.get('task_names')}): spt.serve stacks single-task runs; serve "
+            "runs trained on one task each"
+        )
     return run
 
 
 def _normalise_runs(runs) -> list[tuple[str | None, str | Path]]:
     if isinstance(runs, (str, Path)):
         runs = [runs]
-    items = list(runs.items()) if isinstance(runs, Mapping) else [
-        tuple(r) if isinstance(r, tuple) else (None, r) for r in runs]
+    items = (
+        list(runs.items())
+        if isinstance(runs, Mapping)
+        else [tuple(r) if isinstance(r, tuple) else (None, r) for r in runs]
+    )
     if not items:
         raise SptError("no runs to serve: give at least one run directory")
     for name, _ in items:
@@ -114,12 +130,15 @@ def _check_same_base(runs: list[_Run]) -> None:
                 f"{run.dir} was trained on base model {run.base.get('name')!r} (fingerprint "
                 f"{run.base.get('fingerprint')}) but {first.dir} on {first.base.get('name')!r} "
                 f"(fingerprint {first.base.get('fingerprint')}): one server loads one backbone. "
-                "Serve them from two servers, or train both prompts on the same model.")
+                "Serve them from two servers, or train both prompts on the same model."
+            )
         pools = [r.cfg.model.get("pooling") for r in (first, run)]
         if pools[0] != pools[1]:
-            raise SptError(f"{run.dir} was trained with model.pooling={pools[1]} but {first.dir} "
-                           f"with model.pooling={pools[0]}: the served backbone pools one way; "
-                           "serve them from two servers")
+            raise SptError(
+                f"{run.dir} was trained with model.pooling={pools[1]} but {first.dir} "
+                f"with model.pooling={pools[0]}: the served backbone pools one way; "
+                "serve them from two servers"
+            )
 
 
 def _data_module(run: _Run, backbone):
@@ -130,27 +149,35 @@ def _data_module(run: _Run, backbone):
     if data.get("hub") and data.get("root"):
         data["root"], data["local"] = None, None
     if "tasks" in data:
-        raise SptError(f"{run.dir}: data={data.get('name')} is a task mixture: spt.serve stacks "
-                       "single-task runs")
+        raise SptError(
+            f"{run.dir}: data={data.get('name')} is a task mixture: spt.serve stacks "
+            "single-task runs"
+        )
     try:
-        dm = instantiate(OmegaConf.create(data), _partial_=True)(tokenizer=backbone.tokenizer,
-                                                                 arch=backbone.arch)
+        dm = instantiate(OmegaConf.create(data), _partial_=True)(
+            tokenizer=backbone.tokenizer, arch=backbone.arch
+        )
     except SptError as err:
         raise SptError(f"{run.dir}: cannot rebuild its data settings: {err}") from None
     if not hasattr(dm, "encoder") or not hasattr(dm.task, "label_words"):
-        raise SptError(f"{run.dir}: data={dm.name} ({type(dm).__name__}) is not a text "
-                       "classification task: spt.serve serves classification prompts")
+        raise SptError(
+            f"{run.dir}: data={dm.name} ({type(dm).__name__}) is not a text "
+            "classification task: spt.serve serves classification prompts"
+        )
     return dm
 
 
 def _check_labels(run: _Run, dm) -> None:
     saved = [str(x) for x in run.meta.get("label_names") or []]
     if saved and saved != list(dm.label_names):
-        raise SptError(f"{run.dir}: the artifact's label names {saved} differ from its "
-                       f"config.yaml's {list(dm.label_names)}: the run directory was edited")
+        raise SptError(
+            f"{run.dir}: the artifact's label names {saved} differ from its "
+            f"config.yaml's {list(dm.label_names)}: the run directory was edited"
+        )
 
 
 # -- the server ----------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class _Task:
@@ -185,14 +212,20 @@ def _group_key(run: _Run) -> tuple:
     if info.prompt == "input":
         return ("input", int(_tensor(run, "prompt").shape[1]))
     settings = tuple(sorted(info.cls.serving_settings(run.cfg.method).items()))
-    return (run.method, int(_tensor(run, "prefix").shape[1]),
-            bool(run.meta.get("cross_attention", False)), settings)
+    return (
+        run.method,
+        int(_tensor(run, "prefix").shape[1]),
+        bool(run.meta.get("cross_attention", False)),
+        settings,
+    )
 
 
 def _tensor(run: _Run, key: str) -> torch.Tensor:
     if key not in run.tensors:
-        raise SptError(f"{run.dir}/prompt.safetensors holds no {key!r} tensor (it has "
-                       f"{sorted(run.tensors)}): re-save it with this version of spt.run")
+        raise SptError(
+            f"{run.dir}/prompt.safetensors holds no {key!r} tensor (it has "
+            f"{sorted(run.tensors)}): re-save it with this version of spt.run"
+        )
     return run.tensors[key]
 
 
@@ -206,19 +239,21 @@ def _build_group(key: tuple, backbone, names: list[str], runs: list[_Run], tasks
         table, name = module.prompt.weight, "prompt"
     else:
         cls = methods.get(key[0]).cls
-        module = cls(length=key[1], reparam=False, cross_attention=key[2], **dict(key[3]),
-                     **common)
+        module = cls(length=key[1], reparam=False, cross_attention=key[2], **dict(key[3]), **common)
         table, name = module.prefix.weight, "prefix"
     with torch.no_grad():
         for t, run in enumerate(runs):
             saved = _tensor(run, name)
             if tuple(saved.shape[1:]) != tuple(table.shape[1:]):
-                raise SptError(f"{run.dir}: {name} has shape {list(saved.shape)}, the served "
-                               f"backbone expects [1, {', '.join(map(str, table.shape[1:]))}]")
+                raise SptError(
+                    f"{run.dir}: {name} has shape {list(saved.shape)}, the served "
+                    f"backbone expects [1, {', '.join(map(str, table.shape[1:]))}]"
+                )
             table[t].copy_(saved[0])
             if module.head is not None:
-                load_module_tensors(module.head[t], run.tensors, "head.", run.dir,
-                                    "the run's data.label_names")
+                load_module_tensors(
+                    module.head[t], run.tensors, "head.", run.dir, "the run's data.label_names"
+                )
     module.requires_grad_(False)
     return module.to(next(backbone.model.parameters()).device).eval()
 
@@ -255,11 +290,14 @@ class PromptServer:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             dirs = [str(r.dir) for r, n in zip(loaded, names, strict=True) if n in repeated]
-            raise SptError(f"task name(s) {repeated} are given to several runs ({dirs}): name "
-                           "each run, e.g. --run sst2_a=DIR --run sst2_b=DIR or "
-                           "from_runs({'sst2_a': dir1, 'sst2_b': dir2})")
-        log.info("loading backbone <%s> from %s", loaded[0].cfg.model.get("_target_"),
-                 loaded[0].dir)
+            raise SptError(
+                f"task name(s) {repeated} are given to several runs ({dirs}): name "
+                "each run, e.g. --run sst2_a=DIR --run sst2_b=DIR or "
+                "from_runs({'sst2_a': dir1, 'sst2_b': dir2})"
+            )
+        log.info(
+            "loading backbone <%s> from %s", loaded[0].cfg.model.get("_target_"), loaded[0].dir
+        )
         backbone = instantiate(loaded[0].cfg.model)
         for run in loaded:
             check_base(run.meta, backbone.identity(), run.dir / "prompt.safetensors")
@@ -281,8 +319,9 @@ class PromptServer:
                 data[n].n_soft = module.n_soft_tokens
                 tasks[n] = _Task(n, loaded[i].dir, loaded[i].method, data[n], g, row)
             pad = data[gnames[0]].pad_id
-            groups.append(_Group(key, module, gnames,
-                                 MixCollator(pad, left=backbone.ops.left_padded)))
+            groups.append(
+                _Group(key, module, gnames, MixCollator(pad, left=backbone.ops.left_padded))
+            )
             log.info("serving %s as one %s table", gnames, key[0])
         return cls(backbone, tasks, groups)
 
@@ -291,16 +330,27 @@ class PromptServer:
     def tasks(self) -> dict[str, dict]:
         """Task name -> ``fields`` (the template's text fields), ``labels``, ``method``,
         ``template`` and ``run``."""
-        return {n: {"fields": t.fields, "labels": t.labels, "method": t.method,
-                    "template": t.data.template, "run": str(t.run)}
-                for n, t in self._tasks.items()}
+        return {
+            n: {
+                "fields": t.fields,
+                "labels": t.labels,
+                "method": t.method,
+                "template": t.data.template,
+                "run": str(t.run),
+            }
+            for n, t in self._tasks.items()
+        }
 
     def describe(self) -> dict:
         """The backbone's identity and the served tasks (what ``GET /health`` reports)."""
         ident = self.backbone.identity()
-        return {"backbone": ident["name"], "arch": ident["arch"],
-                "fingerprint": ident["fingerprint"], "tasks": self.tasks,
-                "groups": [g.tasks for g in self._groups]}
+        return {
+            "backbone": ident["name"],
+            "arch": ident["arch"],
+            "fingerprint": ident["fingerprint"],
+            "tasks": self.tasks,
+            "groups": [g.tasks for g in self._groups],
+        }
 
     # -- inference -------------------------------------------------------------------------
     def check_rows(self, rows: Iterable) -> list[tuple[_Task, dict[str, str]]]:
@@ -311,24 +361,33 @@ class PromptServer:
         out = []
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping) or "task" not in row or "text" not in row:
-                raise SptError(f"row {i} must be {{'task': name, 'text': {{field: value}}}}, "
-                               f"got {str(row)[:120]}")
+                raise SptError(
+                    f"row {i} must be {{'task': name, 'text': {{field: value}}}}, "
+                    f"got {str(row)[:120]}"
+                )
             task = self._tasks.get(row["task"]) if isinstance(row["task"], str) else None
             if task is None:
-                raise SptError(f"row {i}: unknown task {row['task']!r}; this server knows "
-                               f"{sorted(self._tasks)}")
+                raise SptError(
+                    f"row {i}: unknown task {row['task']!r}; this server knows "
+                    f"{sorted(self._tasks)}"
+                )
             text = row["text"]
             if not isinstance(text, Mapping):
-                raise SptError(f"row {i}: 'text' must map field names to strings, e.g. "
-                               f"{ {f: '...' for f in task.fields} }")
+                raise SptError(
+                    f"row {i}: 'text' must map field names to strings, e.g. "
+                    f"{ {f: '...' for f in task.fields} }"
+                )
             missing = [f for f in task.fields if f not in text]
             if missing:
-                raise SptError(f"row {i}: task {task.name!r} needs text field(s) {missing}; its "
-                               f"template {task.data.template!r} uses {task.fields}")
+                raise SptError(
+                    f"row {i}: task {task.name!r} needs text field(s) {missing}; its "
+                    f"template {task.data.template!r} uses {task.fields}"
+                )
             bad = [f for f in task.fields if not isinstance(text[f], str)]
             if bad:
-                raise SptError(f"row {i}: text field(s) {bad} of task {task.name!r} must be "
-                               "strings")
+                raise SptError(
+                    f"row {i}: text field(s) {bad} of task {task.name!r} must be strings"
+                )
             out.append((task, {f: text[f] for f in task.fields}))
         return out
 
@@ -343,8 +402,9 @@ class PromptServer:
             task = self._tasks[name]
             dm = task.data
             texts = {f: [rows[i][1][f] for i in idx] for f in task.fields}
-            enc = EncodedDataset(dm.encoder.encode(texts, dm.n_soft, dm.max_length,
-                                                   dm.label_reserve), [0] * len(idx))
+            enc = EncodedDataset(
+                dm.encoder.encode(texts, dm.n_soft, dm.max_length, dm.label_reserve), [0] * len(idx)
+            )
             for j, i in enumerate(idx):  # the data module's own row layout, plus the task
                 encoded[i] = {**enc[j], "task": task.row}
         batch = group.collator(encoded)
@@ -370,6 +430,9 @@ class PromptServer:
                     task = checked[i][0]
                     values = row_scores[: len(task.labels)]
                     best = max(range(len(values)), key=values.__getitem__)
-                    out[i] = {"task": task.name, "label": task.labels[best],
-                              "scores": dict(zip(task.labels, values, strict=True))}
+                    out[i] = {
+                        "task": task.name,
+                        "label": task.labels[best],
+                        "scores": dict(zip(task.labels, values, strict=True)),
+                    }
         return out

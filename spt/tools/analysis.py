@@ -42,8 +42,9 @@ REQUIRES = ("soft_prompts", "scores_with_prompts")  # what a method must provide
 
 
 # -- corrupting prompts --------------------------------------------------------------------
-def replaced_prompts(prompts: torch.Tensor, positions: torch.Tensor,
-                     noise: torch.Tensor) -> torch.Tensor:
+def replaced_prompts(
+    prompts: torch.Tensor, positions: torch.Tensor, noise: torch.Tensor
+) -> torch.Tensor:
     """``prompts [B, ..., N, d]`` -> ``[(K + 1) * B, ..., N, d]``: the prompts unchanged, then
     one copy per position in ``positions [K]`` with that position's vector replaced by
     ``noise [N, d]`` at the same position (variant-major, the layout of
@@ -56,8 +57,14 @@ def replaced_prompts(prompts: torch.Tensor, positions: torch.Tensor,
     return torch.where(mask, noise, prompts.unsqueeze(0)).flatten(0, 1)
 
 
-def variant_prompts(prompts: torch.Tensor, positions: torch.Tensor, mode: str, *,
-                    weight: float, noise: torch.Tensor | None) -> torch.Tensor:
+def variant_prompts(
+    prompts: torch.Tensor,
+    positions: torch.Tensor,
+    mode: str,
+    *,
+    weight: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
     """The uncorrupted prompts followed by one corrupted copy per position, ``[(K + 1) * B, ...]``
     (``mode``: ``rescale`` by ``weight`` or ``replace`` by ``noise``)."""
     if mode == "rescale":
@@ -84,13 +91,22 @@ class LowNormResult:
         return [i for i, a in enumerate(self.accuracy) if a > self.baseline]
 
     def table(self) -> list[dict]:
-        return [{"position": i, "norm": norm, "accuracy": acc, "delta": acc - self.baseline}
-                for i, (norm, acc) in enumerate(zip(self.norms, self.accuracy, strict=True))]
+        return [
+            {"position": i, "norm": norm, "accuracy": acc, "delta": acc - self.baseline}
+            for i, (norm, acc) in enumerate(zip(self.norms, self.accuracy, strict=True))
+        ]
 
 
-def low_norm_effect(method, batches: Iterable[dict], *, mode: str = "rescale",
-                    sigma: float = 1.0, weight: float = 0.5, seed: int = 0,
-                    chunk_rows: int = 256) -> LowNormResult:
+def low_norm_effect(
+    method,
+    batches: Iterable[dict],
+    *,
+    mode: str = "rescale",
+    sigma: float = 1.0,
+    weight: float = 0.5,
+    seed: int = 0,
+    chunk_rows: int = 256,
+) -> LowNormResult:
     """Accuracy of ``method`` on ``batches`` with its own prompt and with each prompt position
     corrupted in turn (see the module docstring), no-grad and in eval mode.
 
@@ -143,9 +159,14 @@ def low_norm_effect(method, batches: Iterable[dict], *, mode: str = "rescale",
         used = torch.tensor(sorted(count), device=device)
         norms = position_norms(method.soft_prompts(used), 2.0)
     acc = torch.stack([correct[t].double() / count[t] for t in sorted(count)]).mean(0)
-    return LowNormResult(mode=mode, setting=float(sigma if mode == "replace" else weight),
-                         baseline=acc[0].item(), accuracy=acc[1:].tolist(),
-                         norms=norms.tolist(), rows=sum(count.values()))
+    return LowNormResult(
+        mode=mode,
+        setting=float(sigma if mode == "replace" else weight),
+        baseline=acc[0].item(),
+        accuracy=acc[1:].tolist(),
+        norms=norms.tolist(),
+        rows=sum(count.values()),
+    )
 
 
 # -- a finished run ------------------------------------------------------------------------
@@ -160,31 +181,41 @@ def load_run(run_dir: Path, dev_limit: int | None = None):
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise SptError(f"run directory {run_dir} does not exist: give a directory that "
-                       "python -m spt.run wrote (outputs/runs/<data>/<model>/<method>/<time>; "
-                       "python -m spt.compare lists them)")
+        raise SptError(
+            f"run directory {run_dir} does not exist: give a directory that "
+            "python -m spt.run wrote (outputs/runs/<data>/<model>/<method>/<time>; "
+            "python -m spt.compare lists them)"
+        )
     config = run_dir / "config.yaml"
     if not config.is_file():
-        raise SptError(f"{run_dir} has no config.yaml: give the directory of one finished "
-                       "spt.run run (not its parent; python -m spt.compare lists them)")
+        raise SptError(
+            f"{run_dir} has no config.yaml: give the directory of one finished "
+            "spt.run run (not its parent; python -m spt.compare lists them)"
+        )
     cfg = OmegaConf.load(config)
     cls = get_class(cfg.method._target_)
     name = methods.of_class(cls).name
     missing = [r for r in REQUIRES if not callable(getattr(cls, r, None))]
     if missing:
         works = methods_providing(REQUIRES)
-        raise SptError(f"method={name} has no soft-prompt vectors to corrupt (no "
-                       f"{', '.join(missing)}): the Low-Norm analysis needs a run of "
-                       f"method={' | '.join(works)}")
+        raise SptError(
+            f"method={name} has no soft-prompt vectors to corrupt (no "
+            f"{', '.join(missing)}): the Low-Norm analysis needs a run of "
+            f"method={' | '.join(works)}"
+        )
     artifact = run_dir / "prompt.safetensors"
     if not artifact.is_file():
-        raise SptError(f"{run_dir} holds no prompt.safetensors (a zero_shot run, or one that "
-                       "stopped before saving): analyse a run that trained and finished, or "
-                       "re-run it with python -m spt.run")
+        raise SptError(
+            f"{run_dir} holds no prompt.safetensors (a zero_shot run, or one that "
+            "stopped before saving): analyse a run that trained and finished, or "
+            "re-run it with python -m spt.run"
+        )
     if dev_limit is not None:
         if dev_limit < 1:
-            raise SptError(f"--dev-limit {dev_limit}: give at least 1 dev row (or omit it to "
-                           "score the run's own dev rows)")
+            raise SptError(
+                f"--dev-limit {dev_limit}: give at least 1 dev row (or omit it to "
+                "score the run's own dev rows)"
+            )
         cfg.data.dev_limit = dev_limit
     cfg.method.init = "file"
     cfg.method.init_file = str(artifact.resolve())
@@ -195,8 +226,10 @@ def load_run(run_dir: Path, dev_limit: int | None = None):
         cfg.data.group_by_length = True
     _, datamodule, method = build(cfg)
     if getattr(method, "generative", False):
-        raise SptError(f"data={cfg.data.name} is a generation task and the Low-Norm analysis "
-                       "compares class predictions: analyse a run on a classification dataset")
+        raise SptError(
+            f"data={cfg.data.name} is a generation task and the Low-Norm analysis "
+            "compares class predictions: analyse a run on a classification dataset"
+        )
     datamodule.setup("validate")
     return cfg, datamodule, method
 
@@ -218,20 +251,27 @@ def plot(result: LowNormResult, path: Path, title: str) -> None:
 
     n = len(result.accuracy)
     x = list(range(n))
-    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(max(6.0, 0.3 * n + 2), 6),
-                                      gridspec_kw={"height_ratios": [2, 1]})
-    colours = ["tab:green" if a > result.baseline else "tab:orange" if a < result.baseline
-               else "tab:gray" for a in result.accuracy]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, sharex=True, figsize=(max(6.0, 0.3 * n + 2), 6), gridspec_kw={"height_ratios": [2, 1]}
+    )
+    colours = [
+        "tab:green" if a > result.baseline else "tab:orange" if a < result.baseline else "tab:gray"
+        for a in result.accuracy
+    ]
     top.bar(x, result.accuracy, color=colours)
-    top.axhline(result.baseline, color="tab:red", linestyle="--",
-                label=f"uncorrupted {result.baseline:.4f}")
+    top.axhline(
+        result.baseline, color="tab:red", linestyle="--", label=f"uncorrupted {result.baseline:.4f}"
+    )
     low = min(result.accuracy + [result.baseline])
     high = max(result.accuracy + [result.baseline])
     pad = max(0.02, 0.1 * (high - low))
     top.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
     top.set_ylabel("dev accuracy")
-    what = f"N(0, {result.setting:g}) replacement" if result.mode == "replace" \
+    what = (
+        f"N(0, {result.setting:g}) replacement"
+        if result.mode == "replace"
         else f"rescaled by {result.setting:g}"
+    )
     top.set_title(f"{title}\nposition {what} (green: raised accuracy, orange: lowered)")
     top.legend(loc="lower right")
     bottom.bar(x, result.norms, color="tab:blue")
@@ -251,9 +291,15 @@ def analyse(args: argparse.Namespace) -> LowNormResult:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     method.to(device)
-    result = low_norm_effect(method, datamodule.val_dataloader(), mode=args.mode,
-                             sigma=args.sigma, weight=args.weight, seed=args.seed,
-                             chunk_rows=args.chunk_rows)
+    result = low_norm_effect(
+        method,
+        datamodule.val_dataloader(),
+        mode=args.mode,
+        sigma=args.sigma,
+        weight=args.weight,
+        seed=args.seed,
+        chunk_rows=args.chunk_rows,
+    )
     out = args.out or args.run_dir
     out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / f"low_norm_{args.mode}.csv", out / f"low_norm_{args.mode}.png"
@@ -264,34 +310,58 @@ def analyse(args: argparse.Namespace) -> LowNormResult:
     plot(result, png_path, title or str(args.run_dir))
     print(markdown(result.table(), ["position", "norm", "accuracy", "delta"]))
     helped = result.helped
-    print(f"\nuncorrupted dev accuracy {result.baseline:.4f} on {result.rows} rows; corrupting "
-          f"{len(helped)} of {len(result.accuracy)} positions ({args.mode}) raised it"
-          + (f": {', '.join(map(str, helped))}" if helped else ""))
+    print(
+        f"\nuncorrupted dev accuracy {result.baseline:.4f} on {result.rows} rows; corrupting "
+        f"{len(helped)} of {len(result.accuracy)} positions ({args.mode}) raised it"
+        + (f": {', '.join(map(str, helped))}" if helped else "")
+    )
     print(f"wrote {csv_path} and {png_path}")
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spt.analysis", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m spt.analysis",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("run_dir", type=Path, help="a directory written by python -m spt.run")
-    parser.add_argument("--mode", choices=MODES, default="rescale",
-                        help="corrupt a position by replacing it with noise or rescaling it "
-                             "(default: rescale)")
-    parser.add_argument("--sigma", type=float, default=1.0,
-                        help="replace: the noise's standard deviation (default: 1.0)")
-    parser.add_argument("--weight", type=float, default=0.5,
-                        help="rescale: the factor w (default: 0.5)")
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="rescale",
+        help="corrupt a position by replacing it with noise or rescaling it (default: rescale)",
+    )
+    parser.add_argument(
+        "--sigma",
+        type=float,
+        default=1.0,
+        help="replace: the noise's standard deviation (default: 1.0)",
+    )
+    parser.add_argument(
+        "--weight", type=float, default=0.5, help="rescale: the factor w (default: 0.5)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the noise (default: 0)")
-    parser.add_argument("--dev-limit", type=int, default=None,
-                        help="score a seeded subset of this many dev rows (default: the run's "
-                             "own data.dev_limit)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the CSV and PNG (default: RUN_DIR)")
-    parser.add_argument("--chunk-rows", type=int, default=256,
-                        help="rows per forward when stacking prompt variants (default: 256)")
-    parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:1, ... (default: auto = cuda when available)")
+    parser.add_argument(
+        "--dev-limit",
+        type=int,
+        default=None,
+        help="score a seeded subset of this many dev rows (default: the run's own data.dev_limit)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="where to write the CSV and PNG (default: RUN_DIR)"
+    )
+    parser.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=256,
+        help="rows per forward when stacking prompt variants (default: 256)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="cpu, cuda, cuda:1, ... (default: auto = cuda when available)",
+    )
     args = parser.parse_args(argv)
     try:
         analyse(args)

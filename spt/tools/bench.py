@@ -65,10 +65,16 @@ from spt import CONF_DIR
 from spt.backbones.base import contiguous_input
 from spt.errors import SptError
 
-TEXTS = ["a gripping, beautifully acted film", "dull and far too long",
-         "the best thing I have seen this year", "a mess from start to finish",
-         "quietly moving", "I wanted my two hours back", "funny, sharp and humane",
-         "tedious beyond words"]
+TEXTS = [
+    "a gripping, beautifully acted film",
+    "dull and far too long",
+    "the best thing I have seen this year",
+    "a mess from start to finish",
+    "quietly moving",
+    "I wanted my two hours back",
+    "funny, sharp and humane",
+    "tedious beyond words",
+]
 
 
 # -- set-up --------------------------------------------------------------------------------
@@ -118,8 +124,7 @@ def peft_lm_batch(batch: dict, backbone, label_words) -> dict:
         rows.append(text + words[int(y)])
         targets.append([-100] * len(text) + words[int(y)])
     input_ids, mask = left_padded(rows, tok.pad_token_id)
-    return {"input_ids": input_ids, "attention_mask": mask,
-            "labels": left_padded(targets, -100)[0]}
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": left_padded(targets, -100)[0]}
 
 
 def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +134,8 @@ def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
     ids = torch.full((len(rows), width), pad)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
@@ -143,7 +148,7 @@ def timed(fn: Callable[[], None]) -> float:
 def rotation(names: list[str], r: int) -> list[str]:
     """``names`` started at position ``r`` (mod their count): round ``r`` of an alternation
     in which every contender goes first in turn."""
-    return names[r % len(names):] + names[: r % len(names)]
+    return names[r % len(names) :] + names[: r % len(names)]
 
 
 def race(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 2) -> dict:
@@ -156,8 +161,10 @@ def race(contenders: dict[str, Callable[[], None]], repeats: int, warmup: int = 
     for r in range(repeats):
         for n in rotation(names, r):
             times[n].append(timed(contenders[n]))
-    out = {n: {"median_s": statistics.median(t), "min_s": min(t), "repeats": len(t)}
-           for n, t in times.items()}
+    out = {
+        n: {"median_s": statistics.median(t), "min_s": min(t), "repeats": len(t)}
+        for n, t in times.items()
+    }
     for v in out.values():
         v["spread"] = round(v["median_s"] / v["min_s"], 3)
         v["noisy"] = v["spread"] > NOISY_SPREAD
@@ -197,11 +204,18 @@ def peft_model(kind: str, model, n_adapters: int = 1, copy_model: bool = True):
     half = model.config.hidden_size // 2
     config = {
         "prompt": lambda: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20),
-        "prefix": lambda: PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=10,
-                                             prefix_projection=True, encoder_hidden_size=512),
-        "ptuning": lambda: PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=6,
-                                               encoder_reparameterization_type="LSTM",
-                                               encoder_hidden_size=half),
+        "prefix": lambda: PrefixTuningConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=10,
+            prefix_projection=True,
+            encoder_hidden_size=512,
+        ),
+        "ptuning": lambda: PromptEncoderConfig(
+            task_type="CAUSAL_LM",
+            num_virtual_tokens=6,
+            encoder_reparameterization_type="LSTM",
+            encoder_hidden_size=half,
+        ),
     }[kind]
     base = copy.deepcopy(model) if copy_model else model
     head = base.get_output_embeddings()
@@ -224,6 +238,7 @@ def spt_train_step(method, batch) -> Callable[[], None]:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -235,6 +250,7 @@ def peft_train_step(pm, lm_batch) -> Callable[[], None]:
         pm(**lm_batch).loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -256,6 +272,7 @@ def peft_class_step(pm, batch, backbone, label_words) -> Callable[[], None]:
         F.cross_entropy(scores, labels).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
@@ -274,17 +291,27 @@ def floor_step(backbone, batch) -> Callable[[], None]:
     pos = position_ids(mask)
 
     def step():  # called as spt calls the backbone: no key/value cache, explicit positions
-        h = body(inputs_embeds=x, attention_mask=mask, position_ids=pos,
-                 use_cache=False).last_hidden_state[:, -1]
+        h = body(
+            inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False
+        ).last_hidden_state[:, -1]
         h.float().sum().backward()
         x.grad = None
+
     return step
 
 
 # -- the benchmark -------------------------------------------------------------------------
 KINDS = ("prompt", "prefix", "ptuning")
-TRAIN_CONTENDERS = ("spt prompt", "peft prompt", "peft-cls prompt", "floor", "spt prefix",
-                    "peft prefix", "spt ptuning", "peft ptuning")
+TRAIN_CONTENDERS = (
+    "spt prompt",
+    "peft prompt",
+    "peft-cls prompt",
+    "floor",
+    "spt prefix",
+    "peft prefix",
+    "spt ptuning",
+    "peft ptuning",
+)
 # A contender whose median is more than this many times its fastest call was timed on a busy
 # machine: its median says little, and no ratio is printed for it.
 NOISY_SPREAD = 1.25
@@ -303,8 +330,12 @@ def train_step(name: str, backbone, batch_size: int, copy_model: bool = True):
     if who == "spt":
         return spt_train_step(spt_method(kind, backbone, task), batch)
     if who == "peft-cls":
-        return peft_class_step(peft_model(kind, backbone.model, copy_model=copy_model), batch,
-                               backbone, task.label_words)
+        return peft_class_step(
+            peft_model(kind, backbone.model, copy_model=copy_model),
+            batch,
+            backbone,
+            task.label_words,
+        )
     lm = peft_lm_batch(batch, backbone, task.label_words)
     return peft_train_step(peft_model(kind, backbone.model, copy_model=copy_model), lm)
 
@@ -312,15 +343,26 @@ def train_step(name: str, backbone, batch_size: int, copy_model: bool = True):
 def decoder_backbone(model: str):
     backbone = load_backbone(model)
     if backbone.arch != "decoder":
-        raise SptError(f"the benchmark compares with PEFT's causal-LM recipe; model={model} is "
-                       f"{backbone.arch}: use a decoder-only model (smollm2-135m, tiny-llama)")
+        raise SptError(
+            f"the benchmark compares with PEFT's causal-LM recipe; model={model} is "
+            f"{backbone.arch}: use a decoder-only model (smollm2-135m, tiny-llama)"
+        )
     return backbone
 
 
-def run(model: str, batch_size: int, repeats: int, parts=("train", "infer", "memory"),
-        tta: dict | None = None, memory_repeats: int = 3) -> dict:
-    results: dict = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                     "machine": platform.machine()}
+def run(
+    model: str,
+    batch_size: int,
+    repeats: int,
+    parts=("train", "infer", "memory"),
+    tta: dict | None = None,
+    memory_repeats: int = 3,
+) -> dict:
+    results: dict = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+    }
     if set(parts) & {"train", "infer", "memory"}:  # time to accuracy carries its own
         results.update(model=model, batch_size=batch_size, repeats=repeats)
     if "memory" in parts:  # first: each child forks from a process holding no model yet
@@ -332,10 +374,14 @@ def run(model: str, batch_size: int, repeats: int, parts=("train", "infer", "mem
     if "train" in parts:
         results["train"] = {}
         for kind in KINDS:
-            names = [n for n in TRAIN_CONTENDERS if n.endswith(kind) or
-                     (kind == "prompt" and n == "floor")]
-            results["train"].update(race({n: train_step(n, backbone, batch_size)
-                                          for n in names}, repeats))
+            names = [
+                n
+                for n in TRAIN_CONTENDERS
+                if n.endswith(kind) or (kind == "prompt" and n == "floor")
+            ]
+            results["train"].update(
+                race({n: train_step(n, backbone, batch_size) for n in names}, repeats)
+            )
     if "infer" in parts:
         results["infer"] = inference(backbone, batch_size, repeats)
     if "tta" in parts:
@@ -364,9 +410,14 @@ def inference(backbone, batch_size: int, repeats: int, n_tasks: int = 8) -> dict
             pm(input_ids=lm["input_ids"][rows], attention_mask=lm["attention_mask"][rows])
 
     with torch.no_grad():
-        return race({"spt mixed 8 tasks": lambda: method(mixed),
-                     "spt single task": lambda: method(single),
-                     "peft 8 adapters": peft_mixed}, repeats)
+        return race(
+            {
+                "spt mixed 8 tasks": lambda: method(mixed),
+                "spt single task": lambda: method(single),
+                "peft 8 adapters": peft_mixed,
+            },
+            repeats,
+        )
 
 
 # -- peak memory ---------------------------------------------------------------------------
@@ -390,8 +441,13 @@ def _probe_memory(model: str, name: str, batch_size: int, steps: int, conn) -> N
         resident = _status_kib("VmRSS")
         for _ in range(steps):
             step()
-        conn.send({"peak_mib": (_status_kib("VmHWM") - resident) / 1024,
-                   "resident_mib": resident / 1024, "steps": steps})
+        conn.send(
+            {
+                "peak_mib": (_status_kib("VmHWM") - resident) / 1024,
+                "resident_mib": resident / 1024,
+                "steps": steps,
+            }
+        )
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
     finally:
@@ -404,8 +460,10 @@ def memory(model: str, batch_size: int, steps: int = 2, repeats: int = 3) -> dic
     children per contender in rotating order; the median peak is reported (the C allocator
     makes single peaks vary by tens of MiB)."""
     if not Path("/proc/self/clear_refs").exists():
-        raise SptError("the memory benchmark reads Linux's /proc/self/status; on this system "
-                       "run with --parts train,infer,tta")
+        raise SptError(
+            "the memory benchmark reads Linux's /proc/self/status; on this system "
+            "run with --parts train,infer,tta"
+        )
     # Imports only (no tensor work, so no OpenMP pool for the forks to inherit): each child
     # then spends its time on its contender, not on importing transformers again.
     import peft  # noqa: F401
@@ -421,10 +479,15 @@ def memory(model: str, batch_size: int, steps: int = 2, repeats: int = 3) -> dic
     for r in range(repeats):
         for name in rotation(names, r):
             runs[name].append(_memory_child(model, name, batch_size, steps))
-    return {n: {"peak_mib": statistics.median(g["peak_mib"] for g in got),
-                "peaks_mib": [round(g["peak_mib"], 1) for g in got],
-                "resident_mib": statistics.median(g["resident_mib"] for g in got),
-                "steps": steps} for n, got in runs.items()}
+    return {
+        n: {
+            "peak_mib": statistics.median(g["peak_mib"] for g in got),
+            "peaks_mib": [round(g["peak_mib"], 1) for g in got],
+            "resident_mib": statistics.median(g["resident_mib"] for g in got),
+            "steps": steps,
+        }
+        for n, got in runs.items()
+    }
 
 
 def _memory_child(model: str, name: str, batch_size: int, steps: int) -> dict:
@@ -449,8 +512,9 @@ def _memory_child(model: str, name: str, batch_size: int, steps: int) -> dict:
 
 
 # -- time to accuracy ----------------------------------------------------------------------
-def peft_classifier(backbone, head: torch.nn.Linear, prompt: torch.Tensor, head_lr,
-                    optimizer_factory):
+def peft_classifier(
+    backbone, head: torch.nn.Linear, prompt: torch.Tensor, head_lr, optimizer_factory
+):
     """PEFT's prompt tuning for sequence classification on a copy of ``backbone``'s weights:
     ``PromptTuningConfig(task_type="SEQ_CLS")`` (PEFT trains the prompt and the classifier),
     started from spt's initial ``prompt`` and ``head`` weights and optimised like spt (prompt
@@ -463,19 +527,24 @@ def peft_classifier(backbone, head: torch.nn.Linear, prompt: torch.Tensor, head_
     config.num_labels = head.out_features
     model = AutoModelForSequenceClassification.from_config(config)
     getattr(model, model.base_model_prefix).load_state_dict(backbone.model.state_dict())
-    pm = get_peft_model(model, PromptTuningConfig(task_type="SEQ_CLS",
-                                                  num_virtual_tokens=prompt.shape[0]))
+    pm = get_peft_model(
+        model, PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=prompt.shape[0])
+    )
     embedding = pm.prompt_encoder["default"].embedding
     classifier = pm.base_model.classifier.modules_to_save["default"]
     with torch.no_grad():
         embedding.weight.copy_(prompt)
         classifier.weight.copy_(head.weight)
         classifier.bias.copy_(head.bias)
-    head_params = [p for n, p in pm.named_parameters()
-                   if p.requires_grad and "prompt_encoder" not in n]
-    optimizer = optimizer_factory([{"params": [embedding.weight]},
-                                   {"params": head_params,
-                                    **({} if head_lr is None else {"lr": head_lr})}])
+    head_params = [
+        p for n, p in pm.named_parameters() if p.requires_grad and "prompt_encoder" not in n
+    ]
+    optimizer = optimizer_factory(
+        [
+            {"params": [embedding.weight]},
+            {"params": head_params, **({} if head_lr is None else {"lr": head_lr})},
+        ]
+    )
     return pm, optimizer
 
 
@@ -484,16 +553,24 @@ def peft_cls_batch(batch: dict, pad_id: int) -> dict:
     expects (by spt's own collator)."""
     from spt.data.text_classification import Collator
 
-    rows = [{"input_ids": ids, "soft_start": (), "soft_counts": (), "label": int(y)}
-            for ids, y in zip(text_ids(batch), batch["labels"], strict=True)]
+    rows = [
+        {"input_ids": ids, "soft_start": (), "soft_counts": (), "label": int(y)}
+        for ids, y in zip(text_ids(batch), batch["labels"], strict=True)
+    ]
     out = Collator(pad_id, left=False)(rows)
     return {k: out[k] for k in ("input_ids", "attention_mask", "labels")}
 
 
-def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: int = 32,
-                     eval_every: int = 25, max_steps: int = 600,
-                     dev_limit: int | None = None, train_limit: int | None = None,
-                     spt_overrides: list[str] | None = None) -> dict:
+def time_to_accuracy(
+    model: str = "minilm",
+    target: float = 0.75,
+    batch_size: int = 32,
+    eval_every: int = 25,
+    max_steps: int = 600,
+    dev_limit: int | None = None,
+    train_limit: int | None = None,
+    spt_overrides: list[str] | None = None,
+) -> dict:
     """spt's default prompt-tuning recipe vs PEFT's, trained in lockstep on the same batches
     (see the module docstring); stops once every contender reached ``target`` or at
     ``max_steps``. With ``spt_overrides`` (Hydra overrides, e.g. ``data.group_by_length=true``)
@@ -505,8 +582,9 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
     from spt.run import build
 
     over = [f"model={model}", "method=prompt", "data=sst2", f"data.batch_size={batch_size}"]
-    over += [f"data.{k}={v}" for k, v in (("dev_limit", dev_limit),
-                                          ("train_limit", train_limit)) if v]
+    over += [
+        f"data.{k}={v}" for k, v in (("dev_limit", dev_limit), ("train_limit", train_limit)) if v
+    ]
     variants = {"spt": over, **({"spt+": over + list(spt_overrides)} if spt_overrides else {})}
     spt, configs, dm = {}, {}, None
     for name, overrides in variants.items():
@@ -514,19 +592,27 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
         L.seed_everything(cfg.seed, verbose=False)  # the weights' init and the loaders' order
         backbone, variant_dm, method = build(cfg)
         if backbone.arch != "encoder":
-            raise SptError(f"time to accuracy compares with PEFT's SEQ_CLS recipe; model={model}"
-                           f" is {backbone.arch}: use an encoder-only model (minilm, tiny-bert)")
+            raise SptError(
+                f"time to accuracy compares with PEFT's SEQ_CLS recipe; model={model}"
+                f" is {backbone.arch}: use an encoder-only model (minilm, tiny-bert)"
+            )
         variant_dm.setup("fit")
         optimizer = method.configure_optimizers()
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise SptError("time to accuracy runs spt's constant-schedule default; drop the "
-                           "method.scheduler / warmup override")
+            raise SptError(
+                "time to accuracy runs spt's constant-schedule default; drop the "
+                "method.scheduler / warmup override"
+            )
         spt[name] = (method, optimizer, variant_dm)
         dm = dm or variant_dm  # the default's data module: dev rows and PEFT's batches
     method = spt["spt"][0]
-    pm, peft_opt = peft_classifier(backbone, method.head[-1],
-                                   method.prompt.weight[0].detach().clone(), method.head_lr,
-                                   instantiate(configs["spt"].method.optimizer))
+    pm, peft_opt = peft_classifier(
+        backbone,
+        method.head[-1],
+        method.prompt.weight[0].detach().clone(),
+        method.head_lr,
+        instantiate(configs["spt"].method.optimizer),
+    )
     pad = backbone.tokenizer.pad_token_id
     dev = list(dm.val_dataloader())
     n_dev = sum(len(b["labels"]) for b in dev)
@@ -566,19 +652,39 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
     @torch.no_grad()
     def peft_acc():
         pm.eval()
-        right = sum(int((pm(**peft_cls_batch(b, pad)).logits.argmax(-1) == b["labels"]).sum())
-                    for b in dev)
+        right = sum(
+            int((pm(**peft_cls_batch(b, pad)).logits.argmax(-1) == b["labels"]).sum()) for b in dev
+        )
         peft_train()
         return right / n_dev
 
     # name -> (step(batch, i), accuracy(), endless batches, batch conversion outside the timer)
-    contenders = {name: (partial(spt_step, m, opt), partial(spt_acc, m),
-                         endless(d.train_dataloader()), lambda b: b)
-                  for name, (m, opt, d) in spt.items()}
-    contenders["peft"] = (peft_step, peft_acc, endless(plain_loader()),
-                          partial(peft_cls_batch, pad_id=pad))
-    log = {k: {"train_s": 0.0, "steps": 0, "curve": [], "time_to_target_s": None,
-               "steps_to_target": None, "best_acc": 0.0} for k in contenders}
+    contenders = {
+        name: (
+            partial(spt_step, m, opt),
+            partial(spt_acc, m),
+            endless(d.train_dataloader()),
+            lambda b: b,
+        )
+        for name, (m, opt, d) in spt.items()
+    }
+    contenders["peft"] = (
+        peft_step,
+        peft_acc,
+        endless(plain_loader()),
+        partial(peft_cls_batch, pad_id=pad),
+    )
+    log = {
+        k: {
+            "train_s": 0.0,
+            "steps": 0,
+            "curve": [],
+            "time_to_target_s": None,
+            "steps_to_target": None,
+            "best_acc": 0.0,
+        }
+        for k in contenders
+    }
     for m, _, _ in spt.values():
         m.train()
     peft_train()
@@ -597,20 +703,37 @@ def time_to_accuracy(model: str = "minilm", target: float = 0.75, batch_size: in
             v["best_acc"] = max(v["best_acc"], acc)
             if acc >= target and v["time_to_target_s"] is None:
                 v["time_to_target_s"], v["steps_to_target"] = round(v["train_s"], 3), i + 1
-        print(f"tta step {i + 1}: " + ", ".join(f"{k} acc {v['curve'][-1][2]:.4f} after "
-                                                f"{v['train_s']:.1f} s" for k, v in log.items()),
-              file=sys.stderr, flush=True)
+        print(
+            f"tta step {i + 1}: "
+            + ", ".join(
+                f"{k} acc {v['curve'][-1][2]:.4f} after {v['train_s']:.1f} s"
+                for k, v in log.items()
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
         if all(v["time_to_target_s"] is not None for v in log.values()):
             break
-    return {"model": backbone.name, "target": target, "batch_size": batch_size,
-            "spt_overrides": list(spt_overrides or []), "eval_every": eval_every,
-            "max_steps": max_steps, "dev_rows": n_dev, "contenders": log}
+    return {
+        "model": backbone.name,
+        "target": target,
+        "batch_size": batch_size,
+        "spt_overrides": list(spt_overrides or []),
+        "eval_every": eval_every,
+        "max_steps": max_steps,
+        "dev_rows": n_dev,
+        "contenders": log,
+    }
 
 
 def noisy(results: dict) -> list[str]:
     """The timed contenders whose median is over :data:`NOISY_SPREAD` times their minimum."""
-    return [f"{part}: {name}" for part in ("train", "infer")
-            for name, v in results.get(part, {}).items() if v.get("noisy")]
+    return [
+        f"{part}: {name}"
+        for part in ("train", "infer")
+        for name, v in results.get(part, {}).items()
+        if v.get("noisy")
+    ]
 
 
 def ratios(results: dict) -> dict:
@@ -625,6 +748,7 @@ def ratios(results: dict) -> dict:
 
     def q(a, b):
         return None if a is None or b is None else r(a, b)
+
     if "train" in results:
         t = medians("train")
         out.update({f"train {k} spt/peft": q(t[f"spt {k}"], t[f"peft {k}"]) for k in KINDS})
@@ -647,8 +771,7 @@ def ratios(results: dict) -> dict:
             if spt_s is not None and peft_s is not None:
                 out[f"time to accuracy {k}/peft"] = r(spt_s, peft_s)
             elif spt_s is not None:  # PEFT never got there: its whole run bounds the ratio
-                out[f"time to accuracy {k}/peft (upper bound)"] = r(spt_s,
-                                                                    runs["peft"]["train_s"])
+                out[f"time to accuracy {k}/peft (upper bound)"] = r(spt_s, runs["peft"]["train_s"])
     return out
 
 
@@ -657,52 +780,86 @@ def table(results: dict) -> str:
     for part in ("train", "infer"):
         for name, v in results.get(part, {}).items():
             flag = " (noisy)" if v.get("noisy") else ""
-            lines.append(f"| {part}: {name} | {1e3 * v['median_s']:.1f} | "
-                         f"{1e3 * v['min_s']:.1f} | {v['median_s'] / v['min_s']:.2f}{flag} |")
+            lines.append(
+                f"| {part}: {name} | {1e3 * v['median_s']:.1f} | "
+                f"{1e3 * v['min_s']:.1f} | {v['median_s'] / v['min_s']:.2f}{flag} |"
+            )
     if "memory" in results:
-        lines += ["", "| contender | step peak MiB above resident (median) | each child's "
-                  "| resident MiB |", "|---|---|---|---|"]
-        lines += [f"| memory: {k} | {v['peak_mib']:.1f} | {v['peaks_mib']} | "
-                  f"{v['resident_mib']:.0f} |" for k, v in results["memory"].items()]
+        lines += [
+            "",
+            "| contender | step peak MiB above resident (median) | each child's | resident MiB |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| memory: {k} | {v['peak_mib']:.1f} | {v['peaks_mib']} | {v['resident_mib']:.0f} |"
+            for k, v in results["memory"].items()
+        ]
     if "tta" in results:
         tta = results["tta"]
-        lines += ["", f"time to dev acc >= {tta['target']} ({tta['model']}, batch "
-                  f"{tta['batch_size']}, eval every {tta['eval_every']} steps, spt overrides "
-                  f"{tta['spt_overrides'] or 'none'}):", "",
-                  "| contender | steps to target | train s to target | best acc | "
-                  "s per step |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"time to dev acc >= {tta['target']} ({tta['model']}, batch "
+            f"{tta['batch_size']}, eval every {tta['eval_every']} steps, spt overrides "
+            f"{tta['spt_overrides'] or 'none'}):",
+            "",
+            "| contender | steps to target | train s to target | best acc | s per step |",
+            "|---|---|---|---|---|",
+        ]
         for k, v in tta["contenders"].items():
-            lines.append(f"| {k} | {v['steps_to_target']} | {v['time_to_target_s']} | "
-                         f"{v['best_acc']:.4f} | {v['train_s'] / v['steps']:.3f} |")
+            lines.append(
+                f"| {k} | {v['steps_to_target']} | {v['time_to_target_s']} | "
+                f"{v['best_acc']:.4f} | {v['train_s'] / v['steps']:.3f} |"
+            )
     lines += ["", "| ratio | value |", "|---|---|"]
-    lines += [f"| {k} | {'noisy: rerun' if v is None else v} |"
-              for k, v in results["ratios"].items()]
+    lines += [
+        f"| {k} | {'noisy: rerun' if v is None else v} |" for k, v in results["ratios"].items()
+    ]
     bad = noisy(results)
     if bad:
-        lines += ["", f"NOISY: {', '.join(bad)} had a median over {NOISY_SPREAD}x its fastest "
-                  "call: the machine was busy, so those medians (and every ratio with them) "
-                  "mean little. Rerun on a quiet machine."]
+        lines += [
+            "",
+            f"NOISY: {', '.join(bad)} had a median over {NOISY_SPREAD}x its fastest "
+            "call: the machine was busy, so those medians (and every ratio with them) "
+            "mean little. Rerun on a quiet machine.",
+        ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spt.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny Llama and tiny BERT, few repeats and steps (CI)")
-    parser.add_argument("--model", default="smollm2-135m", help="a model name from spt/conf/model (decoder)")
+    parser = argparse.ArgumentParser(
+        prog="python -m spt.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny Llama and tiny BERT, few repeats and steps (CI)"
+    )
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="a model name from spt/conf/model (decoder)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, help="timed calls per contender (10; quick 5)")
-    parser.add_argument("--parts", default="train,infer,memory,tta",
-                        help="comma-separated sections: train, infer, memory, tta")
-    parser.add_argument("--tta-model", default="minilm",
-                        help="time to accuracy: a model name from spt/conf/model (encoder-only)")
+    parser.add_argument(
+        "--parts",
+        default="train,infer,memory,tta",
+        help="comma-separated sections: train, infer, memory, tta",
+    )
+    parser.add_argument(
+        "--tta-model",
+        default="minilm",
+        help="time to accuracy: a model name from spt/conf/model (encoder-only)",
+    )
     parser.add_argument("--target", type=float, default=0.75, help="SST-2 dev accuracy")
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--max-steps", type=int, default=600)
-    parser.add_argument("--spt-override", action="append", default=[], metavar="KEY=VALUE",
-                        help="time to accuracy: a Hydra override of spt's recipe (repeatable), "
-                             "e.g. data.group_by_length=true")
+    parser.add_argument(
+        "--spt-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="time to accuracy: a Hydra override of spt's recipe (repeatable), "
+        "e.g. data.group_by_length=true",
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
@@ -711,14 +868,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--parts {args.parts!r}: choose from train, infer, memory, tta")
     model = "tiny-llama" if args.quick else args.model
     repeats = args.repeats or (5 if args.quick else 10)
-    tta = ({"model": "tiny-bert", "target": 0.5, "batch_size": 8, "eval_every": 4,
-            "max_steps": 8, "dev_limit": 32, "train_limit": 64} if args.quick else
-           {"model": args.tta_model, "target": args.target, "eval_every": args.eval_every,
-            "max_steps": args.max_steps})
+    tta = (
+        {
+            "model": "tiny-bert",
+            "target": 0.5,
+            "batch_size": 8,
+            "eval_every": 4,
+            "max_steps": 8,
+            "dev_limit": 32,
+            "train_limit": 64,
+        }
+        if args.quick
+        else {
+            "model": args.tta_model,
+            "target": args.target,
+            "eval_every": args.eval_every,
+            "max_steps": args.max_steps,
+        }
+    )
     tta["spt_overrides"] = args.spt_override
     try:
-        results = run(model, args.batch_size, repeats, parts, tta,
-                      memory_repeats=1 if args.quick else 3)
+        results = run(
+            model, args.batch_size, repeats, parts, tta, memory_repeats=1 if args.quick else 3
+        )
     except SptError as exc:
         print(f"spt: error: {exc}", file=sys.stderr)
         return 2

@@ -44,9 +44,23 @@ from pathlib import Path
 from spt.core.trees import flatten
 from spt.errors import SptError
 
-FIXED = ["run", "data", "model", "method", "regularizer", "seed", "status", "steps",
-         "trainable", "trainable_pct", "served_params", "served_pct", "prompt_norm",
-         "fit_seconds", "artifact_bytes"]
+FIXED = [
+    "run",
+    "data",
+    "model",
+    "method",
+    "regularizer",
+    "seed",
+    "status",
+    "steps",
+    "trainable",
+    "trainable_pct",
+    "served_params",
+    "served_pct",
+    "prompt_norm",
+    "fit_seconds",
+    "artifact_bytes",
+]
 IDENTITY = ["data", "model", "method", "regularizer"]  # what a run is, apart from its seed
 SUMMARISED = ["prompt_norm", "fit_seconds"]  # averaged over seeds besides the val/* metrics
 _ABSENT = object()  # OmegaConf.select default: tells a missing key from a null value
@@ -58,8 +72,9 @@ CONFIG = "_config"  # a row's own config, for runs with no directory (read throu
 # Rows: one per run directory
 
 
-def collect(roots: list[Path], keys: list[str] | tuple[str, ...] = (),
-            done_only: bool = False) -> list[dict]:
+def collect(
+    roots: list[Path], keys: list[str] | tuple[str, ...] = (), done_only: bool = False
+) -> list[dict]:
     """One row per run directory under ``roots`` (sorted by data, model, method, run).
 
     Finished runs (``metrics.json``) get ``status="done"``; a directory with only Lightning's
@@ -70,8 +85,9 @@ def collect(roots: list[Path], keys: list[str] | tuple[str, ...] = (),
     rows, seen = [], set()
     for root in roots:
         if str(root).startswith(WANDB_PREFIX):  # wandb:entity/project[/group], via the API
-            rows += [row for row in _api_rows(str(root))
-                     if not done_only or row["status"] == "done"]
+            rows += [
+                row for row in _api_rows(str(root)) if not done_only or row["status"] == "done"
+            ]
             continue
         root = Path(root)
         if not root.exists():
@@ -86,16 +102,26 @@ def collect(roots: list[Path], keys: list[str] | tuple[str, ...] = (),
             if run.resolve() not in seen and not (run / "metrics.json").exists():
                 seen.add(run.resolve())
                 rows.append(_incomplete_row(run))
-        for run in sorted({p.parent.parent.parent for p in root.rglob("run-*.wandb")
-                           if p.parent.parent.name == "wandb"}):  # logger=wandb alone
-            if run.resolve() not in seen and not (run / "metrics.json").exists() \
-                    and _config(run) is not None:  # an spt run, not a stray ./wandb
+        for run in sorted(
+            {
+                p.parent.parent.parent
+                for p in root.rglob("run-*.wandb")
+                if p.parent.parent.name == "wandb"
+            }
+        ):  # logger=wandb alone
+            if (
+                run.resolve() not in seen
+                and not (run / "metrics.json").exists()
+                and _config(run) is not None
+            ):  # an spt run, not a stray ./wandb
                 seen.add(run.resolve())
                 rows.append(_wandb_incomplete_row(run))
     if not rows:
-        raise SptError(f"no metrics.json under {', '.join(map(str, roots))}: point at the "
-                       "directories spt.run wrote (outputs/runs, a sweep dir, hydra.run.dir), "
-                       f"or at W&B runs ({WANDB_PREFIX}entity/project[/group])")
+        raise SptError(
+            f"no metrics.json under {', '.join(map(str, roots))}: point at the "
+            "directories spt.run wrote (outputs/runs, a sweep dir, hydra.run.dir), "
+            f"or at W&B runs ({WANDB_PREFIX}entity/project[/group])"
+        )
     rows.sort(key=lambda r: (r["data"], r["model"], r["method"], r["run"]))
     return add_keys(rows, keys)
 
@@ -124,21 +150,25 @@ def _metrics_row(name: str, m: dict, cfg, meta: dict, run: Path | None) -> dict:
     total = trainable + m.get("params/backbone", 0)
     served = m.get("params/served", meta.get("served_parameters"))  # None: not recorded
     # Older metrics.json files (and W&B summaries) lack the identity: take it from the config.
-    ident = _identity(run, cfg) if not all(m.get(k) for k in ("data", "model", "method")) \
-        else {}
+    ident = _identity(run, cfg) if not all(m.get(k) for k in ("data", "model", "method")) else {}
     zero_shot = m.get("zero_shot", _select(cfg, "zero_shot")) is True  # W&B logs no booleans
     row = {
-        "run": name, "data": m.get("data") or ident.get("data", ""),
+        "run": name,
+        "data": m.get("data") or ident.get("data", ""),
         "model": m.get("model") or ident.get("model", ""),
         "method": (m.get("method") or ident.get("method", ""))
         + (" (zero-shot)" if zero_shot else ""),
-        "steps": m.get("steps", 0), "trainable": trainable,
+        "steps": m.get("steps", 0),
+        "trainable": trainable,
         "trainable_pct": round(m.get("params/trainable_pct", 0.0), 4),
         "served_params": served,
         "served_pct": round(100 * served / total, 4) if total and served is not None else None,
-        "fit_seconds": m.get("fit_seconds", 0), "artifact_bytes": m.get("artifact_bytes"),
-        "seed": m.get("seed", ident.get("seed")), "regularizer": _regularizer(cfg),
-        "prompt_norm": None, "status": "done",
+        "fit_seconds": m.get("fit_seconds", 0),
+        "artifact_bytes": m.get("artifact_bytes"),
+        "seed": m.get("seed", ident.get("seed")),
+        "regularizer": _regularizer(cfg),
+        "prompt_norm": None,
+        "status": "done",
     }
     row.update({k: v for k, v in m.items() if k.startswith("val/") and not k.endswith("_best")})
     return row
@@ -156,12 +186,16 @@ def _run_of_csv(path: Path) -> Path | None:
 
 def _latest_csv(run: Path) -> Path:
     """The newest CSVLogger file of ``run`` (by modification time, then version number)."""
+
     def version(p: Path) -> int:
         tail = p.parent.name.removeprefix("version_")
         return int(tail) if tail.isdigit() else -1
 
-    found = [p for p in [run / "csv" / "metrics.csv", *(run / "csv").glob("version_*/metrics.csv")]
-             if p.is_file()]
+    found = [
+        p
+        for p in [run / "csv" / "metrics.csv", *(run / "csv").glob("version_*/metrics.csv")]
+        if p.is_file()
+    ]
     return max(found, key=lambda p: (p.stat().st_mtime, version(p)))
 
 
@@ -173,8 +207,10 @@ def _incomplete_row(run: Path) -> dict:
         with path.open(newline="") as f:
             logged = list(csv.DictReader(f))
     except (OSError, csv.Error) as exc:
-        raise SptError(f"{path} is not a readable CSVLogger file ({exc}): delete it or the "
-                       "run directory, or pass --done-only") from exc
+        raise SptError(
+            f"{path} is not a readable CSVLogger file ({exc}): delete it or the "
+            "run directory, or pass --done-only"
+        ) from exc
     last: dict[str, float] = {}
     for entry in logged:  # later rows overwrite earlier ones: the last non-empty value wins
         for key, value in entry.items():
@@ -219,17 +255,22 @@ def _api_rows(spec: str) -> list[dict]:
 
     parts = spec.removeprefix(WANDB_PREFIX).strip("/").split("/")
     if len(parts) < 2 or not all(parts):
-        raise SptError(f"{spec}: name W&B runs as {WANDB_PREFIX}entity/project or "
-                       f"{WANDB_PREFIX}entity/project/group (a study; the default one is "
-                       "method/model/data)")
+        raise SptError(
+            f"{spec}: name W&B runs as {WANDB_PREFIX}entity/project or "
+            f"{WANDB_PREFIX}entity/project/group (a study; the default one is "
+            "method/model/data)"
+        )
     project, group = "/".join(parts[:2]), "/".join(parts[2:]) or None
     rows = []
     for logged in api_runs(project, group):
         name = f"{WANDB_PREFIX}{project}/{logged.id}"
         cfg = _as_config(logged.config)
         done = logged.finished and "fit_seconds" in logged.summary  # spt.run's last log
-        row = (_metrics_row(name, logged.summary, cfg, {}, None) if done else
-               _progress_row(name, _progress(logged.summary), cfg, None))
+        row = (
+            _metrics_row(name, logged.summary, cfg, {}, None)
+            if done
+            else _progress_row(name, _progress(logged.summary), cfg, None)
+        )
         rows.append({**row, CONFIG: cfg})
     return rows
 
@@ -239,15 +280,23 @@ def _progress_row(name: str, last: dict, cfg, run: Path | None) -> dict:
     ident = _identity(run, cfg)
     trainable = last.get("params/trainable")
     row = {
-        "run": name, "data": ident.get("data", ""), "model": ident.get("model", ""),
-        "method": ident.get("method", ""), "seed": ident.get("seed"),
-        "regularizer": _regularizer(cfg), "status": "incomplete",
+        "run": name,
+        "data": ident.get("data", ""),
+        "model": ident.get("model", ""),
+        "method": ident.get("method", ""),
+        "seed": ident.get("seed"),
+        "regularizer": _regularizer(cfg),
+        "status": "incomplete",
         "steps": int(last["step"]) if "step" in last else None,
         "trainable": int(trainable) if trainable is not None else None,
         "trainable_pct": round(last["params/trainable_pct"], 4)
-        if "params/trainable_pct" in last else None,
-        "served_params": None, "served_pct": None, "prompt_norm": None,
-        "fit_seconds": None, "artifact_bytes": None,
+        if "params/trainable_pct" in last
+        else None,
+        "served_params": None,
+        "served_pct": None,
+        "prompt_norm": None,
+        "fit_seconds": None,
+        "artifact_bytes": None,
     }
     row.update({k: v for k, v in last.items() if k.startswith("val/") and not k.endswith("_best")})
     return row
@@ -269,8 +318,12 @@ def _config(run: Path):
     None without any."""
     from omegaconf import OmegaConf
 
-    candidates = [run / "config.yaml", run / ".hydra" / "config.yaml", run / "csv" / "hparams.yaml",
-                  *sorted((run / "csv").glob("version_*/hparams.yaml"), reverse=True)]
+    candidates = [
+        run / "config.yaml",
+        run / ".hydra" / "config.yaml",
+        run / "csv" / "hparams.yaml",
+        *sorted((run / "csv").glob("version_*/hparams.yaml"), reverse=True),
+    ]
     for path in candidates:
         if path.is_file():
             cfg = OmegaConf.load(path)
@@ -297,21 +350,28 @@ def _identity(run: Path, cfg) -> dict:
     if run is not None and (hydra_yaml := run / ".hydra" / "hydra.yaml").is_file():
         from omegaconf import OmegaConf
 
-        choices = OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices",
-                                   default=None) or {}
+        choices = (
+            OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.runtime.choices", default=None)
+            or {}
+        )
 
     def first(*values) -> str:
         return next((str(v) for v in values if v not in (None, _ABSENT, "")), "")
 
     target = _select(cfg, "method._target_")
     # spt.methods.<name>.<Class>: the module file is named like the method group (DESIGN.md)
-    method = target.rsplit(".", 2)[-2] if isinstance(target, str) and target.count(".") >= 2 \
-        else None
+    method = (
+        target.rsplit(".", 2)[-2] if isinstance(target, str) and target.count(".") >= 2 else None
+    )
     seed = _select(cfg, "seed")
     return {
         "data": first(_select(cfg, "data.name"), choices.get("data")),
-        "model": first(_select(cfg, "model.name"), _select(cfg, "model.name_or_path"),
-                       _select(cfg, "model.package"), choices.get("model")),
+        "model": first(
+            _select(cfg, "model.name"),
+            _select(cfg, "model.name_or_path"),
+            _select(cfg, "model.package"),
+            choices.get("model"),
+        ),
         "method": first(choices.get("method"), method),
         "seed": seed if isinstance(seed, int) else None,
     }
@@ -379,10 +439,15 @@ def add_keys(rows: list[dict], keys: list[str] | tuple[str, ...]) -> list[dict]:
 def _unknown_key_message(key: str, rows: list[dict], configs: list) -> str:
     top = list(dict.fromkeys(k for cfg in configs if cfg is not None for k in cfg))
     shown = ", ".join(top[:12]) + (", ..." if len(top) > 12 else "")
-    where = (f"the configs' top-level keys are {shown}; name a leaf such as method.length"
-             if top else "no run has a config.yaml (spt.run writes it when a run finishes)")
-    return (f"{key!r} is neither a column ({', '.join(columns(rows)[1:8])}, ...) nor a config "
-            f"key of any of the {len(rows)} runs: check the spelling; {where}")
+    where = (
+        f"the configs' top-level keys are {shown}; name a leaf such as method.length"
+        if top
+        else "no run has a config.yaml (spt.run writes it when a run finishes)"
+    )
+    return (
+        f"{key!r} is neither a column ({', '.join(columns(rows)[1:8])}, ...) nor a config "
+        f"key of any of the {len(rows)} runs: check the spelling; {where}"
+    )
 
 
 def columns(rows: list[dict]) -> list[str]:
@@ -396,8 +461,14 @@ def columns(rows: list[dict]) -> list[str]:
 
 def _extra_columns(rows: list[dict]) -> list[str]:
     """Columns added by :func:`add_keys`, in the order they were added."""
-    return list(dict.fromkeys(k for r in rows for k in r
-                              if k not in FIXED and k != CONFIG and not k.startswith("val/")))
+    return list(
+        dict.fromkeys(
+            k
+            for r in rows
+            for k in r
+            if k not in FIXED and k != CONFIG and not k.startswith("val/")
+        )
+    )
 
 
 def markdown(rows: list[dict], cols: list[str] | None = None) -> str:
@@ -489,10 +560,14 @@ def _run_settings(row: dict) -> dict | None:
     flat = flatten(OmegaConf.to_container(cfg, resolve=False))
     seed = flat.get("seed")
     here = str(run.resolve())
-    return {k: v for k, v in flat.items()
-            if k not in _PER_RUN_KEYS and not k.startswith(_PER_RUN_PREFIXES)
-            and not (k.endswith(".seed") and v in (seed, "${seed}"))
-            and not (isinstance(v, str) and here in v)}  # a path inside the run itself
+    return {
+        k: v
+        for k, v in flat.items()
+        if k not in _PER_RUN_KEYS
+        and not k.startswith(_PER_RUN_PREFIXES)
+        and not (k.endswith(".seed") and v in (seed, "${seed}"))
+        and not (isinstance(v, str) and here in v)
+    }  # a path inside the run itself
 
 
 def _refuse_unlike(members: list[dict], group_by: list[str]) -> None:
@@ -503,14 +578,20 @@ def _refuse_unlike(members: list[dict], group_by: list[str]) -> None:
     if len(settings) < 2:
         return
     keys = sorted({k for s in settings for k in s})
-    differ = [k for k in keys if k not in group_by
-              and len({json.dumps(s.get(k, "<absent>"), sort_keys=True, default=str)
-                       for s in settings}) > 1]
+    differ = [
+        k
+        for k in keys
+        if k not in group_by
+        and len({json.dumps(s.get(k, "<absent>"), sort_keys=True, default=str) for s in settings})
+        > 1
+    ]
     if differ:
         shown = ", ".join(differ[:5]) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
-        raise SptError(f"--mean would average runs that differ in {shown}, not only in the "
-                       f"seed: add them to the groups (--group-by {','.join([*group_by, *differ[:3]])}) "
-                       "or point at runs of one setting")
+        raise SptError(
+            f"--mean would average runs that differ in {shown}, not only in the "
+            f"seed: add them to the groups (--group-by {','.join([*group_by, *differ[:3]])}) "
+            "or point at runs of one setting"
+        )
 
 
 def _is_number(v) -> bool:
@@ -525,8 +606,9 @@ def _order(v) -> tuple:
 
 
 def _agg_metrics(agg: list[dict]) -> list[str]:
-    return list(dict.fromkeys(k.removesuffix("_mean") for r in agg for k in r
-                              if k.endswith("_mean")))
+    return list(
+        dict.fromkeys(k.removesuffix("_mean") for r in agg for k in r if k.endswith("_mean"))
+    )
 
 
 def aggregate_columns(agg: list[dict], group_by: list[str]) -> list[str]:
@@ -557,9 +639,13 @@ def markdown_mean(agg: list[dict], group_by: list[str]) -> str:
     """Markdown table of :func:`aggregate`'s rows: group columns, then ``mean ± std (n)`` per
     metric (metrics no group has are left out)."""
     metrics = [m for m in _agg_metrics(agg) if any(r[f"{m}_n"] for r in agg)]
-    rows = [{**{c: r.get(c) for c in group_by},
-             **{m: mean_cell(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_n"]) for m in metrics}}
-            for r in agg]
+    rows = [
+        {
+            **{c: r.get(c) for c in group_by},
+            **{m: mean_cell(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_n"]) for m in metrics},
+        }
+        for r in agg
+    ]
     return markdown(rows, list(group_by) + metrics)
 
 
@@ -567,8 +653,9 @@ def markdown_mean(agg: list[dict], group_by: list[str]) -> str:
 # Plots
 
 
-def plot(rows: list[dict], x: str, metric: str, hue: str | None = None,
-         out: Path | str | None = None):
+def plot(
+    rows: list[dict], x: str, metric: str, hue: str | None = None, out: Path | str | None = None
+):
     """Plot ``metric`` against ``x`` (a column or dotted config key), one line per ``hue``
     value; return the matplotlib ``Figure`` (its axes: ``fig.axes[0]``).
 
@@ -613,13 +700,17 @@ def plot(rows: list[dict], x: str, metric: str, hue: str | None = None,
                 std = statistics.stdev(values) if len(values) > 1 else None
                 points.append((position[v], statistics.fmean(values), std))
         label = None if hue is None else f"{hue}={h}"
-        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                          label=label)
+        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
         spread = [p for p in points if p[2] is not None]
         if spread:
-            ax.errorbar([p[0] for p in spread], [p[1] for p in spread],
-                        yerr=[p[2] for p in spread], fmt="none", ecolor=line.get_color(),
-                        capsize=3)
+            ax.errorbar(
+                [p[0] for p in spread],
+                [p[1] for p in spread],
+                yerr=[p[2] for p in spread],
+                fmt="none",
+                ecolor=line.get_color(),
+                capsize=3,
+            )
     if log:
         ax.set_xscale("log")
     if not numeric:
@@ -630,8 +721,11 @@ def plot(rows: list[dict], x: str, metric: str, hue: str | None = None,
     cells = {(r.get(hue) if hue else None, r[x]) for r in have}
     ax.set_xlabel(x + (" (log scale)" if log else ""))
     ax.set_ylabel(f"{metric} (mean ± std over seeds)" if len(have) > len(cells) else metric)
-    same = [f"{c}={have[0][c]}" for c in IDENTITY  # what all points share, for the subtitle
-            if c not in (x, hue) and have[0].get(c) and len({r.get(c) for r in have}) == 1]
+    same = [
+        f"{c}={have[0][c]}"
+        for c in IDENTITY  # what all points share, for the subtitle
+        if c not in (x, hue) and have[0].get(c) and len({r.get(c) for r in have}) == 1
+    ]
     title = f"{metric} vs {x}" + (f" by {hue}" if hue else "")
     ax.set_title(title + (f"\n{', '.join(same)}" if same else ""), fontsize=10)
     if hue:
@@ -656,10 +750,15 @@ def _refuse_mixed(rows: list[dict], x: str, hue: str | None) -> None:
         for members in cells.values():
             values = list(dict.fromkeys(str(r.get(col)) for r in members))
             if len(values) > 1:
-                fix = ("pass --done-only" if col == "status"
-                       else f"pass --hue {col}, or roots holding one {col} only")
-                raise SptError(f"the runs to plot differ in {col} ({', '.join(values[:4])}); "
-                               f"a point would average them: {fix}")
+                fix = (
+                    "pass --done-only"
+                    if col == "status"
+                    else f"pass --hue {col}, or roots holding one {col} only"
+                )
+                raise SptError(
+                    f"the runs to plot differ in {col} ({', '.join(values[:4])}); "
+                    f"a point would average them: {fix}"
+                )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -669,25 +768,45 @@ def _refuse_mixed(rows: list[dict], x: str, hue: str | None) -> None:
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
-        raise argparse.ArgumentTypeError("give comma-separated names, e.g. method.length,data.shots")
+        raise argparse.ArgumentTypeError(
+            "give comma-separated names, e.g. method.length,data.shots"
+        )
     return names
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spt.compare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("roots", nargs="+", type=Path,
-                        help="run directories or their parents, or wandb:ENTITY/PROJECT[/GROUP]")
+    parser = argparse.ArgumentParser(
+        prog="python -m spt.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "roots",
+        nargs="+",
+        type=Path,
+        help="run directories or their parents, or wandb:ENTITY/PROJECT[/GROUP]",
+    )
     parser.add_argument("--csv", type=Path, help="also write every column to this CSV file")
-    parser.add_argument("--keys", type=_names, default=[],
-                        help="comma-separated dotted config keys to add as columns")
-    parser.add_argument("--done-only", action="store_true",
-                        help="leave out runs without metrics.json (still going or crashed)")
-    parser.add_argument("--mean", action="store_true",
-                        help="one row per group: mean ± std (n) over seeds")
-    parser.add_argument("--group-by", type=_names,
-                        help="comma-separated columns or config keys to group by (implies "
-                             "--mean; default: data,model,method,regularizer,<--keys>,status)")
+    parser.add_argument(
+        "--keys",
+        type=_names,
+        default=[],
+        help="comma-separated dotted config keys to add as columns",
+    )
+    parser.add_argument(
+        "--done-only",
+        action="store_true",
+        help="leave out runs without metrics.json (still going or crashed)",
+    )
+    parser.add_argument(
+        "--mean", action="store_true", help="one row per group: mean ± std (n) over seeds"
+    )
+    parser.add_argument(
+        "--group-by",
+        type=_names,
+        help="comma-separated columns or config keys to group by (implies "
+        "--mean; default: data,model,method,regularizer,<--keys>,status)",
+    )
     parser.add_argument("--plot", metavar="X", help="plot --metric against this column or key")
     parser.add_argument("--metric", help="the metric to plot, e.g. val/acc")
     parser.add_argument("--hue", help="one line per value of this column or key")
@@ -711,8 +830,11 @@ def main(argv: list[str] | None = None) -> int:
                 write_csv(rows, args.csv)
         if args.plot:
             fig = plot(rows, args.plot, args.metric, hue=args.hue, out=args.out)
-            print(f"wrote {args.out} ({args.metric} vs {args.plot}, "
-                  f"{fig.axes[0].get_xscale()} x axis)", file=sys.stderr)
+            print(
+                f"wrote {args.out} ({args.metric} vs {args.plot}, "
+                f"{fig.axes[0].get_xscale()} x axis)",
+                file=sys.stderr,
+            )
     except SptError as exc:
         print(f"spt: error: {exc}", file=sys.stderr)
         return 2

@@ -50,15 +50,17 @@ def records(path: Path) -> Iterator:
     if len(data) < FILE_HEADER:  # just created: wandb-core buffers until its first flush
         return
     if not data.startswith(MAGIC):
-        raise SptError(f"{path} is not a W&B run log (no {MAGIC!r} header): delete it, or "
-                       "leave its run out (spt.compare --done-only)")
+        raise SptError(
+            f"{path} is not a W&B run log (no {MAGIC!r} header): delete it, or "
+            "leave its run out (spt.compare --done-only)"
+        )
     pos, parts = FILE_HEADER, []
     while pos + CHUNK.size <= len(data):
         if BLOCK - pos % BLOCK < CHUNK.size:  # a block's tail too short for a chunk: padding
             pos += BLOCK - pos % BLOCK
             continue
         crc, length, kind = CHUNK.unpack_from(data, pos)
-        body = data[pos + CHUNK.size: pos + CHUNK.size + length]
+        body = data[pos + CHUNK.size : pos + CHUNK.size + length]
         if kind == 0 and length == 0:  # zero fill up to the block's end
             pos += BLOCK - pos % BLOCK
             continue
@@ -100,8 +102,7 @@ def read_offline_run(path: Path, history: bool = False) -> WandbRun:
     if path.is_dir():
         logs = sorted(path.glob("run-*.wandb"))
         if not logs:
-            raise SptError(f"{path} holds no run-<id>.wandb: give a wandb/offline-run-* "
-                           "directory")
+            raise SptError(f"{path} holds no run-<id>.wandb: give a wandb/offline-run-* directory")
         path = logs[0]
     run = WandbRun(id=path.stem.removeprefix("run-"))
     for record in records(path):
@@ -142,8 +143,11 @@ def read_offline_run(path: Path, history: bool = False) -> WandbRun:
 def offline_runs(run_dir: Path) -> list[Path]:
     """The local W&B run directories of an spt run directory (``<run>/wandb/offline-run-*``,
     or ``run-*`` when it logged online), oldest first: a resumed run starts a new one."""
-    found = [p for p in (Path(run_dir) / "wandb").glob("*run-*")
-             if p.is_dir() and any(p.glob("run-*.wandb"))]
+    found = [
+        p
+        for p in (Path(run_dir) / "wandb").glob("*run-*")
+        if p.is_dir() and any(p.glob("run-*.wandb"))
+    ]
     return sorted(found, key=lambda p: p.name.removeprefix("offline-"))  # by start time
 
 
@@ -158,14 +162,23 @@ def api_runs(path: str, group: str | None = None) -> list[WandbRun]:
         for r in found:
             config = {k: v for k, v in dict(r.config).items() if not k.startswith("_")}
             summary = {k: v for k, v in dict(r.summary).items() if not k.startswith("_")}
-            out.append(WandbRun(id=r.id, group=r.group or "", tags=list(r.tags or []),
-                                config=config, summary=summary,
-                                finished=r.state == "finished"))
+            out.append(
+                WandbRun(
+                    id=r.id,
+                    group=r.group or "",
+                    tags=list(r.tags or []),
+                    config=config,
+                    summary=summary,
+                    finished=r.state == "finished",
+                )
+            )
     except Exception as exc:  # no network, no login, no such project
-        raise SptError(f"wandb:{path}: the W&B API could not list the runs "
-                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the "
-                       "network and `wandb login`, or compare the local run directories "
-                       "instead") from None
+        raise SptError(
+            f"wandb:{path}: the W&B API could not list the runs "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the "
+            "network and `wandb login`, or compare the local run directories "
+            "instead"
+        ) from None
     if not out:
         raise SptError(f"wandb:{path}: no runs{f' in group {group!r}' if group else ''}")
     return out
