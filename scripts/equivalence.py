@@ -163,8 +163,8 @@ def run_case(overrides: list[str], data_dir: Path):
         batch = next(iter(loader))
         m.eval()
         with torch.no_grad():
-            if m.generative:
-                record["texts"] = m.generate_texts(batch)
+            if m.objective.generative:
+                record["texts"] = m.objective.texts(m, batch)
             else:
                 tensors["_scores"] = m(batch).detach().float()
     finally:

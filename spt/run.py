@@ -118,10 +118,10 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             path = save_artifact(out_dir / "prompt.safetensors", tensors, meta)
             metrics["artifact"] = str(path)
             metrics["artifact_bytes"] = path.stat().st_size
-        if getattr(method, "last_predictions", None):  # text-to-text: what was scored
+        if getattr(method.objective, "last_predictions", None):  # text-to-text: what was scored
             atomic_write_text(
                 out_dir / "predictions.jsonl",
-                "".join(json.dumps(row) + "\n" for row in method.last_predictions),
+                "".join(json.dumps(row) + "\n" for row in method.objective.last_predictions),
             )
             metrics["predictions"] = str(out_dir / "predictions.jsonl")
         metrics["optimized_metric"] = metric

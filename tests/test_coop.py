@@ -289,7 +289,7 @@ def test_coop_cluster_recipe_composes(shots, epochs):
         )
     assert cfg.model.name_or_path == "openai/clip-vit-base-patch16"
     assert cfg.method.length == 16 and cfg.method.optimizer.lr == 0.002
-    assert cfg.method.scheduler == "cosine" and cfg.data.batch_size == 32
+    assert cfg.method.scheduler.name == "cosine" and cfg.data.batch_size == 32
     assert cfg.data.shots == shots and cfg.data.seed == 3
     assert cfg.trainer.max_epochs == epochs == cfg.trainer.check_val_every_n_epoch
     assert cfg.trainer.max_steps == -1

@@ -113,7 +113,9 @@ def reference_scores(m: CPT, batch: dict) -> torch.Tensor:
             ids = ids[len(prefix) :]
         ctx = m.context_embeds(batch["task_ids"][i : i + 1])[0]
         x = torch.cat([ctx, m.base.input_embeddings(torch.tensor(ids))])
-        rows.append(torch.stack([_manual_decoder(m.backbone, x, w) for w in m.labels.lists()]))
+        rows.append(
+            torch.stack([_manual_decoder(m.backbone, x, w) for w in m.objective.labels[0].lists()])
+        )
     return torch.stack(rows)
 
 

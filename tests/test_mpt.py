@@ -138,7 +138,7 @@ def test_resume_from_an_mpt_artifact(data_dir, tmp_path):
     with torch.no_grad():
         m.prompts.u.mul_(1.5)
     path = _save(m, tmp_path / "mpt.safetensors")
-    again = MPT(m.base, m.task, length=4, n_tasks=2, init="file", init_file=path)
+    again = MPT(m.base, m.objective.task, length=4, n_tasks=2, init="file", init_file=path)
     torch.testing.assert_close(again.prompts.table(), m.prompts.table())
 
 

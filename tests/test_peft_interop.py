@@ -178,7 +178,7 @@ def spt_t5_logits(m, batch, target) -> torch.Tensor:
 def peft_decoder_check(m, pm, texts, name):
     """Each row alone (PEFT's prompt would sit before left padding), then equal-length rows
     batched: all logits, and the single-token class scores of ``decoder_scores``."""
-    label_ids = m.task_labels[0].ids[:, 0]
+    label_ids = m.objective.labels[0].ids[:, 0]
     for group in [[t] for t in texts] + [["good film!", "bad acting"]]:
         batch = soft_first_batch(m.base, group, m.n_soft_tokens)
         with torch.no_grad():
@@ -222,7 +222,7 @@ def test_export_prompt_t5_matches_peft(tmp_path):
 
 def t5_check(m, pm, name):
     batch = soft_first_batch(m.base, TEXTS, m.n_soft_tokens)  # right-padded
-    labels = m.task_labels[0]
+    labels = m.objective.labels[0]
     target = labels.ids[1].expand(len(TEXTS), -1)
     with torch.no_grad():
         ours = spt_t5_logits(m, batch, target)
@@ -285,7 +285,7 @@ def test_export_prefix_llama_gqa_matches_peft(tmp_path):
     assert (cfg["peft_type"], cfg["prefix_projection"]) == ("PREFIX_TUNING", False)
     assert (cfg["num_attention_heads"], cfg["token_dim"], cfg["num_layers"]) == (2, 16, 2)
     pm = PeftModel.from_pretrained(tiny("llama").model, str(out.path)).eval()
-    label_ids = m.task_labels[0].ids[:, 0]
+    label_ids = m.objective.labels[0].ids[:, 0]
     batch = soft_first_batch(m.base, TEXTS, 0)  # left-padded: PEFT gets spt's position ids
     with torch.no_grad():
         ours = spt_prefix_logits(m, batch)

@@ -101,7 +101,7 @@ def test_t5_encoder_prefix_changes_the_encoder_output():
     batch = _batch(m, TEXTS, [0, 0, 0])
     embeds = m.base.input_embeddings(batch["input_ids"])
     kv = m.prefix(batch["task_ids"])
-    n_enc = m.layout.parts[0]
+    n_enc = m.prefix.layout.parts[0]
     assert n_enc == m.backbone.config.num_layers
     assert kv.shape[1] == n_enc + m.backbone.config.num_decoder_layers
     plain = encode(m.backbone, embeds, batch["attention_mask"])
@@ -244,7 +244,9 @@ def test_t5_prefix_defaults_follow_li_and_liang():
     from its own embedding and MLP (Li & Liang's seq2seq model); shared_reparam keeps one."""
     m = PrefixTuning(tiny("t5", hidden=64, seed=3), TASK, length=4, hidden=32).eval()
     enc_layers, dec_layers = m.backbone.config.num_layers, m.backbone.config.num_decoder_layers
-    assert m.cross_attention and [len(b.mlp[2].bias) // (2 * 64) for b in m.prefix.blocks] == [
+    assert m.prefix.layout.cross_attention and [
+        len(b.mlp[2].bias) // (2 * 64) for b in m.prefix.blocks
+    ] == [
         enc_layers,
         dec_layers,
         dec_layers,
@@ -262,7 +264,7 @@ def test_t5_prefix_defaults_follow_li_and_liang():
     assert not hasattr(shared.prefix, "blocks") and shared.prefix.table().shape[-1] == (
         (enc_layers + 2 * dec_layers) * 2 * 64
     )
-    assert not PrefixTuning(tiny("llama"), TASK, length=2, hidden=8).cross_attention
+    assert not PrefixTuning(tiny("llama"), TASK, length=2, hidden=8).prefix.layout.cross_attention
 
 
 def test_t5_decoder_prefix_changes_the_scores():
@@ -270,7 +272,7 @@ def test_t5_decoder_prefix_changes_the_scores():
     batch = _batch(m, TEXTS, [0, 0, 0])
     embeds = m.base.input_embeddings(batch["input_ids"])
     kv = m.prefix(batch["task_ids"])
-    enc, dec = kv[:, : m.layout.parts[0]], kv[:, m.layout.parts[0] :]
+    enc, dec = kv[:, : m.prefix.layout.parts[0]], kv[:, m.prefix.layout.parts[0] :]
     with_dec = m.class_scores(embeds, batch["attention_mask"], (enc, dec))
     without = m.class_scores(embeds, batch["attention_mask"], (enc, None))
     assert (with_dec - without).abs().max() > 1e-4
@@ -323,7 +325,7 @@ def test_cross_attention_needs_an_encoder_decoder(family):
 def test_sizes_come_from_the_config_with_gqa():
     m = _method("llama")
     cfg = m.backbone.config
-    assert m.sizes["n_kv_heads"] == cfg.num_key_value_heads < cfg.num_attention_heads
+    assert m.prefix.layout.sizes["n_kv_heads"] == cfg.num_key_value_heads < cfg.num_attention_heads
     kv = m.prefix(torch.tensor([0, 0]))
     assert kv.shape == (
         2,
@@ -455,7 +457,7 @@ def test_ptuning_v2_defaults_and_the_reference_pooler_head():
     assert not m.prefix.reparam and m.prefix.dropout.p == 0.1 and m.pooling == "pooler"
     batch = _batch(m, TEXTS, [0, 0, 0])
     seen = []
-    m.head.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    m.objective.head.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
     m(batch)
     prefix = m.kv_prefix(batch)
     p, length = prefix.shape[-2], batch["attention_mask"].shape[1]

@@ -133,8 +133,8 @@ def test_init_and_forward(family, init, tmp_path):
         g = torch.Generator().manual_seed(7)
         with torch.no_grad():
             source.prompt.weight.copy_(torch.randn(source.prompt.weight.shape, generator=g))
-            if source.head is not None:
-                for p in source.head.parameters():
+            if source.objective.head is not None:
+                for p in source.objective.head.parameters():
                     p.copy_(torch.randn(p.shape, generator=g))
         kw["init_file"] = str(
             save_artifact(
@@ -173,11 +173,13 @@ def test_init_and_forward(family, init, tmp_path):
         assert torch.equal(w, source.prompt.weight.detach())
         if family == "bert":
             for (n, p), (_, q) in zip(
-                m.head.named_parameters(), source.head.named_parameters(), strict=True
+                m.objective.head.named_parameters(),
+                source.objective.head.named_parameters(),
+                strict=True,
             ):
                 assert torch.equal(p, q), n
         else:
-            assert m.head is None
+            assert m.objective.head is None
 
 
 def test_frequent_token_ids_counts_texts():
@@ -215,7 +217,9 @@ def _loader(batches):
 
 
 def _own_keys(family):
-    return {"prompt.weight"} | ({"head.1.weight", "head.1.bias"} if family == "bert" else set())
+    return {"prompt.weight"} | (
+        {"objective.head.1.weight", "objective.head.1.bias"} if family == "bert" else set()
+    )
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -231,7 +235,11 @@ def stepped(request, tmp_path_factory):
     ]
     before = {k: v.clone() for k, v in m.backbone.state_dict(keep_vars=False).items()}
     prompt0 = m.prompt.weight.detach().clone()
-    head0 = [p.detach().clone() for p in m.head.parameters()] if m.head is not None else []
+    head0 = (
+        [p.detach().clone() for p in m.objective.head.parameters()]
+        if m.objective.head is not None
+        else []
+    )
     trainer = _trainer(tmp, 1)
     trainer.fit(m, train_dataloaders=_loader(batches))
     ckpt = tmp / "x.ckpt"
@@ -267,7 +275,7 @@ def test_step_changes_prompt_and_head(stepped):
     if stepped["family"] == "bert":
         assert all(
             not torch.equal(p.detach(), q)
-            for p, q in zip(m.head.parameters(), stepped["head0"], strict=True)
+            for p, q in zip(m.objective.head.parameters(), stepped["head0"], strict=True)
         )
 
 
@@ -356,15 +364,17 @@ def _manual_decoder(model, x: torch.Tensor, ids: list[int]) -> torch.Tensor:
 def test_decoder_scores_multi_token_match_manual():
     bb = tiny("llama")
     m = build(backbone=bb, length=3, init="sampled_vocab").eval()
-    assert not m.labels.single_token
+    assert not m.objective.labels[0].single_token
     batch = make_batch(bb, TEXTS, 3)
     with torch.no_grad():
         emb = m.embed(batch)
-        scores = Decoder().label_scores(m.backbone, emb, batch["attention_mask"], m.labels)
+        scores = Decoder().label_scores(
+            m.backbone, emb, batch["attention_mask"], m.objective.labels[0]
+        )
         assert torch.equal(scores, m(batch))
         for i in range(len(TEXTS)):
             x = emb[i, batch["attention_mask"][i].bool()]
-            for c, ids in enumerate(m.labels.lists()):
+            for c, ids in enumerate(m.objective.labels[0].lists()):
                 assert len(ids) > 1
                 want = _manual_decoder(m.backbone, x, ids)
                 assert abs(scores[i, c] - want) < 1e-4, (i, c, scores[i, c], want)
@@ -379,7 +389,7 @@ def test_decoder_scores_single_token_fast_path_match_manual():
     )
     assert [len(x) for x in lists] == [1, 1]
     m = build(backbone=bb, task=SINGLE_TOKEN_TASK, length=3, init="sampled_vocab").eval()
-    assert m.labels.single_token
+    assert m.objective.labels[0].single_token
     batch = make_batch(bb, TEXTS, 3)
     with torch.no_grad():
         emb = m.embed(batch)
@@ -395,11 +405,13 @@ def test_seq2seq_scores_match_manual():
     bb = tiny("t5")
     m = build(backbone=bb, length=3, init="sampled_vocab").eval()
     batch = make_batch(bb, TEXTS, 3)
-    lists = m.labels.lists()
+    lists = m.objective.labels[0].lists()
     assert lists[0][-1] == bb.tokenizer.eos_token_id and len(lists[0]) != len(lists[1])
     with torch.no_grad():
         emb = m.embed(batch)
-        scores = EncoderDecoder().label_scores(m.backbone, emb, batch["attention_mask"], m.labels)
+        scores = EncoderDecoder().label_scores(
+            m.backbone, emb, batch["attention_mask"], m.objective.labels[0]
+        )
         assert torch.equal(scores, m(batch))
         for i in range(len(TEXTS)):
             x = emb[i, batch["attention_mask"][i].bool()].unsqueeze(0)
@@ -449,8 +461,8 @@ def test_backbone_dropout_is_an_explicit_flag(family):
     m.train()
     assert m.training and not m.backbone.training
     assert not any(mod.training for mod in m.backbone.modules())
-    if m.head is not None:
-        assert m.head.training
+    if m.objective.head is not None:
+        assert m.objective.head.training
     on = build(family, backbone_dropout=True)
     on.train()
     assert on.backbone.training
@@ -526,7 +538,7 @@ def test_scorer_and_data_module_tokenise_label_words_alike(template, data_dir):
         f"data.template='{template}'",
     )
     _, dm, m = build(cfg)
-    assert m.task_labels[0].lists() == dm.label_word_ids()
+    assert m.objective.labels[0].lists() == dm.label_word_ids()
     assert dm.task.label_after_space == template.endswith(" ")
 
 
@@ -540,7 +552,7 @@ def test_mean_label_score_is_the_per_token_log_probability(family):
     a = PromptTuning(tiny(family, hidden=64), TASK, length=4, init="uniform", seed=1).eval()
     b = PromptTuning(tiny(family, hidden=64), mean_task, length=4, init="uniform", seed=1).eval()
     batch = make_batch(a.base, TEXTS, 4)
-    lengths = a.task_labels[0].mask.sum(1)
+    lengths = a.objective.labels[0].mask.sum(1)
     assert lengths[0] != lengths[1]
     torch.testing.assert_close(b(batch), a(batch) / lengths.float())
 

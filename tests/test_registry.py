@@ -37,6 +37,7 @@ def test_config_module_class_and_registry_agree(name):
     assert set(info.archs) <= set(ARCHS)
     assert list(cfg.supports) == list(info.archs), "the YAML's supports and the class disagree"
     assert methods.of_class(info.cls) is info
+    assert methods.name_of_target(cfg._target_) == name  # what spt.compare reads
 
 
 @pytest.mark.parametrize("case", sorted(equivalence.cases()))
@@ -62,3 +63,41 @@ def test_unknown_names_are_refused_with_the_list():
         methods.get("lora")
     with pytest.raises(SptError, match="not a method under spt.methods"):
         methods.of_class(int)
+
+
+# Lightning hooks and the method interface every method relies on: each must resolve to the
+# method itself or to the one mixin, never to LightningModule's default or a third class.
+HOOKS = (
+    "training_step",
+    "validation_step",
+    "on_validation_epoch_end",
+    "predict_step",
+    "configure_optimizers",
+    "state_dict",
+    "load_state_dict",
+    "on_save_checkpoint",
+    "on_load_checkpoint",
+    "on_train_batch_start",
+    "on_fit_start",
+    "train",
+    "class_scores",
+    "kv_prefix",
+    "query_mask",
+)
+OWN = ("forward", "embed", "param_groups", "artifact_tensors", "artifact_meta", "n_soft_tokens")
+
+
+@pytest.mark.parametrize("name", sorted(methods.registry()))
+def test_a_method_is_one_mixin_and_components(name):
+    import lightning as L
+
+    from spt.core.mixin import FrozenBackboneMixin
+
+    cls = methods.get(name).cls
+    assert cls.__bases__ == (FrozenBackboneMixin, L.LightningModule), cls.__mro__
+    for hook in HOOKS:
+        owner = next(c for c in cls.__mro__ if hook in vars(c))
+        assert owner in (cls, FrozenBackboneMixin), f"{name}.{hook} resolves to {owner}"
+    own = [o for o in OWN if o != "embed" or methods.get(name).prompt != "clip"]  # CLIP: no input
+    missing = [o for o in own if o not in vars(cls)]
+    assert missing == [], f"{name} lacks its own {missing}"

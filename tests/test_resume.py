@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from tests.test_run import REPO, run_dirs, spt_run
 
 STEPS = 150  # tiny-bert: a few ms a step, so the kill lands well before the end
-# 8 batches per epoch: the kill lands mid-epoch; dropout (head_dropout 0.1) draws from the RNG
+# 8 batches per epoch: the kill lands mid-epoch; dropout (method.head.dropout 0.1) draws from the RNG
 COMMON = (
     "model=tiny-bert",
     "data.train_limit=32",

@@ -3,6 +3,7 @@ fails with a clear message, exit status != 0 and no half-written run directory."
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
 import json
@@ -467,15 +468,16 @@ def test_text_to_text_is_refused_by_name_where_unsupported(method, model, data_d
 @pytest.mark.parametrize("method,model", list(itertools.product(METHODS, TINY)))
 def test_optimizer_groups_follow_the_config(method, model, data_dir):
     """Contract, per method YAML x tiny architecture: every trainable tensor is in exactly one
-    optimizer group, the head's at ``method.head_lr`` (when set) and all others at
-    ``method.optimizer.lr``. (Prefix methods once lost head_lr to the mixin order.)"""
+    optimizer group, the head's at ``method.head.lr`` (when set) and all others at
+    ``method.optimizer.lr``. (Prefix methods once lost the head's lr to the mixin order.)"""
     arch = TINY_ARCHS[_compose(f"model={model}").model.family]
     overrides = [f"method={method}", f"model={model}", *_small_data(arch, data_dir)]
     cfg = _compose(*overrides)
     if _refusal(cfg, arch):
         return  # refused by name: test_every_method_trains_one_step_on_every_supported_tiny_arch
-    if cfg.method.get("head_lr", "absent") is None:  # make a lost head_lr visible
-        cfg = _compose(*overrides, "method.head_lr=0.0123")
+    head = cfg.method.get("head")
+    if head is not None and head.lr is None:  # make a lost head lr visible
+        cfg = _compose(*overrides, "method.head.lr=0.0123")
     _, _, m = build(cfg)
     m._trainer = types.SimpleNamespace(estimated_stepping_batches=10)  # for lr schedulers
     opt = m.configure_optimizers()
@@ -483,10 +485,10 @@ def test_optimizer_groups_follow_the_config(method, model, data_dir):
     names = {id(p): n for n, p in m.trainable_named_parameters()}
     seen = [id(p) for g in opt.param_groups for p in g["params"]]
     assert sorted(seen) == sorted(names), "a trainable tensor is in no group, or in two"
-    head_lr = cfg.method.get("head_lr")
+    head_lr = cfg.method.head.lr if "head" in cfg.method else None
     for group in opt.param_groups:
         for p in group["params"]:
-            is_head = names[id(p)].startswith("head.")
+            is_head = names[id(p)].startswith("objective.head.")
             want = head_lr if is_head and head_lr is not None else cfg.method.optimizer.lr
             assert group["lr"] == pytest.approx(want), f"{names[id(p)]}: lr {group['lr']}"
 
@@ -508,6 +510,8 @@ def test_class_defaults_equal_the_yaml(method):
             continue
         assert key in params, f"method.{key} is not an argument of {node['_target_']}"
         default = params[key].default
+        if dataclasses.is_dataclass(default):  # a settings node: method.head, method.scheduler
+            default = dataclasses.asdict(default)
         if default is not inspect.Parameter.empty and default != value:
             differ[key] = (value, default)
     assert differ == {}, f"YAML vs class default: {differ}"

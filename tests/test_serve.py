@@ -194,7 +194,7 @@ def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
         PromptServer.from_runs([tmp_path])
     # a method the server does not serve, and a text-to-text run (their metadata edited)
     for edit, message in (
-        ({"method": "cpt"}, "method=cpt.*serves method=prompt, ptuning"),
+        ({"method": "cpt"}, "method=cpt.*serves method=mpt, prompt, ptuning, prefix"),
         ({"task_kind": "text-to-text"}, "text-to-text run"),
     ):
         run = tmp_path / next(iter(edit.values()))

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from spt.backbones.arch import Arch
-from spt.backbones.archs import arch_ops
+from spt.backbones.archs import ARCH_CLASSES, arch_ops
 
-ARCHS = ("encoder", "decoder", "encoder-decoder", "clip")
+ARCHS = tuple(ARCH_CLASSES)  # the architectures spt implements (spt.backbones.archs)
 
 # Config keys that change with how a model was loaded, not with what it is.
 _VOLATILE_CONFIG_KEYS = {

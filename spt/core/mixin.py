@@ -1,16 +1,26 @@
-"""The frozen-backbone contract every method shares (see DESIGN.md).
+"""The frozen-backbone contract every method shares: the one mixin (docs/design.md).
 
 - the backbone is passed in, frozen, and asserted frozen; at least one prompt parameter trains;
 - trainable parameters stay fp32 whatever the backbone's dtype;
 - the trainable count and percentage are logged at fit start;
 - ``state_dict`` (and so every Lightning checkpoint) holds only the method's own state, and
   loading a state that lacks one of those keys is an error, never a silent skip;
-- backbone dropout is an explicit flag (``backbone_dropout``), not an accident of ``.train()``.
+- backbone dropout is an explicit flag (``backbone_dropout``), not an accident of ``.train()``;
+- the optimizer is built from the method's ``param_groups()`` and the ``method.scheduler`` node;
+- checkpoints carry the RNG state, so a resumed run draws the same dropout masks;
+- Lightning's steps go to the method's objective (:mod:`spt.core.objective`), its one
+  component for losses, metrics and the encoder head.
+
+Everything else a method has is a component it owns: its prompt module (an ``nn.Module`` with
+stated shapes, :mod:`spt.modules`), its objective, and the architecture's operations
+(``self.base.ops``: scoring, key/value routes). Methods never inherit from each other.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,11 +31,40 @@ from spt.errors import SptError
 log = logging.getLogger(__name__)
 
 BACKBONE = "backbone"  # attribute (and state-dict prefix) of the frozen model
+# Constructor arguments that are objects, not settings: kept out of the saved hyperparameters
+HPARAMS_IGNORE = ["backbone", "task", "optimizer", "init_texts", "datamodule"]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """``method.scheduler``: a ``transformers.get_scheduler`` name (``constant``, ``linear``,
+    ``cosine``, ...) and its linear warmup steps."""
+
+    name: str = "constant"
+    warmup_steps: int = 0
+
+    @classmethod
+    def of(cls, value) -> Schedule:
+        """From a config node (a mapping; missing keys keep their defaults) or a Schedule."""
+        if isinstance(value, cls):
+            return value
+        if value is None:
+            return cls()
+        unknown = sorted(set(value) - {"name", "warmup_steps"})
+        if unknown:
+            raise SptError(f"method.scheduler has no {unknown}: it takes name and warmup_steps")
+        out = cls(**dict(value))
+        if not isinstance(out.warmup_steps, int) or out.warmup_steps < 0:
+            raise SptError(f"method.scheduler.warmup_steps={out.warmup_steps!r}: an int >= 0")
+        return out
 
 
 class FrozenBackboneMixin:
-    """Mix into a ``LightningModule`` before it; call :meth:`attach_backbone` first in
-    ``__init__`` and :meth:`check_frozen` last."""
+    """Mix into a ``LightningModule`` before it (``class M(FrozenBackboneMixin,
+    L.LightningModule)``); in ``__init__`` call :meth:`attach_backbone` first, set
+    ``self.objective``, and call :meth:`check_frozen` last."""
+
+    regularizer = None  # e.g. spt.regularizers.nemesis.Nemesis; set by spt.regularizers.attach
 
     # What the method registry (spt.methods) reads; a method sets method_name (= its module
     # and YAML name) and prompt_kind (a spt.methods.PROMPT_KINDS key), and narrows these.
@@ -33,14 +72,11 @@ class FrozenBackboneMixin:
     supports_generation = True  # trains and validates on text-to-text tasks too
 
     def attach_backbone(
-        self,
-        backbone: Backbone,
-        backbone_dropout: bool = False,
-        method: str | None = None,
-        supports=None,
+        self, backbone: Backbone, backbone_dropout: bool = False, supports=None
     ) -> None:
         """Freeze and keep ``backbone``. ``supports`` (from the method's YAML) narrows the
         architectures the class implements."""
+        method = getattr(self, "method_name", None)
         if supports is not None:
             self.supported_archs = tuple(a for a in supports if a in type(self).supported_archs)
         if backbone.arch not in self.supported_archs:
@@ -119,6 +155,13 @@ class FrozenBackboneMixin:
 
     # -- checkpoints carry the RNG, so a resumed run draws the same dropout masks -----------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # settings nodes as plain dicts: checkpoints load with weights_only=True
+        hp = checkpoint.get("hyper_parameters")
+        if hp:
+            checkpoint["hyper_parameters"] = {
+                k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                for k, v in hp.items()
+            }
         checkpoint["spt_rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["spt_rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -158,24 +201,61 @@ class FrozenBackboneMixin:
         for logger in self.loggers:
             logger.log_metrics(counts, step=0)
 
-    # No default ``param_groups`` here: every method (or its prompt mixin) defines its own, so
-    # that a mixin further down the MRO is never shadowed by a catch-all group (the prefix
-    # methods' head_lr was silently dropped that way: issue 18).
+    # -- what the method hands the backbone ----------------------------------------------
+    def class_scores(self, embeds, mask, prefix=None, task_ids=None) -> torch.Tensor:
+        """``[B, C]`` class scores of the prompted inputs (the objective's scorer)."""
+        return self.objective.class_scores(self.backbone, embeds, mask, prefix, task_ids)
+
+    def kv_prefix(self, batch: dict, dtype=torch.float32):
+        """Per-layer key/value prefixes for the batch; None for methods that prompt the input
+        only (key/value methods return them as ``backbone.ops`` splits them)."""
+        return None
+
+    def query_mask(self, batch: dict) -> torch.Tensor:
+        """The attention mask decoding starts from (a method may mask tokens of its own)."""
+        return batch["attention_mask"]
+
+    # -- Lightning's steps: the objective's ------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self.objective.training_step(self, batch)
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.objective.validation_step(self, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_val = self.objective.epoch_end(self, "val")
+        self.last_val_step = self.global_step
+
+    def predict_step(self, batch: dict, batch_idx: int):
+        """Class indices ``[B]``, or generated texts on a text-to-text task."""
+        return self.objective.predict(self, batch)
+
+    # -- the optimizer ---------------------------------------------------------------------
+    def set_optimizer(self, optimizer, scheduler) -> None:
+        """``optimizer``: a partial optimizer (``_partial_: true``) called with
+        :meth:`param_groups`; ``scheduler``: the ``method.scheduler`` node."""
+        self.optimizer_factory = optimizer
+        self.schedule = Schedule.of(scheduler)
+
+    # No default ``param_groups`` here: every method defines its own (its prompt module's
+    # group, then ``self.objective.head_groups()``), so no catch-all group shadows a head's lr
+    # (the prefix methods' head lr was silently dropped that way under a mixin stack: issue 18).
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise SptError("no optimizer configured: set method.optimizer")
         optimizer = self.optimizer_factory(self.param_groups())
-        if self.scheduler_name in (None, "constant") and not self.warmup_steps:
+        name, warmup = self.schedule.name, self.schedule.warmup_steps
+        if name in (None, "constant") and not warmup:
             return optimizer
         from transformers import get_scheduler
 
-        name = self.scheduler_name or "constant"
-        if name == "constant" and self.warmup_steps:
+        name = name or "constant"
+        if name == "constant" and warmup:
             name = "constant_with_warmup"
         scheduler = get_scheduler(
             name,
             optimizer,
-            num_warmup_steps=self.warmup_steps,
+            num_warmup_steps=warmup,
             num_training_steps=self.trainer.estimated_stepping_batches,
         )
         return {

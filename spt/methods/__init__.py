@@ -93,6 +93,16 @@ def of_class(cls: type) -> MethodInfo:
     )
 
 
+def name_of_target(target) -> str | None:
+    """The method a config's ``method._target_`` (``spt.methods.<name>.<Class>``) builds, read
+    without importing it (for tools that only read run directories); None for a target outside
+    the registry's modules."""
+    if not isinstance(target, str) or not target.startswith(f"{__name__}."):
+        return None
+    module = target[len(__name__) + 1 :].split(".")[0]
+    return module if module in {m.name for m in pkgutil.iter_modules(__path__)} else None
+
+
 def names(**where) -> list[str]:
     """Sorted names of the methods whose fields equal ``where`` (``names(prompt="kv")``)."""
     return sorted(
@@ -100,4 +110,4 @@ def names(**where) -> list[str]:
     )
 
 
-__all__ = ["PROMPT_KINDS", "MethodInfo", "get", "names", "of_class", "registry"]
+__all__ = ["PROMPT_KINDS", "MethodInfo", "get", "name_of_target", "names", "of_class", "registry"]

@@ -27,7 +27,6 @@ one run share its class names.
 from __future__ import annotations
 
 import contextlib
-import inspect
 
 import lightning as L
 import torch
@@ -37,8 +36,8 @@ from torch import nn
 from spt.backbones import Backbone
 from spt.backbones.arch import insert_soft
 from spt.core.artifact import check_base, load_artifact
-from spt.core.classify import ClassificationMixin
-from spt.core.mixin import FrozenBackboneMixin
+from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
+from spt.core.objective import objective_for, task_names_for
 from spt.data.task import TaskInfo
 from spt.errors import SptError
 
@@ -46,7 +45,7 @@ POSITIONS = ("end", "middle", "front")
 INITS = ("normal", "text", "file")
 
 
-class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
+class CoOp(FrozenBackboneMixin, L.LightningModule):
     """CoOp context vectors for a frozen CLIP.
 
     Args:
@@ -61,10 +60,11 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         n_tasks / task_names: rows of the context table.
         backbone_dropout: run the frozen towers with their dropout on during training.
         optimizer: a partial optimizer called with the parameter groups.
-        scheduler / warmup_steps: a ``transformers.get_scheduler`` name and its warmup.
+        scheduler: ``name`` (a ``transformers.get_scheduler`` name) and ``warmup_steps``
+            (:class:`~spt.core.mixin.Schedule`).
         seed: seeds the initialisation.
         supports: the architectures the YAML declares.
-        loss / head_dropout / head_lr / init_texts: accepted for the shared run interface (CLIP
+        loss / init_texts: accepted for the shared run interface (CLIP
             scores classes itself; ``loss`` must be ``class_ce``).
     """
 
@@ -89,13 +89,10 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         task_names: list[str] | None = None,
         backbone_dropout: bool = False,
         optimizer=None,
-        scheduler: str | None = "cosine",
-        warmup_steps: int = 0,
+        scheduler: Schedule = Schedule("cosine"),
         seed: int = 0,
         supports: list[str] | None = None,
         loss: str = "class_ce",
-        head_dropout: float = 0.0,
-        head_lr: float | None = None,
         init_texts: list[str] | None = None,
     ):
         super().__init__()
@@ -109,22 +106,20 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
             loss=loss,
             n_tasks=n_tasks,
         )
-        self.setup_method(
-            inspect.currentframe(),
-            backbone=backbone,
-            task=task,
-            backbone_dropout=backbone_dropout,
-            supports=supports,
+        # logger=False: the run logs the whole resolved config itself
+        self.save_hyperparameters(ignore=HPARAMS_IGNORE, logger=False)
+        self.attach_backbone(backbone, backbone_dropout, supports)
+        self.objective = objective_for(
+            self.base,
+            task,
             loss=loss,
-            head_dropout=head_dropout,
-            head_lr=head_lr,
-            task_names=task_names,
-            n_tasks=n_tasks,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            head=None,
+            method=self.method_name,
+            generates=self.supports_generation,
         )
-        if self.multitask:
+        self.task_names = task_names_for(task, task_names, n_tasks)
+        self.set_optimizer(optimizer, scheduler)
+        if self.objective.multitask:
             raise SptError(
                 "method=coop scores one set of class names; a task mixture "
                 f"(data={task.name}) is not supported: use one image dataset"
@@ -268,7 +263,7 @@ class CoOp(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
             "class_specific": self.class_specific,
             "init": hp.init,
             "init_text": hp.init_text,
-            **self.classification_meta(),
+            **self.objective.meta(),
             "base": self.base.identity(),
             "trainable_parameters": self.parameter_counts()["params/trainable"],
         }

@@ -30,7 +30,6 @@ them already. Queries arrive left-padded; positions run on from the context's en
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 
@@ -40,8 +39,8 @@ import torch.nn.functional as F
 
 from spt.backbones import Backbone
 from spt.core.artifact import check_base, load_artifact
-from spt.core.classify import ClassificationMixin
-from spt.core.mixin import FrozenBackboneMixin
+from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
+from spt.core.objective import objective_for, task_names_for
 from spt.core.steps import LOSSES, check_finite, classification_loss
 from spt.data.task import TaskInfo
 from spt.data.template import special_affixes
@@ -56,7 +55,7 @@ REFERENCE_DIM = 2048  # radii scale with sqrt(d / 2048), as in the method's desc
 INITS = ("zeros", "file")
 
 
-class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
+class CPT(FrozenBackboneMixin, L.LightningModule):
     """Context-Aware Prompt Tuning on decoder-only backbones.
 
     Args:
@@ -81,7 +80,8 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
             :func:`spt.core.steps.classification_loss`).
         backbone_dropout: run the frozen backbone with its dropout on during training.
         optimizer: a partial optimizer (``_partial_: true`` in YAML) called with param groups.
-        scheduler / warmup_steps: a ``transformers.get_scheduler`` name and its warmup.
+        scheduler: ``name`` (a ``transformers.get_scheduler`` name) and ``warmup_steps``
+            (:class:`~spt.core.mixin.Schedule`).
         seed: seeds the choice and order of the context examples.
         supports: the architectures the YAML declares; only ``decoder`` is implemented.
 
@@ -116,8 +116,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         loss: str = "class_ce",
         backbone_dropout: bool = False,
         optimizer=None,
-        scheduler: str | None = "constant",
-        warmup_steps: int = 0,
+        scheduler: Schedule = Schedule("constant"),
         seed: int = 0,
         supports: list[str] | None = None,
     ):
@@ -135,22 +134,20 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
             n_tasks=n_tasks,
             loss=loss,
         )
-        dm = datamodule  # an object, not a hyperparameter: setup_method leaves it out
-        self.setup_method(
-            inspect.currentframe(),
-            backbone=backbone,
-            task=task,
-            backbone_dropout=backbone_dropout,
-            supports=supports,
+        dm = datamodule  # an object, not a hyperparameter: HPARAMS_IGNORE leaves it out
+        # logger=False: the run logs the whole resolved config itself
+        self.save_hyperparameters(ignore=HPARAMS_IGNORE, logger=False)
+        self.attach_backbone(backbone, backbone_dropout, supports)
+        self.objective = objective_for(
+            self.base,
+            task,
             loss=loss,
-            head_dropout=0.0,
-            head_lr=None,
-            task_names=task_names,
-            n_tasks=n_tasks,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            head=None,
+            method=self.method_name,
+            generates=self.supports_generation,
         )
+        self.task_names = task_names_for(task, task_names, n_tasks)
+        self.set_optimizer(optimizer, scheduler)
         self.use_soft_prompt = True  # False = zero-shot: the query alone, no context
         self.eps_input = float(eps_input)
         self.eps_format = float(eps_format)
@@ -360,7 +357,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
         """``scores [B, C]``, ``query_loss``, ``context_nll [K]`` (mean over rows of each
         example's label NLL) and the combined ``loss`` (see the module docstring)."""
         scores, nll = self._scores(batch, with_nll=self.context_loss)
-        query_loss = classification_loss(scores, batch["labels"], self.loss_kind)
+        query_loss = classification_loss(scores, batch["labels"], self.objective.loss_kind)
         out = {"scores": scores, "query_loss": query_loss, "loss": query_loss}
         if nll is not None:
             w = self.context_weights().to(nll.device)
@@ -457,7 +454,7 @@ class CPT(FrozenBackboneMixin, ClassificationMixin, L.LightningModule):
             "context_loss": self.context_loss,
             "separator": hp.separator,
             "seed": hp.seed,
-            **self.classification_meta(),
+            **self.objective.meta(),
             "base": self.base.identity(),
             "trainable_parameters": self.parameter_counts()["params/trainable"],
         }

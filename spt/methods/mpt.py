@@ -23,7 +23,6 @@ trained MPT prompt also serves through ``method=prompt method.init=file``.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 
 import lightning as L
@@ -34,8 +33,8 @@ from spt.backbones import Backbone
 from spt.backbones.arch import insert_soft
 from spt.core import inits
 from spt.core.artifact import check_base, load_artifact
-from spt.core.classify import ClassificationMixin, SoftPromptScoring
-from spt.core.mixin import FrozenBackboneMixin
+from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
+from spt.core.objective import Head, objective_for, task_names_for
 from spt.core.steps import LOSSES, check_finite, classification_loss
 from spt.errors import SptError
 from spt.modules.low_rank_prompts import LowRankTaskPrompts
@@ -46,7 +45,7 @@ STAGES = ("source", "target")
 SHARED_INITS = ("sampled_vocab", "uniform", "text", "file")
 
 
-class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.LightningModule):
+class MPT(FrozenBackboneMixin, L.LightningModule):
     """Multitask Prompt Tuning (source or target stage).
 
     Args:
@@ -88,12 +87,10 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         n_tasks: int = 1,
         task_names: list[str] | None = None,
         loss: str = "class_ce",
-        head_dropout: float = 0.1,
-        head_lr: float | None = 0.01,
+        head: Head = Head(dropout=0.1, lr=0.01),
         backbone_dropout: bool = False,
         optimizer=None,
-        scheduler: str | None = "constant",
-        warmup_steps: int = 0,
+        scheduler: Schedule = Schedule("constant"),
         seed: int = 0,
         supports: list[str] | None = None,
     ):
@@ -111,21 +108,19 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
             loss=loss,
             n_tasks=n_tasks,
         )
-        self.setup_method(
-            inspect.currentframe(),
-            backbone=backbone,
-            task=task,
-            backbone_dropout=backbone_dropout,
-            supports=supports,
+        # logger=False: the run logs the whole resolved config itself
+        self.save_hyperparameters(ignore=HPARAMS_IGNORE, logger=False)
+        self.attach_backbone(backbone, backbone_dropout, supports)
+        self.objective = objective_for(
+            self.base,
+            task,
             loss=loss,
-            head_dropout=head_dropout,
-            head_lr=head_lr,
-            task_names=task_names,
-            n_tasks=n_tasks,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            head=head,
+            method=self.method_name,
+            generates=self.supports_generation,
         )
+        self.task_names = task_names_for(task, task_names, n_tasks)
+        self.set_optimizer(optimizer, scheduler)
         self.stage = stage
         self.distill_weight = float(distill_weight)
         g = torch.Generator().manual_seed(seed)
@@ -188,7 +183,7 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
         with torch.no_grad():
             for name in ("shared", "u", "v"):
                 getattr(self.prompts, name).copy_(tensors[name])
-        self.load_head_tensors(tensors, path)
+        self.objective.load_head_tensors(tensors, path)
 
     def _load_teachers(self, teachers: dict[str, str]) -> None:
         if self.base.ops.lm_head(self.backbone) is None:  # the hidden states it reads
@@ -197,14 +192,14 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
                 f"{self.base.name} ({self.base.arch}-only) has no LM head: use a "
                 "decoder-only or encoder-decoder model, or method.teachers=null"
             )
-        names = [t.name for t in self.tasks]
+        names = [t.name for t in self.objective.tasks]
         if sorted(teachers) != sorted(names):
             raise SptError(
                 f"method.teachers names {sorted(teachers)} but the tasks are "
                 f"{names}: give one Prompt Tuning artifact per task"
             )
         table = []
-        for info in self.tasks:
+        for info in self.objective.tasks:
             path = teachers[info.name]
             tensors, meta = load_artifact(path)
             check_base(meta, self.base.identity(), path)
@@ -249,6 +244,14 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
             self.embed(batch), batch["attention_mask"], task_ids=batch["task_ids"]
         )
 
+    def scores_with_prompts(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` class scores with ``prompts [B, N, d]`` at the soft slots instead of this
+        method's own vectors (regularizers probe corrupted prompts with it;
+        ``scores_with_prompts(b, soft_prompts(b["task_ids"]))`` equals ``forward(b)``)."""
+        return self.class_scores(
+            self.embed(batch, prompts), batch["attention_mask"], task_ids=batch["task_ids"]
+        )
+
     @contextlib.contextmanager
     def _capture_hidden(self):
         """Collects the final hidden states the LM head reads during the calls inside."""
@@ -271,8 +274,8 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
                 batch["attention_mask"],
                 task_ids=batch["task_ids"],
             )
-        task_loss = classification_loss(scores, batch["labels"], self.loss_kind)
-        reg = self.regularize(batch)
+        task_loss = classification_loss(scores, batch["labels"], self.objective.loss_kind)
+        reg = self.objective.regularize(self, batch)
         kl = distill_kl(scores, teacher)
         # task groups are scored in the same order for both, with differently shaped hiddens
         mse = F.mse_loss(
@@ -296,7 +299,7 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
 
     def param_groups(self) -> list[dict]:
         own = [p for p in self.prompts.parameters() if p.requires_grad]
-        return [{"params": own}, *self.head_param_groups()]
+        return [{"params": own}, *self.objective.head_groups()]
 
     # -- artifact --------------------------------------------------------------------------
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
@@ -306,7 +309,7 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
             "shared": p.shared.detach().float(),
             "u": p.u.detach().float(),
             "v": p.v.detach().float(),
-            **self.head_tensors(),
+            **self.objective.head_tensors(),
         }
 
     def artifact_meta(self) -> dict:
@@ -320,7 +323,7 @@ class MPT(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lightni
             "teachers": self.hparams.teachers,
             "distill_weight": self.distill_weight,
             "source_file": self.hparams.source_file,
-            **self.classification_meta(),
+            **self.objective.meta(),
             "base": self.base.identity(),
             "trainable_parameters": self.parameter_counts()["params/trainable"],
         }

@@ -19,20 +19,26 @@ prefixes use the cache API, and so do the optional cross-attention prefixes
 
 from __future__ import annotations
 
-import inspect
-
 import lightning as L
+import torch
 
 from spt.backbones import Backbone
 from spt.backbones.arch import attention_sizes
-from spt.core.classify import ClassificationMixin
-from spt.core.kv_prompts import KVPromptMixin, validate_kv
-from spt.core.mixin import FrozenBackboneMixin
+from spt.core.kv_prompts import (
+    kv_artifact_meta,
+    kv_artifact_tensors,
+    kv_prompt,
+    kv_scores,
+    load_kv_artifact,
+    validate_kv,
+)
+from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
+from spt.core.objective import Head, objective_for, task_names_for
 
 __all__ = ["PrefixTuning", "attention_sizes"]
 
 
-class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.LightningModule):
+class PrefixTuning(FrozenBackboneMixin, L.LightningModule):
     """Prefix Tuning for classification on encoder-only, decoder-only and T5 backbones.
 
     Args:
@@ -79,12 +85,10 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
         n_tasks: int = 1,
         task_names: list[str] | None = None,
         loss: str = "class_ce",
-        head_dropout: float = 0.1,
-        head_lr: float | None = 0.01,
+        head: Head = Head(dropout=0.1, lr=0.01),
         backbone_dropout: bool = False,
         optimizer=None,
-        scheduler: str | None = "constant",
-        warmup_steps: int = 0,
+        scheduler: Schedule = Schedule("constant"),
         seed: int = 0,
         supports: list[str] | None = None,
         init_texts: list[str] | None = None,
@@ -99,22 +103,21 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
             init_file=init_file,
             reference="Li & Liang use 10 for table-to-text",
         )
-        self.setup_method(
-            inspect.currentframe(),
-            backbone=backbone,
-            task=task,
-            backbone_dropout=backbone_dropout,
-            supports=supports,
+        # logger=False: the run logs the whole resolved config itself
+        self.save_hyperparameters(ignore=HPARAMS_IGNORE, logger=False)
+        self.attach_backbone(backbone, backbone_dropout, supports)
+        self.objective = objective_for(
+            self.base,
+            task,
             loss=loss,
-            head_dropout=head_dropout,
-            head_lr=head_lr,
-            task_names=task_names,
-            n_tasks=n_tasks,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            head=head,
+            method=self.method_name,
+            generates=self.supports_generation,
         )
-        self.setup_kv_prompts(
+        self.task_names = task_names_for(task, task_names, n_tasks)
+        self.set_optimizer(optimizer, scheduler)
+        self.prefix = kv_prompt(
+            self.base,
             n_tasks,
             length,
             reparam,
@@ -126,5 +129,38 @@ class PrefixTuning(FrozenBackboneMixin, ClassificationMixin, KVPromptMixin, L.Li
             shared_reparam,
         )
         if init == "file":
-            self.load_prefix_file(init_file)
+            load_kv_artifact(self, init_file)
         self.check_frozen()
+
+    # -- the prompt: key/value prefixes in every layer (spt.core.kv_prompts) ---------------
+    @classmethod
+    def serving_settings(cls, method_cfg) -> dict:
+        """Constructor settings (beyond the prefix table) a served module takes from a run's
+        ``method`` config; runs stack into one served table only when they agree."""
+        return {}
+
+    @property
+    def n_soft_tokens(self) -> int:
+        return 0  # nothing goes into the input sequence
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        """The plain input embeddings ``[B, L, d]``."""
+        return self.base.input_embeddings(batch["input_ids"])
+
+    def kv_prefix(self, batch: dict, dtype=torch.float32):
+        """Per-row prefixes ``[B, layers, 2, kv_heads, P, head_dim]``; on T5 an (encoder,
+        decoder self-attention, cross-attention or None) triple."""
+        return self.prefix.layout.split(self.prefix(batch["task_ids"]).to(dtype))
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Class scores ``[B, C]``."""
+        return kv_scores(self, batch)
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.prefix.parameters())}, *self.objective.head_groups()]
+
+    def artifact_tensors(self) -> dict[str, torch.Tensor]:
+        return kv_artifact_tensors(self)
+
+    def artifact_meta(self) -> dict:
+        return kv_artifact_meta(self)

@@ -9,7 +9,6 @@ Prompt Tuning", arXiv:2104.08691.
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import lightning as L
@@ -19,8 +18,8 @@ from spt.backbones import Backbone
 from spt.backbones.arch import insert_soft
 from spt.core import inits
 from spt.core.artifact import check_base, load_artifact
-from spt.core.classify import ClassificationMixin, SoftPromptScoring
-from spt.core.mixin import FrozenBackboneMixin
+from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
+from spt.core.objective import Head, objective_for, task_names_for
 from spt.core.steps import LOSSES
 from spt.data.task import TaskInfo  # noqa: I001
 from spt.errors import SptError
@@ -29,7 +28,7 @@ from spt.modules import PromptTable
 log = logging.getLogger(__name__)
 
 
-class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.LightningModule):
+class PromptTuning(FrozenBackboneMixin, L.LightningModule):
     """Prompt Tuning on encoder-only, decoder-only and encoder-decoder backbones.
 
     Args:
@@ -44,11 +43,12 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
             not sorted by frequency (WordPiece).
         n_tasks / task_names: rows of the prompt table.
         loss: ``class_ce`` or ``lm`` (see :func:`spt.core.steps.classification_loss`).
-        head_dropout: dropout before the encoder-only classification head.
-        head_lr: learning rate of that head (the prompt uses the optimizer's lr).
+        head: the encoder-only classification head's ``dropout`` and ``lr``
+            (:class:`~spt.core.objective.Head`; the prompt uses the optimizer's lr).
         backbone_dropout: run the frozen backbone with its dropout on during training.
         optimizer: a partial optimizer (``_partial_: true`` in YAML) called with param groups.
-        scheduler / warmup_steps: a ``transformers.get_scheduler`` name and its warmup.
+        scheduler: ``name`` (a ``transformers.get_scheduler`` name) and ``warmup_steps``
+            (:class:`~spt.core.mixin.Schedule`).
         seed: seeds the initialisation.
         supports: the architectures the YAML declares; others are refused.
     """
@@ -69,12 +69,10 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
         n_tasks: int = 1,
         task_names: list[str] | None = None,
         loss: str = "class_ce",
-        head_dropout: float = 0.1,
-        head_lr: float | None = 0.01,
+        head: Head = Head(dropout=0.1, lr=0.01),
         backbone_dropout: bool = False,
         optimizer=None,
-        scheduler: str | None = "constant",
-        warmup_steps: int = 0,
+        scheduler: Schedule = Schedule("constant"),
         seed: int = 0,
         supports: list[str] | None = None,
     ):
@@ -90,21 +88,19 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
         )
         # The run logs the whole resolved config itself; logger=False keeps Lightning from
         # merging (and clashing with) the data module's hparams.
-        self.setup_method(
-            inspect.currentframe(),
-            backbone=backbone,
-            task=task,
-            backbone_dropout=backbone_dropout,
-            supports=supports,
+        # logger=False: the run logs the whole resolved config itself
+        self.save_hyperparameters(ignore=HPARAMS_IGNORE, logger=False)
+        self.attach_backbone(backbone, backbone_dropout, supports)
+        self.objective = objective_for(
+            self.base,
+            task,
             loss=loss,
-            head_dropout=head_dropout,
-            head_lr=head_lr,
-            task_names=task_names,
-            n_tasks=n_tasks,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            head=head,
+            method=self.method_name,
+            generates=self.supports_generation,
         )
+        self.task_names = task_names_for(task, task_names, n_tasks)
+        self.set_optimizer(optimizer, scheduler)
         self.use_soft_prompt = True  # False = zero-shot: the template and verbalizer only
 
         self.prompt = PromptTable(n_tasks, length, backbone.hidden_size)
@@ -116,9 +112,9 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
         if init == "file":
             self.load_prompt_file(init_file)
             return
-        if init == "class_labels" and self.generative:
+        if init == "class_labels" and self.objective.generative:
             raise SptError(
-                f"method.init=class_labels needs label words; data={self.task.name} "
+                f"method.init=class_labels needs label words; data={self.objective.task.name} "
                 "is a generation task: set method.init=sampled_vocab (or text, "
                 "uniform, file)"
             )
@@ -126,7 +122,7 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
         if init == "class_labels":  # each task's row from its own label words
             tok = self.base.tokenizer
             words = []
-            for info in self.tasks:
+            for info in self.objective.tasks:
                 ids = self.base.ops.label_tokens(
                     tok, list(info.label_words), info.label_after_space
                 ).lists()
@@ -160,7 +156,7 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
             )
         with torch.no_grad():
             self.prompt.weight.copy_(tensors["prompt"])
-        self.load_head_tensors(tensors, path)
+        self.objective.load_head_tensors(tensors, path)
 
     # -- forward ---------------------------------------------------------------------------
     @property
@@ -188,12 +184,20 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
             self.embed(batch), batch["attention_mask"], task_ids=batch["task_ids"]
         )
 
+    def scores_with_prompts(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` class scores with ``prompts [B, N, d]`` at the soft slots instead of this
+        method's own vectors (regularizers probe corrupted prompts with it;
+        ``scores_with_prompts(b, soft_prompts(b["task_ids"]))`` equals ``forward(b)``)."""
+        return self.class_scores(
+            self.embed(batch, prompts), batch["attention_mask"], task_ids=batch["task_ids"]
+        )
+
     def param_groups(self) -> list[dict]:
-        return [{"params": list(self.prompt.parameters())}, *self.head_param_groups()]
+        return [{"params": list(self.prompt.parameters())}, *self.objective.head_groups()]
 
     # -- artifact --------------------------------------------------------------------------
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
-        return {"prompt": self.prompt.weight.detach().float(), **self.head_tensors()}
+        return {"prompt": self.prompt.weight.detach().float(), **self.objective.head_tensors()}
 
     def artifact_meta(self) -> dict:
         hp = self.hparams
@@ -204,7 +208,7 @@ class PromptTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, 
             "task_names": self.task_names,
             "init": hp.init,
             "init_text": hp.init_text,
-            **self.classification_meta(),
+            **self.objective.meta(),
             "base": self.base.identity(),
             "trainable_parameters": self.parameter_counts()["params/trainable"],
         }

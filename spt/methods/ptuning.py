@@ -9,22 +9,20 @@ adapters lose them) and the materialised prompt (what inference needs).
 
 from __future__ import annotations
 
-import inspect
-
 import lightning as L
 import torch
 
 from spt.backbones import Backbone
 from spt.backbones.arch import insert_soft
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
-from spt.core.classify import ClassificationMixin, SoftPromptScoring
-from spt.core.mixin import FrozenBackboneMixin
+from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
+from spt.core.objective import Head, objective_for, task_names_for
 from spt.core.steps import LOSSES
 from spt.errors import SptError
 from spt.modules.prompt_encoder import PromptEncoder
 
 
-class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.LightningModule):
+class PTuning(FrozenBackboneMixin, L.LightningModule):
     """P-Tuning v1 on encoder-only, decoder-only and encoder-decoder backbones.
 
     Args:
@@ -54,12 +52,10 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
         n_tasks: int = 1,
         task_names: list[str] | None = None,
         loss: str = "class_ce",
-        head_dropout: float = 0.1,
-        head_lr: float | None = None,
+        head: Head = Head(dropout=0.1, lr=None),
         backbone_dropout: bool = False,
         optimizer=None,
-        scheduler: str | None = "constant",
-        warmup_steps: int = 0,
+        scheduler: Schedule = Schedule("constant"),
         seed: int = 0,
         supports: list[str] | None = None,
         init_texts: list[str] | None = None,
@@ -80,21 +76,19 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
                 f"method.init={init!r}: choose random, or file with "
                 "method.init_file=/path/to/prompt.safetensors"
             )
-        self.setup_method(
-            inspect.currentframe(),
-            backbone=backbone,
-            task=task,
-            backbone_dropout=backbone_dropout,
-            supports=supports,
+        # logger=False: the run logs the whole resolved config itself
+        self.save_hyperparameters(ignore=HPARAMS_IGNORE, logger=False)
+        self.attach_backbone(backbone, backbone_dropout, supports)
+        self.objective = objective_for(
+            self.base,
+            task,
             loss=loss,
-            head_dropout=head_dropout,
-            head_lr=head_lr,
-            task_names=task_names,
-            n_tasks=n_tasks,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            warmup_steps=warmup_steps,
+            head=head,
+            method=self.method_name,
+            generates=self.supports_generation,
         )
+        self.task_names = task_names_for(task, task_names, n_tasks)
+        self.set_optimizer(optimizer, scheduler)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.prompt_encoder = PromptEncoder(
@@ -125,8 +119,16 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
             self.embed(batch), batch["attention_mask"], task_ids=batch["task_ids"]
         )
 
+    def scores_with_prompts(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """``[B, C]`` class scores with ``prompts [B, N, d]`` at the soft slots instead of this
+        method's own vectors (regularizers probe corrupted prompts with it;
+        ``scores_with_prompts(b, soft_prompts(b["task_ids"]))`` equals ``forward(b)``)."""
+        return self.class_scores(
+            self.embed(batch, prompts), batch["attention_mask"], task_ids=batch["task_ids"]
+        )
+
     def param_groups(self) -> list[dict]:
-        return [{"params": list(self.prompt_encoder.parameters())}, *self.head_param_groups()]
+        return [{"params": list(self.prompt_encoder.parameters())}, *self.objective.head_groups()]
 
     # -- artifact --------------------------------------------------------------------------
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
@@ -137,7 +139,7 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
                 for n, p in self.prompt_encoder.named_parameters()
             }
         )
-        return {**out, **self.head_tensors()}
+        return {**out, **self.objective.head_tensors()}
 
     def artifact_meta(self) -> dict:
         return {
@@ -146,7 +148,7 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
             "n_tasks": self.prompt_encoder.n_tasks,
             "task_names": self.task_names,
             "encoder": self.prompt_encoder.kind,
-            **self.classification_meta(),
+            **self.objective.meta(),
             "base": self.base.identity(),
             "trainable_parameters": self.parameter_counts()["params/trainable"],
         }
@@ -162,4 +164,4 @@ class PTuning(FrozenBackboneMixin, ClassificationMixin, SoftPromptScoring, L.Lig
             path,
             f"method.length / hidden / encoder; saved by method={meta.get('method')}",
         )
-        self.load_head_tensors(tensors, path)
+        self.objective.load_head_tensors(tensors, path)

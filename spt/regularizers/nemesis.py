@@ -172,7 +172,7 @@ class Nemesis:
 
     ``module`` provides ``soft_prompts(task_ids [B]) -> [B, N, d]`` and
     ``scores_with_prompts(batch, prompts [B', N, d]) -> [B', C]`` (see
-    :class:`spt.core.classify.SoftPromptScoring`; CoOp's class-specific contexts add a class axis,
+    ``scores_with_prompts``; CoOp's class-specific contexts add a class axis,
     ``[B, C, N, d]``); ``batch`` holds ``labels``, ``task_ids`` and whatever the module's scoring
     reads (``input_ids`` or ``pixel_values``). ``term`` is a scalar to add to the task
     loss; ``logs`` holds ``train/pun``, ``train/pan`` (when ``beta < 1``),
@@ -243,10 +243,10 @@ class Nemesis:
 
     def check(self, method) -> None:
         """Refuse, before training, a method this regularizer cannot serve."""
-        if getattr(method, "generative", False):
+        if method.objective.generative:
             raise SptError(
                 f"regularizer={self.name} compares class scores (PAN counts correct "
-                f"rows); data={method.task.name} is a generation task: use a "
+                f"rows); data={method.objective.task.name} is a generation task: use a "
                 "classification dataset or regularizer=none"
             )
         n = method.n_soft_tokens

@@ -6,7 +6,7 @@ directories, stacks them along the prompt table's task axis (the table every met
 ``[n_tasks, ...]``, gathered per row by ``task_ids``) and answers a batch whose rows name
 different tasks in one call of the table's method. Each task keeps its own template, label names and
 verbalizer words, and on encoder-only backbones its own classification head; rows are scored
-by the mixture path of :class:`~spt.core.classify.ClassificationMixin` (each row against its
+by the mixture path of :class:`~spt.core.objective.Classification` (each row against its
 own task's labels; that path currently runs the backbone once per task present in a batch,
 on that task's rows).
 

@@ -250,9 +250,13 @@ def _build_group(key: tuple, backbone, names: list[str], runs: list[_Run], tasks
                     f"backbone expects [1, {', '.join(map(str, table.shape[1:]))}]"
                 )
             table[t].copy_(saved[0])
-            if module.head is not None:
+            if module.objective.head is not None:
                 load_module_tensors(
-                    module.head[t], run.tensors, "head.", run.dir, "the run's data.label_names"
+                    module.objective.head[t],
+                    run.tensors,
+                    "head.",
+                    run.dir,
+                    "the run's data.label_names",
                 )
     module.requires_grad_(False)
     return module.to(next(backbone.model.parameters()).device).eval()

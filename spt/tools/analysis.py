@@ -112,7 +112,7 @@ def low_norm_effect(
 
     ``method`` provides ``soft_prompts(task_ids [B]) -> [B, ..., N, d]`` and
     ``scores_with_prompts(batch, prompts) -> [B, C]`` (see
-    :class:`spt.core.classify.SoftPromptScoring`); each batch holds ``labels`` (which give its
+    ``scores_with_prompts``); each batch holds ``labels`` (which give its
     size), ``task_ids`` (all 0 when absent) and whatever the method's scoring reads. The
     ``N + 1`` prompt variants of a batch are scored stacked along the batch axis, at most
     ``max(chunk_rows, B)`` rows per forward."""
@@ -225,7 +225,7 @@ def load_run(run_dir: Path, dev_limit: int | None = None):
         # (SST-2 at 32 rows: 1.7x fewer padded tokens); no row's prediction depends on order
         cfg.data.group_by_length = True
     _, datamodule, method = build(cfg)
-    if getattr(method, "generative", False):
+    if method.objective.generative:
         raise SptError(
             f"data={cfg.data.name} is a generation task and the Low-Norm analysis "
             "compares class predictions: analyse a run on a classification dataset"

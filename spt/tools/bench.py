@@ -608,9 +608,9 @@ def time_to_accuracy(
     method = spt["spt"][0]
     pm, peft_opt = peft_classifier(
         backbone,
-        method.head[-1],
+        method.objective.head[-1],
         method.prompt.weight[0].detach().clone(),
-        method.head_lr,
+        method.objective.head_lr,
         instantiate(configs["spt"].method.optimizer),
     )
     pad = backbone.tokenizer.pad_token_id

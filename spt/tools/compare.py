@@ -41,6 +41,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from spt import methods
 from spt.core.trees import flatten
 from spt.errors import SptError
 
@@ -358,11 +359,7 @@ def _identity(run: Path, cfg) -> dict:
     def first(*values) -> str:
         return next((str(v) for v in values if v not in (None, _ABSENT, "")), "")
 
-    target = _select(cfg, "method._target_")
-    # spt.methods.<name>.<Class>: the module file is named like the method group (DESIGN.md)
-    method = (
-        target.rsplit(".", 2)[-2] if isinstance(target, str) and target.count(".") >= 2 else None
-    )
+    method = methods.name_of_target(_select(cfg, "method._target_"))
     seed = _select(cfg, "seed")
     return {
         "data": first(_select(cfg, "data.name"), choices.get("data")),
