@@ -149,6 +149,19 @@ def _has_results(out_dir: Path) -> bool:
     )
 
 
+def remove_empty_parents(path: Path, root: Path) -> None:
+    """Remove the folders between ``path`` and ``root`` that are empty, bottom up (``root``
+    stays): a failed run leaves no ``runs/<data>/<model>/<method>/`` shells behind."""
+    root = root.resolve()
+    for parent in path.resolve().parents:
+        if parent == root or root not in parent.parents:
+            return
+        try:
+            parent.rmdir()  # only an empty folder; a sibling run's folder stops the walk
+        except OSError:
+            return
+
+
 def _finish_wandb() -> None:
     if "wandb" in sys.modules:
         import wandb
@@ -170,6 +183,7 @@ def main(cfg: DictConfig) -> float | None:
         if not _has_results(out_dir):  # nothing worth keeping: leave no half-written run
             logging.shutdown()
             shutil.rmtree(out_dir, ignore_errors=True)
+            remove_empty_parents(out_dir, Path(cfg.paths.root))
         print(f"spt: error: {err}", file=sys.stderr)
         sys.exit(2)
     finally:

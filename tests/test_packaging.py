@@ -112,3 +112,15 @@ def test_console_command_runs_a_tool(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["compare", "--help"])
     assert exit_.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_the_local_override_is_never_committed(repo):
+    """spt/conf/local/default.yaml (a machine's own overrides) is ignored by git; the folder's
+    .gitignore once held a pattern that matched nothing."""
+    if not (repo / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("not a git checkout")
+    for name in ("default.yaml", "cluster.yaml"):
+        r = subprocess.run(["git", "check-ignore", "-q", f"spt/conf/local/{name}"], cwd=repo)
+        assert r.returncode == 0, f"spt/conf/local/{name} is not ignored"
+    r = subprocess.run(["git", "check-ignore", "-q", "spt/conf/local/.gitignore"], cwd=repo)
+    assert r.returncode == 1, "the .gitignore itself must stay tracked"

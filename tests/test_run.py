@@ -286,6 +286,7 @@ def _fails(r, *needles: str, out: Path):
         assert needle in text, f"{needle!r} not in:\n{text[-2000:]}"
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert run_dirs(out) == [], "a failed run left a run directory"
+    assert not (out / "runs").exists(), f"a failed run left folders: {list(out.rglob('*'))}"
 
 
 def test_unknown_group_option(tmp_path):

@@ -242,6 +242,26 @@ def test_cli_predict(bert_runs, tmp_path, capsys):
     assert "needs text field(s) ['sentence']" in capsys.readouterr().err
 
 
+def test_the_readmes_curl_command_works(bert_server, repo):
+    """The README's ``curl`` example, as written (its headers and body), answers 200; without
+    its JSON content type FastAPI refuses the body (the README once lacked it)."""
+    import shlex
+
+    from fastapi.testclient import TestClient
+
+    text = (repo / "README.md").read_text()
+    start = text.index("curl -s localhost:8000/predict")
+    args = shlex.split(text[start : text.index("```", start)])
+    headers = dict(args[i + 1].split(": ", 1) for i, a in enumerate(args) if a == "-H")
+    body = args[args.index("-d") + 1]
+    with TestClient(create_app(bert_server, max_batch=8, max_wait_ms=1)) as client:
+        r = client.post("/predict", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        assert [p["task"] for p in r.json()["predictions"]] == ["sst2", "rte"]
+        form = {"Content-Type": "application/x-www-form-urlencoded"}  # curl -d's default
+        assert client.post("/predict", content=body, headers=form).status_code == 422
+
+
 def test_http_endpoints(bert_server):
     from fastapi.testclient import TestClient
 
