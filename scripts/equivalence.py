@@ -127,7 +127,7 @@ def run_case(overrides: list[str], data_dir: Path):
     the caller's own checks, the backbone's state and the artifact's tensors before fitting."""
     import lightning as L
 
-    from spt.run import build
+    from spt.build import build
 
     cfg = compose(overrides, data_dir)
     threads = torch.get_num_threads()

@@ -7,28 +7,15 @@ import inspect
 import logging
 
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+import spt.resolvers  # noqa: F401  (${spt.lookup:...})
 from spt import methods
 from spt.data.generation import GenerationTaskInfo
 from spt.errors import SptError
 from spt.regularizers import attach
 
 log = logging.getLogger("spt.run")
-
-
-def _lookup(table, key):
-    """``${spt.lookup:${table},${key}}``: ``table[key]``, for settings that follow another one
-    (e.g. CoOp's epochs per shot count)."""
-    if key not in table:
-        raise SptError(
-            f"no entry for {key!r} in {dict(table)}: use one of {list(table)} or "
-            "set the dependent key directly"
-        )
-    return table[key]
-
-
-OmegaConf.register_new_resolver("spt.lookup", _lookup, replace=True)
 
 
 def build(cfg: DictConfig):

@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from spt.backbones import tiny
 from spt.backbones.tiny_models import tiny_tokenizer
+from spt.build import build
 from spt.data import MultiTaskDataModule, TextClassificationDataModule
 from spt.errors import SptError
 from spt.methods.mpt import MPT
@@ -19,7 +20,6 @@ from spt.methods.prefix import PrefixTuning
 from spt.methods.prompt import PromptTuning
 from spt.methods.ptuning import PTuning
 from spt.methods.ptuning_v2 import PTuningV2
-from spt.run import build
 from tests.test_run import CONF
 
 ARCH = {"bert": "encoder", "llama": "decoder", "t5": "encoder-decoder"}

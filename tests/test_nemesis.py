@@ -20,6 +20,7 @@ from torch import nn
 
 from spt import methods
 from spt.backbones import tiny
+from spt.build import build
 from spt.errors import SptError
 from spt.methods.prompt import PromptTuning
 from spt.regularizers import attach, methods_providing
@@ -33,7 +34,6 @@ from spt.regularizers.nemesis import (
     pun,
     training_progress,
 )
-from spt.run import build
 from tests.test_prompt import TASK, make_batch
 from tests.test_run import CONF, run_dirs, spt_run
 
@@ -212,7 +212,7 @@ def test_training_progress_counts_fractional_epochs_of_optimizer_steps():
         training_progress(trainer)
 
 
-# -- composition through Hydra and spt.run.build -----------------------------------------
+# -- composition through Hydra and spt.build.build ---------------------------------------
 @pytest.mark.parametrize(
     "method,model", [("prompt", "tiny-bert"), ("ptuning", "tiny-llama"), ("mpt", "tiny-t5")]
 )

@@ -37,7 +37,7 @@ class _Losses(L.Callback):
 
 @pytest.mark.parametrize("name", CASES)
 def test_one_bf16_mixed_step_keeps_prompts_fp32(name, data_dir, one_thread):
-    from spt.run import build
+    from spt.build import build
 
     cfg = equivalence.compose(equivalence.cases()[name], data_dir)
     L.seed_everything(0, verbose=False)

@@ -525,7 +525,7 @@ def test_scorer_and_data_module_tokenise_label_words_alike(template, data_dir):
     """One tokenisation of the verbalizer: the ids the method scores are the ids the data module
     sizes its label reserve by (and CPT builds its context from), also when the template ends
     in a space (the scorer then added a second one)."""
-    from spt.run import build
+    from spt.build import build
     from tests.test_run import _compose
 
     cfg = _compose(
@@ -558,7 +558,7 @@ def test_mean_label_score_is_the_per_token_log_probability(family):
 
 
 def test_label_score_must_be_sum_or_mean(data_dir):
-    from spt.run import build
+    from spt.build import build
     from tests.test_run import _compose
 
     with pytest.raises(SptError, match="data.label_score='max': choose sum or mean"):

@@ -13,11 +13,11 @@ from torch.utils.data import DataLoader
 
 from spt import CONF_DIR
 from spt.backbones import tiny
+from spt.build import build
 from spt.core.artifact import load_artifact, save_artifact
 from spt.data.task import TaskInfo
 from spt.errors import SptError
 from spt.methods.ptuning import PTuning
-from spt.run import build
 
 TASK = TaskInfo(
     name="t",

@@ -20,8 +20,8 @@ from omegaconf import OmegaConf
 
 from spt import CONF_DIR
 from spt.backbones.tiny_models import TINY_ARCHS
+from spt.build import build
 from spt.errors import SptError
-from spt.run import build
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = CONF_DIR
@@ -287,6 +287,24 @@ def _fails(r, *needles: str, out: Path):
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert run_dirs(out) == [], "a failed run left a run directory"
     assert not (out / "runs").exists(), f"a failed run left folders: {list(out.rglob('*'))}"
+
+
+def test_help_lists_the_config_groups(tmp_path):
+    """``--help`` is spt's: the groups and their options, usage and examples."""
+    r = spt_run("--help", out=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Config groups (group=option)" in r.stdout and "Examples:" in r.stdout
+    methods = next(line for line in r.stdout.splitlines() if line.startswith("method: "))
+    assert methods.split(": ", 1)[1].split(", ") == METHODS
+    assert run_dirs(tmp_path) == []
+
+
+def test_the_entry_point_imports_neither_torch_nor_lightning():
+    """``--help`` and ``--cfg job`` answer in about a second because spt.run defers torch,
+    Lightning and transformers to the job itself (timed in the closing note, not here)."""
+    code = "import sys, spt.run; print([m for m in ('torch', 'lightning', 'transformers') if m in sys.modules])"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
 def test_unknown_group_option(tmp_path):

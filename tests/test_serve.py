@@ -15,9 +15,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from spt.build import build
 from spt.core.artifact import save_artifact
 from spt.errors import SptError
-from spt.run import build
 from spt.serve import PromptServer, create_app, load_test, main
 from tests.test_run import _compose, run_dirs, spt_run
 

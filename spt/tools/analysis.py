@@ -176,8 +176,8 @@ def load_run(run_dir: Path, dev_limit: int | None = None):
     from hydra.utils import get_class
     from omegaconf import OmegaConf
 
+    from spt.build import build
     from spt.regularizers import methods_providing
-    from spt.run import build
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -579,7 +579,7 @@ def time_to_accuracy(
     import lightning as L
     from hydra.utils import instantiate
 
-    from spt.run import build
+    from spt.build import build
 
     over = [f"model={model}", "method=prompt", "data=sst2", f"data.batch_size={batch_size}"]
     over += [

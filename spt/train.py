@@ -1,0 +1,139 @@
+"""One job: build from config, fit, evaluate on the dev split, write the run directory.
+
+Writes ``prompt.safetensors`` (the artifact, with its metadata), ``config.yaml`` (resolved),
+``metrics.json`` and, on text-to-text tasks, ``predictions.jsonl``; returns the metrics.
+:mod:`spt.run` is the command-line entry that calls it; this module holds what needs torch and
+Lightning, so that ``python -m spt.run --help`` answers without importing them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from spt import __version__
+from spt.build import build, instantiate_callbacks, instantiate_loggers
+from spt.core.artifact import atomic_write_text, save_artifact
+from spt.errors import SptError
+from spt.resume import ConfigStamp, FitClock, finished_run, in_run_dir, resume_checkpoint
+
+log = logging.getLogger("spt.run")
+# The frozen backbone stays in eval mode on purpose (see FrozenBackboneMixin.train).
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def train(cfg: DictConfig, out_dir: Path) -> dict:
+    if cfg.select not in ("last", "best"):  # checked before hours of training, not after
+        raise SptError(f"select={cfg.select!r}: choose last or best")
+    # Every interpolation resolves (or fails, naming the key) before the model loads.
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    stamp = in_run_dir(resolved, out_dir)  # what checkpoints carry and a resume compares
+    done = finished_run(cfg.get("resume"), out_dir, stamp)
+    if done is not None:
+        return done
+    ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir, stamp)
+    L.seed_everything(cfg.seed, workers=True)
+    backbone, datamodule, method = build(cfg)
+    metric = optimized_metric(cfg, datamodule.task)
+    fit = bool(cfg.train) and not cfg.zero_shot
+    loggers = instantiate_loggers(cfg)
+    for lg in loggers:
+        lg.log_hyperparams(resolved)
+    clock = FitClock()
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=[*instantiate_callbacks(cfg, fit, metric), clock, ConfigStamp(stamp)],
+    )
+    if fit:
+        log.info("fitting")
+        # weights_only: a checkpoint someone hands over runs no pickled code when resumed
+        trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if cfg.select == "best":
+            ckpt = (
+                trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            )
+            if not ckpt:
+                raise SptError("select=best needs a ModelCheckpoint callback with a monitor")
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+            method.load_state_dict(state)
+    if not (
+        fit and cfg.select == "last" and getattr(method, "last_val_step", -1) == trainer.global_step
+    ):  # else the fit's final validation already measured it
+        log.info("evaluating on the dev split")
+        trainer.validate(method, datamodule=datamodule, verbose=False)
+    metrics = {k: v for k, v in method.last_val.items() if not k.endswith("_best")}
+    if metric.endswith("_best"):  # a sweep may optimise the best dev value seen while fitting
+        metrics[metric] = method.last_val.get(metric)
+    metrics.update(
+        {
+            "fit_seconds": round(clock.seconds(), 1),
+            "steps": int(trainer.global_step),
+            **method.parameter_counts(),
+            "zero_shot": bool(cfg.zero_shot),
+            "method": HydraConfig.get().runtime.choices.get("method"),
+            "model": backbone.name,
+            "data": cfg.data.name,
+            "seed": int(cfg.seed),
+        }
+    )
+    if cfg.zero_shot:  # the prompt table exists but is not used
+        metrics["params/trainable"] = metrics["params/trainable_pct"] = 0
+    tensors = None if cfg.zero_shot else method.artifact_tensors()
+    if tensors is not None:  # logged too, so a W&B run alone tells what serving it takes
+        metrics["params/served"] = method.served_parameters(tensors)
+    for lg in loggers:
+        lg.log_metrics(
+            {
+                k: v
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+            step=int(trainer.global_step),
+        )
+        lg.save()  # the trainer already finalized its loggers: CSVLogger would drop these rows
+    if trainer.is_global_zero:
+        if tensors is not None:
+            meta = {
+                **method.artifact_meta(),
+                "spt_version": __version__,
+                "data": cfg.data.name,
+                "template": cfg.data.get("template"),
+                "dev_metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
+                "served_parameters": metrics["params/served"],
+            }
+            path = save_artifact(out_dir / "prompt.safetensors", tensors, meta)
+            metrics["artifact"] = str(path)
+            metrics["artifact_bytes"] = path.stat().st_size
+        if getattr(method.objective, "last_predictions", None):  # text-to-text: what was scored
+            atomic_write_text(
+                out_dir / "predictions.jsonl",
+                "".join(json.dumps(row) + "\n" for row in method.objective.last_predictions),
+            )
+            metrics["predictions"] = str(out_dir / "predictions.jsonl")
+        metrics["optimized_metric"] = metric
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def optimized_metric(cfg: DictConfig, task) -> str:
+    """``cfg.optimized_metric``, or the task's first metric (``val/acc``, ``val/bleu``) when
+    null; an unknown name is refused before training."""
+    known = [f"val/{m}" for m in task.metrics]
+    name = cfg.get("optimized_metric") or known[0]
+    if name not in known and name.removesuffix("_best") not in known:
+        raise SptError(
+            f"optimized_metric={name!r}: data={task.name} reports "
+            f"{', '.join(known)} (each also as <name>_best)"
+        )
+    return name
