@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from spt import __version__
 from spt.build import build, instantiate_callbacks, instantiate_loggers
+from spt.console import quiet_third_parties
 from spt.core.artifact import atomic_write_text, save_artifact
 from spt.errors import SptError
 from spt.resume import ConfigStamp, FitClock, finished_run, in_run_dir, resume_checkpoint
@@ -32,6 +33,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict:
+    quiet_third_parties()
     if cfg.select not in ("last", "best"):  # checked before hours of training, not after
         raise SptError(f"select={cfg.select!r}: choose last or best")
     # Every interpolation resolves (or fails, naming the key) before the model loads.

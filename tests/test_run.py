@@ -267,6 +267,37 @@ def test_run_with_wandb_offline_groups_and_finishes(tmp_path, data_dir):
     assert any("train/loss" in row for row in logged.history)
 
 
+def test_the_console_is_quiet_and_shows_progress(tmp_path, data_dir):
+    """A short run with W&B (offline) prints what spt says and no third-party noise: no
+    device or tip lines, no duplicated Lightning lines, no torchdata or wandb deprecation
+    warnings, no W&B run-history block, no "Epoch 0/-2" or v_num; one plain line per
+    validation (debug=fast validates once, at step 4)."""
+    r = spt_run(
+        "model=tiny-bert",
+        "debug=fast",
+        out=tmp_path,
+        env={"WANDB_MODE": "offline", "WANDB_SILENT": "false"},
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = r.stdout + r.stderr
+    for noise in (
+        "GPU available",
+        "TPU available",
+        "Tip:",
+        "set_vital",
+        "anonymous setting",
+        "Run history",
+        "Run summary",
+        "Epoch 0/-2",
+        "v_num",
+        "INFO: ",
+    ):
+        assert noise not in text, f"{noise!r} in the console:\n{text[-3000:]}"
+    progress = [line for line in text.splitlines() if "validation | step" in line]
+    assert len(progress) == 1 and "step 4/4 | val/acc " in progress[0], progress
+    assert len(text.splitlines()) <= 25, text
+
+
 def test_zero_shot_writes_no_prompt(tmp_path, data_dir):
     r = spt_run("model=tiny-llama", "debug=fast", "logger=csv", "zero_shot=true", out=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
