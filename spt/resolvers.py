@@ -19,3 +19,40 @@ def _lookup(table, key):
 
 
 OmegaConf.register_new_resolver("spt.lookup", _lookup, replace=True)
+
+
+def _multirun_job():
+    """Hydra's config of the job being composed, when it is one job of a multirun; else None
+    (a single run, or a config composed outside Hydra's app, e.g. in tests)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = HydraConfig.get()
+    except (ImportError, ValueError):  # ValueError: HydraConfig was not set
+        return None
+    return hydra if str(hydra.mode) == "RunMode.MULTIRUN" else None
+
+
+def _sweep_job() -> str:
+    """``${spt.sweep_job:}``: in a sweep job, `` #<job number> <its overrides>`` (so every job
+    of a sweep has its own W&B name); else an empty string."""
+    hydra = _multirun_job()
+    if hydra is None:
+        return ""
+    return f" #{hydra.job.num} {hydra.job.override_dirname}".rstrip()
+
+
+def _sweep_tags(tags) -> list:
+    """``${spt.sweep_tags:${tags}}``: the run's tags, plus ``sweep:<sweep folder>`` in a sweep
+    job (the W&B filter for one sweep's jobs)."""
+    tags = list(tags or [])
+    hydra = _multirun_job()
+    if hydra is None:
+        return tags
+    from pathlib import Path
+
+    return [*tags, f"sweep:{Path(hydra.sweep.dir).name}"]
+
+
+OmegaConf.register_new_resolver("spt.sweep_job", _sweep_job, replace=True)
+OmegaConf.register_new_resolver("spt.sweep_tags", _sweep_tags, replace=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tests.test_run import _compose, run_dirs, spt_run
 
@@ -75,6 +76,14 @@ def test_sweep_through_submitit_local(tmp_path, data_dir):
     assert seeds == [1, 2]
     assert all((p.parent / "prompt.safetensors").is_file() for p in jobs)
     assert list((tmp_path / "multirun").glob("*/.submitit"))  # submitit ran the jobs
+    # each job its own name (its number and overrides); one summary of the sweep at the end
+    names = [yaml.safe_load((p.parent / "config.yaml").read_text())["run_name"] for p in jobs]
+    assert names[0].startswith("sst2-tiny-bert-prompt #0 ") and "seed=1" in names[0], names
+    assert names[1].startswith("sst2-tiny-bert-prompt #1 ") and "seed=2" in names[1], names
+    (summary,) = (tmp_path / "multirun").glob("*/summary.md")
+    table = summary.read_text()
+    assert table.count("| done |") == 2 and "val/acc" in table, table
+    assert (summary.parent / "summary.csv").read_text().count("\n") == 3  # header + 2 jobs
 
 
 @pytest.mark.parametrize(
