@@ -565,3 +565,29 @@ def test_class_defaults_equal_the_yaml(method):
         if default is not inspect.Parameter.empty and default != value:
             differ[key] = (value, default)
     assert differ == {}, f"YAML vs class default: {differ}"
+
+
+def test_a_sweep_job_is_named_and_tagged_by_the_sweep():
+    """In a multirun job the W&B name carries the job number and overrides and the tags the
+    sweep folder; a single run keeps both plain (the 2-job sweep in test_launch.py checks the
+    names end to end)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(
+            config_name="run", overrides=["seed=2", "tags=[ci]"], return_hydra_config=True
+        )
+    try:
+        HydraConfig.instance().set_config(cfg)
+        assert cfg.run_name == "sst2-minilm-prompt" and list(cfg.logger.wandb.tags) == ["ci"]
+        OmegaConf.set_readonly(cfg.hydra, False)
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.job.num = 3
+        cfg.hydra.job.override_dirname = "seed=2,tags=[ci]"
+        cfg.hydra.sweep.dir = "outputs/multirun/2026-12-02_00-00-00"
+        HydraConfig.instance().set_config(cfg)
+        assert cfg.run_name == "sst2-minilm-prompt #3 seed=2,tags=[ci]"
+        assert list(cfg.logger.wandb.tags) == ["ci", "sweep:2026-12-02_00-00-00"]
+    finally:
+        HydraConfig.instance().cfg = None
