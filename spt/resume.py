@@ -125,10 +125,16 @@ def config_differences(new: dict, old: dict) -> str:
     """The dotted keys whose values differ between two resolved configs, comma-separated
     (the first five), or ``""``. Keys on one side only came or went with a later version of
     the config (a new key's default keeps the old behaviour), so only values both configs
-    set are compared; ``resume`` is how a run starts, not what it is."""
+    set are compared. ``resume`` is how a run starts, not what it is; ``run_name`` and
+    ``logger.*`` are how it is named and reported (a sweep job's W&B name and tags carry its
+    overrides and sweep folder), not what it computes."""
     flat_new, flat_old = flatten(new), flatten(old)
     differ = sorted(
-        k for k in flat_new.keys() & flat_old.keys() if k != "resume" and flat_new[k] != flat_old[k]
+        k
+        for k in flat_new.keys() & flat_old.keys()
+        if k not in ("resume", "run_name")
+        and not k.startswith("logger.")
+        and flat_new[k] != flat_old[k]
     )
     return ", ".join(differ[:5]) + (" ..." if len(differ) > 5 else "")
 

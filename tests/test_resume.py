@@ -328,3 +328,19 @@ def test_finished_run_compares_paths_relative_to_where_it_ran(tmp_path):
         assert finished_run("auto", run, stamp) == {"val/acc": 0.5}
     with pytest.raises(SptError, match=r"paths\.output_dir"):
         finished_run("auto", run, in_run_dir(config(tmp_path / "other"), run))
+
+
+def test_names_and_loggers_are_not_a_changed_config():
+    """A rerun sweep job's W&B name and tags carry its overrides and sweep folder: they name
+    the run, they do not change it; any other key does."""
+    from spt.resume import config_differences
+
+    old = {"run_name": "a #0 seed=1", "logger": {"wandb": {"tags": ["sweep:x"]}}, "seed": 1}
+    new = {
+        "run_name": "a #0 seed=1,resume=auto",
+        "logger": {"wandb": {"tags": ["sweep:y"]}},
+        "seed": 1,
+        "resume": "auto",
+    }
+    assert config_differences(new, old) == ""
+    assert config_differences({**new, "seed": 2}, old) == "seed"
