@@ -207,6 +207,27 @@ def test_kv_prompt_beam_search_same_with_and_without_cache(cls, family, cross):
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
+def test_input_prompts_decode_through_hugging_face_and_prefixes_through_spt(family):
+    """generate() hands input-level prompts to HF ``generate`` (which takes
+    ``inputs_embeds``) and key/value prompts to spt's own loops (HF cannot start from a
+    pre-filled cache); the comparison with HF above is only a comparison if this holds."""
+    calls = []
+    for cls in (PromptTuning, PrefixTuning):
+        m = (
+            _method(family)
+            if cls is PromptTuning
+            else cls(tiny(family, hidden=64, seed=3), TASK, length=2, hidden=8).eval()
+        )
+        batch = (
+            _batch(m, TEXTS[:1], [0]) if cls is PromptTuning else _plain_batch(m, TEXTS[:1], [0])
+        )
+        hf = m.backbone.generate
+        m.backbone.generate = lambda *a, _hf=hf, _cls=cls, **k: calls.append(_cls) or _hf(*a, **k)
+        generate(m, batch, max_new_tokens=2)
+    assert calls == [PromptTuning]
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
 @pytest.mark.parametrize("eos", [None, "frequent"])
 def test_own_beam_search_matches_hugging_face(family, eos):
     """spt's beam loop (the one key/value prompts need) agrees with HF generate's beam search

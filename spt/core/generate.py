@@ -45,7 +45,7 @@ def generate(
         raise SptError("max_new_tokens and num_beams must be >= 1")
     tok = base.tokenizer
     embeds, mask, prefix = _inputs(method, batch)
-    if hasattr(method, "kv_prefix"):
+    if prefix is not None:  # HF generate cannot start from a pre-filled cache: spt's loops
         stepper = _stepper(method, embeds, mask, prefix, use_cache, beams=num_beams)
         if num_beams == 1:
             return _greedy(
@@ -118,11 +118,9 @@ def beam_search(
 def _inputs(method, batch: dict):
     """What decoding starts from: the method's input embeddings, the attention mask (a method
     may mask tokens of its own, e.g. CPT drops the query's BOS after its context) and the
-    key/value prefix, if the method has one."""
+    key/value prefix, None for methods that prompt the input only (the mixin's defaults)."""
     embeds = method.embed(batch)
-    mask = method.query_mask(batch) if hasattr(method, "query_mask") else batch["attention_mask"]
-    prefix = method.kv_prefix(batch, embeds.dtype) if hasattr(method, "kv_prefix") else None
-    return embeds, mask, prefix
+    return embeds, method.query_mask(batch), method.kv_prefix(batch, embeds.dtype)
 
 
 # -- steppers: next-token logits for N rows, and a way to reorder those rows ----------------
