@@ -391,6 +391,8 @@ def test_prompt_length_below_one(length, tmp_path):
         (["method=ptuning_v2", "method.prompt_dropout=1.5"], ["prompt_dropout"]),
         (["method=cpt"], ["method=cpt does not support encoder"]),  # method x arch
         (["data.batch_size=0"], ["data.batch_size"]),  # data settings
+        (["+method.head.dropot=0.2"], ["method.head has no ['dropot']"]),  # a settings node
+        (["method.scheduler.warmup_steps=-1"], ["method.scheduler.warmup_steps=-1"]),
         (["trainer.max_stepz=3"], ["max_stepz"]),  # an unknown key
     ],
 )

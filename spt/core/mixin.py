@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from spt.backbones import Backbone
+from spt.core.trees import settings_node
 from spt.errors import SptError
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,7 @@ class Schedule:
     @classmethod
     def of(cls, value) -> Schedule:
         """From a config node (a mapping; missing keys keep their defaults) or a Schedule."""
-        if isinstance(value, cls):
-            return value
-        if value is None:
-            return cls()
-        unknown = sorted(set(value) - {"name", "warmup_steps"})
-        if unknown:
-            raise SptError(f"method.scheduler has no {unknown}: it takes name and warmup_steps")
-        out = cls(**dict(value))
+        out = settings_node(cls, value, "method.scheduler")
         if not isinstance(out.warmup_steps, int) or out.warmup_steps < 0:
             raise SptError(f"method.scheduler.warmup_steps={out.warmup_steps!r}: an int >= 0")
         return out

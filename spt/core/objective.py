@@ -31,6 +31,7 @@ from spt.core.steps import (
     log_epoch_metrics,
     log_metric_values,
 )
+from spt.core.trees import settings_node
 from spt.errors import SptError
 
 CLASSIFICATION_DATA = "sst2, rte, cb, boolq, agnews, trec"
@@ -47,14 +48,7 @@ class Head:
     @classmethod
     def of(cls, value) -> Head:
         """From a config node (a mapping; missing keys keep their defaults) or a Head."""
-        if isinstance(value, cls):
-            return value
-        if value is None:
-            return cls()
-        unknown = sorted(set(value) - {"dropout", "lr"})
-        if unknown:
-            raise SptError(f"method.head has no {unknown}: it takes dropout and lr")
-        return cls(**dict(value))
+        return settings_node(cls, value, "method.head")
 
 
 def objective_for(
