@@ -88,7 +88,7 @@ UNEXPORTABLE = {
 
 
 def exportable_methods() -> list[str]:
-    return [n for kind in EXPORTED for n in methods.names(prompt=kind)]
+    return methods.with_prompt(EXPORTED)
 
 
 IMPORTABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")

@@ -44,11 +44,17 @@ class MethodInfo:
 
 
 @functools.cache
+def module_names() -> tuple[str, ...]:
+    """The method modules under ``spt.methods`` (listed, not imported)."""
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__)))
+
+
+@functools.cache
 def registry() -> dict[str, MethodInfo]:
     """Every method under ``spt.methods``, by name (imported on first use)."""
     found = {}
-    for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    for name in module_names():
+        module = importlib.import_module(f"{__name__}.{name}")
         classes = [
             c
             for c in vars(module).values()
@@ -62,8 +68,8 @@ def registry() -> dict[str, MethodInfo]:
                 f"method_name), it defines {[c.__name__ for c in classes]}"
             )
         cls = classes[0]
-        found[info.name] = MethodInfo(
-            info.name,
+        found[name] = MethodInfo(
+            name,
             cls,
             cls.prompt_kind,
             tuple(cls.supported_archs),
@@ -100,7 +106,7 @@ def name_of_target(target) -> str | None:
     if not isinstance(target, str) or not target.startswith(f"{__name__}."):
         return None
     module = target[len(__name__) + 1 :].split(".")[0]
-    return module if module in {m.name for m in pkgutil.iter_modules(__path__)} else None
+    return module if module in module_names() else None
 
 
 def names(**where) -> list[str]:
@@ -110,4 +116,20 @@ def names(**where) -> list[str]:
     )
 
 
-__all__ = ["PROMPT_KINDS", "MethodInfo", "get", "name_of_target", "names", "of_class", "registry"]
+def with_prompt(kinds) -> list[str]:
+    """The methods making any of the prompt ``kinds`` (:data:`PROMPT_KINDS` keys), kind by
+    kind in the order given: what serving or an export takes."""
+    return [n for kind in kinds for n in names(prompt=kind)]
+
+
+__all__ = [
+    "PROMPT_KINDS",
+    "MethodInfo",
+    "get",
+    "module_names",
+    "name_of_target",
+    "names",
+    "of_class",
+    "registry",
+    "with_prompt",
+]

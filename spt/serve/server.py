@@ -29,7 +29,7 @@ SERVED_KINDS = ("input", "kv")
 
 
 def served_methods() -> list[str]:
-    return [n for kind in SERVED_KINDS for n in methods.names(prompt=kind)]
+    return methods.with_prompt(SERVED_KINDS)
 
 
 # -- runs ----------------------------------------------------------------------------------
