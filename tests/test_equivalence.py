@@ -10,19 +10,13 @@ and the served prompt moved. After a change that is meant to alter numbers, reru
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 import torch
 
-from spt import CONF_DIR
+from tests.recorded import equivalence
 
-_spec = importlib.util.spec_from_file_location(
-    "equivalence", CONF_DIR.parents[1] / "scripts" / "equivalence.py"
-)
-equivalence = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(equivalence)
 CASES = equivalence.cases()
 
 

@@ -6,7 +6,6 @@ CUDA machine (``SPT_TEST_ACCELERATOR=gpu``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 
@@ -14,13 +13,8 @@ import lightning as L
 import pytest
 import torch
 
-from spt import CONF_DIR
+from tests.recorded import equivalence
 
-_spec = importlib.util.spec_from_file_location(
-    "equivalence", CONF_DIR.parents[1] / "scripts" / "equivalence.py"
-)
-equivalence = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(equivalence)
 ACCELERATOR = os.environ.get("SPT_TEST_ACCELERATOR", "cpu")
 # one classification case per method x supported tiny architecture
 CASES = sorted(n for n in equivalence.cases() if n.endswith(("-sst2", "-cifar10_subset")))

@@ -4,8 +4,6 @@ do. Every contract test iterates the registry, so a new method cannot escape the
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from hydra.utils import get_class
 from omegaconf import OmegaConf
@@ -13,12 +11,7 @@ from omegaconf import OmegaConf
 from spt import CONF_DIR, methods
 from spt.backbones import ARCHS
 from spt.errors import SptError
-
-_spec = importlib.util.spec_from_file_location(
-    "equivalence", CONF_DIR.parents[1] / "scripts" / "equivalence.py"
-)
-equivalence = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(equivalence)
+from tests.recorded import equivalence
 
 
 def test_every_config_is_a_registered_method_and_back():
