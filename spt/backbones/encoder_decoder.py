@@ -95,12 +95,8 @@ class EncoderDecoder(Arch):
     def classifier(
         self, backbone, tasks, multitask: bool, head_dropout: float, pooling: str | None
     ):
-        labels = [
-            self.label_tokens(backbone.tokenizer, list(t.label_words), t.label_after_space)
-            for t in tasks
-        ]
         # every task decodes its own label words after the shared encoder pass
-        return LabelWordScorer(self, labels, tasks, shared_single_tokens=False)
+        return LabelWordScorer.of_tasks(self, backbone.tokenizer, tasks, shared_single_tokens=False)
 
     def label_scores(
         self, model, inputs_embeds, attention_mask, labels: LabelTokens, prefix=None

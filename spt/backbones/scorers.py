@@ -50,6 +50,14 @@ class LabelWordScorer:
         self.arch, self.labels, self.tasks = arch, labels, tasks
         self.shared_single_tokens = shared_single_tokens
 
+    @classmethod
+    def of_tasks(cls, arch, tokenizer, tasks, shared_single_tokens: bool):
+        """Each task's label words tokenized as ``arch``'s LM produces them."""
+        labels = [
+            arch.label_tokens(tokenizer, list(t.label_words), t.label_after_space) for t in tasks
+        ]
+        return cls(arch, labels, tasks, shared_single_tokens)
+
     def task_scores(self, model, embeds, mask, prefix, t: int) -> torch.Tensor:
         labels = self.labels[t]
         scores = self.arch.label_scores(model, embeds, mask, labels, prefix)
