@@ -24,13 +24,14 @@ OmegaConf.register_new_resolver("spt.lookup", _lookup, replace=True)
 def _multirun_job():
     """Hydra's config of the job being composed, when it is one job of a multirun; else None
     (a single run, or a config composed outside Hydra's app, e.g. in tests)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
+    try:
         hydra = HydraConfig.get()
-    except (ImportError, ValueError):  # ValueError: HydraConfig was not set
+    except ValueError:  # HydraConfig was not set
         return None
-    return hydra if str(hydra.mode) == "RunMode.MULTIRUN" else None
+    return hydra if hydra.mode == RunMode.MULTIRUN else None
 
 
 def _sweep_job() -> str:
