@@ -122,9 +122,10 @@ def compose(overrides: list[str], data_dir: Path):
 
 
 def run_case(overrides: list[str], data_dir: Path):
-    """Fit two steps and validate; returns ``(tensors, record, method, before)``: the tensors
-    to compare, the JSON-able record (metrics, metadata, texts), the fitted method and, for
-    the caller's own checks, the backbone's state and the artifact's tensors before fitting."""
+    """Fit two steps and validate; returns ``(tensors, record, method, datamodule, before)``:
+    the tensors to compare, the JSON-able record (metrics, metadata, texts), the fitted method
+    and its data and, for the caller's own checks, the backbone's state and the artifact's
+    tensors before fitting."""
     import lightning as L
 
     from spt.build import build
@@ -169,7 +170,7 @@ def run_case(overrides: list[str], data_dir: Path):
                 tensors["_scores"] = m(batch).detach().float()
     finally:
         torch.set_num_threads(threads)
-    return tensors, record, m, before
+    return tensors, record, m, dm, before
 
 
 def save(name: str, tensors: dict, record: dict) -> Path:
@@ -225,7 +226,7 @@ def main(argv: list[str]) -> int:
         return 2
     failed = 0
     for name, overrides in cases().items():
-        tensors, record, _, _ = run_case(overrides, data_dir)
+        tensors, record, *_ = run_case(overrides, data_dir)
         if argv[0] == "record":
             print(f"{name}: {save(name, tensors, record).relative_to(REPO)}")
             continue

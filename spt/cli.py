@@ -1,7 +1,7 @@
 """The ``spt`` console command: one entry point for the tools, as ``git`` or ``litgpt`` have.
 
 ``spt run method=prefix model=tiny-t5`` is ``python -m spt.run method=prefix model=tiny-t5``
-(Hydra overrides, ``-m`` sweeps); ``spt serve|compare|analysis|bench|peft ARGS`` run the other
+(Hydra overrides, ``-m`` sweeps); ``spt generate|serve|compare|analysis|bench|peft ARGS`` run the other
 tools with their own flags. A tool's module is imported only when its command is chosen, so
 ``spt --help`` answers without importing torch.
 """
@@ -14,6 +14,7 @@ import sys
 # command -> (module, one-line summary)
 COMMANDS = {
     "run": ("spt.run", "train and evaluate one job, or sweep with -m (Hydra overrides)"),
+    "generate": ("spt.generate", "generate text with a trained prompt (a run or artifact)"),
     "serve": ("spt.serve.cli", "score many trained prompts on one backbone (library, HTTP server)"),
     "compare": ("spt.tools.compare", "compare finished runs: a table of metrics and settings"),
     "analysis": ("spt.tools.analysis", "plots and tables of a study's runs"),

@@ -19,10 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from spt import __version__
+from spt.api import PromptModel
 from spt.build import build, instantiate_callbacks, instantiate_loggers
 from spt.console import quiet_third_parties
-from spt.core.artifact import atomic_write_text, save_artifact
+from spt.core.artifact import atomic_write_text
 from spt.errors import SptError
 from spt.resume import ConfigStamp, FitClock, finished_run, in_run_dir, resume_checkpoint
 
@@ -104,16 +104,11 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         )
         lg.save()  # the trainer already finalized its loggers: CSVLogger would drop these rows
     if trainer.is_global_zero:
-        if tensors is not None:
-            meta = {
-                **method.artifact_meta(),
-                "spt_version": __version__,
-                "data": cfg.data.name,
-                "template": cfg.data.get("template"),
-                "dev_metrics": {k: v for k, v in metrics.items() if k.startswith("val/")},
-                "served_parameters": metrics["params/served"],
-            }
-            path = save_artifact(out_dir / "prompt.safetensors", tensors, meta)
+        if tensors is not None:  # with what spt.load needs: settings, input formats, loader
+            path = PromptModel(method, datamodule.formats, data=cfg.data.name).save(
+                out_dir / "prompt.safetensors",
+                dev_metrics={k: v for k, v in metrics.items() if k.startswith("val/")},
+            )
             metrics["artifact"] = str(path)
             metrics["artifact_bytes"] = path.stat().st_size
         if getattr(method.objective, "last_predictions", None):  # text-to-text: what was scored

@@ -15,6 +15,8 @@ import os
 import pytest
 import torch
 
+import spt
+from spt.api import PromptModel
 from tests.recorded import equivalence
 
 CASES = equivalence.cases()
@@ -26,8 +28,8 @@ def test_every_case_is_recorded():
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_training_reproduces_the_recorded_run(name, data_dir):
-    tensors, record, m, before = equivalence.run_case(CASES[name], data_dir)
+def test_training_reproduces_the_recorded_run(name, data_dir, tmp_path):
+    tensors, record, m, dm, before = equivalence.run_case(CASES[name], data_dir)
     assert all(torch.equal(v, before["backbone"][k]) for k, v in m.backbone.state_dict().items()), (
         "fitting changed the frozen backbone"
     )
@@ -39,6 +41,50 @@ def test_training_reproduces_the_recorded_run(name, data_dir):
     if m.objective.generative:
         assert set(m.last_val) == {"val/bleu", "val/rougeL", "val/bleu_best", "val/rougeL_best"}
         assert [p["ref_index"] for p in m.objective.last_predictions] == [0, 1, 2]
+    artifact_alone_reproduces_the_method(m, dm, tmp_path)
     if os.environ.get("SPT_TEST_LATEST") == "1":
         pytest.skip("numbers are recorded on the locked releases; test-latest runs other ones")
     assert equivalence.differences(name, tensors, record) == []
+
+
+BATCH_KEYS = ("input_ids", "attention_mask", "soft_mask", "task_ids", "pixel_values")
+
+
+def artifact_alone_reproduces_the_method(m, dm, tmp_path):
+    """``spt.load`` of the saved artifact alone (its tiny backbone rebuilt from the plain
+    values it records) turns the dev split's raw rows into the data module's own batches,
+    and scores (or generates) exactly what the fitted method does on those batches."""
+    path = PromptModel(m, dm.formats, data=dm.name).save(tmp_path / "prompt.safetensors")
+    (tmp_path / "config.yaml").unlink(missing_ok=True)  # nothing but the artifact pair
+    loaded = spt.load(path)
+    assert loaded.method is not m and loaded.backbone.model is not m.backbone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prompt.json", "prompt.safetensors"]
+    for k, v in m.artifact_tensors().items():
+        assert torch.equal(loaded.method.artifact_tensors()[k], v), k
+    m.eval()
+    children = getattr(dm, "children", [dm])  # a mixture's tasks, or the one task
+    for fmt, child in zip(loaded.formats, children, strict=True):
+        task = fmt.name if len(children) > 1 else None
+        assert fmt.task(loaded.backbone.tokenizer, loaded.backbone.arch) == child.task
+        expected = next(iter(child._loader("dev", 3, shuffle=False)))
+        if fmt.kind == "image":
+            split = child._split("dev")
+            inputs = [split.image(i) for i in range(len(expected["labels"]))]
+        elif fmt.kind == "text-to-text":
+            inputs = child.sources("dev")[: len(expected["input_ids"])]
+        else:
+            rows = child._rows("dev")
+            order = child._loader("dev", 3, shuffle=False).sampler  # longest first, or in order
+            picks = list(order)[: len(expected["input_ids"])]
+            inputs = [{f: rows.texts[f][i] for f in child.text_fields} for i in picks]
+        got = loaded.batch(inputs, task=task)
+        for k in BATCH_KEYS:
+            if k in expected:
+                assert torch.equal(got[k], expected[k]), k
+        with torch.no_grad():
+            if fmt.kind == "text-to-text":
+                assert loaded.generate(inputs) == m.objective.texts(m, expected)
+            else:
+                want = m(expected).float()[:, : len(fmt.label_names)].tolist()
+                scores = [list(r["scores"].values()) for r in loaded.classify(inputs, task=task)]
+                assert scores == want

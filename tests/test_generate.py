@@ -288,3 +288,68 @@ def test_t5_cross_prefix_alone_is_kept_in_the_cache():
         out.append(_greedy(stepper, len(embeds), 4, tok.pad_token_id, tok.eos_token_id)[1])
     for a, b in zip(*out, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+# -- sampling ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_own_sampling_matches_hugging_face(family):
+    """spt's sampling loop (the one key/value prompts need) draws the same tokens as HF
+    ``generate(do_sample=True)`` from the same seed, with temperature, top-k and top-p."""
+    from spt.core.generate import sample
+
+    m = _method(family)
+    batch = _batch(m, TEXTS, [0, 1, 2])
+    settings = {"temperature": 1.7, "top_p": 0.9, "top_k": 40}
+    torch.manual_seed(7)
+    ours = sample(m, batch, max_new_tokens=6, **settings)
+    torch.manual_seed(8)
+    other = sample(m, batch, max_new_tokens=6, **settings)
+    assert other.shape != ours.shape or not torch.equal(other, ours), "the seed matters"
+    torch.manual_seed(7)
+    hf = generate(m, batch, max_new_tokens=6, do_sample=True, **settings)
+    tok = m.base.tokenizer
+    width = max(ours.shape[1], hf.shape[1])
+    ours, hf = (
+        _after_eos(
+            torch.nn.functional.pad(x, (0, width - x.shape[1]), value=tok.pad_token_id),
+            tok.eos_token_id,
+            tok.pad_token_id,
+        )
+        for x in (ours, hf)
+    )
+    assert torch.equal(ours, hf)
+
+
+@pytest.mark.parametrize(("cls", "family", "cross"), KV_CASES)
+def test_sampling_from_a_tiny_nucleus_is_greedy(cls, family, cross):
+    """top_p so small that one token survives: sampling must then be the greedy choice, on
+    key/value prompts (spt's loop) and input prompts (HF's)."""
+    m = _kv_method(cls, family, cross_attention=cross)
+    batch = _plain_batch(m, TEXTS, [1, 0, 1])
+    greedy = generate(m, batch, max_new_tokens=5)
+    sampled = generate(m, batch, max_new_tokens=5, do_sample=True, top_p=1e-9)
+    assert torch.equal(sampled, greedy)
+    m2 = _method(family)
+    batch2 = _batch(m2, TEXTS, [0, 1, 2])
+    assert torch.equal(
+        generate(m2, batch2, max_new_tokens=5, do_sample=True, top_p=1e-9),
+        generate(m2, batch2, max_new_tokens=5),
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "names"),
+    [
+        ({"do_sample": True, "num_beams": 2}, "num_beams=2"),
+        ({"do_sample": True, "temperature": 0.0}, "temperature=0.0"),
+        ({"do_sample": True, "top_p": 0.0}, "top_p=0.0"),
+        ({"do_sample": True, "top_k": -1}, "top_k=-1"),
+        ({"max_new_tokens": 0}, "max_new_tokens=0"),
+    ],
+)
+def test_meaningless_decoding_settings_are_refused_by_name(settings, names):
+    m = _method("llama")
+    with pytest.raises(SptError, match=names):
+        generate(m, _batch(m, TEXTS[:1], [0]), **settings)

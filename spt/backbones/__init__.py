@@ -5,6 +5,26 @@ architecture family (``encoder`` | ``decoder`` | ``encoder-decoder``) and its id
 """
 
 from spt.backbones.base import ARCHS, Backbone
-from spt.backbones.loaders import from_gguf, from_package, from_pretrained, tiny
+from spt.backbones.loaders import (
+    LOADERS,
+    arch_of,
+    from_gguf,
+    from_model,
+    from_package,
+    from_pretrained,
+    load_source,
+    tiny,
+)
 
-__all__ = ["ARCHS", "Backbone", "from_gguf", "from_package", "from_pretrained", "tiny"]
+__all__ = [
+    "ARCHS",
+    "LOADERS",
+    "Backbone",
+    "arch_of",
+    "from_gguf",
+    "from_model",
+    "from_package",
+    "from_pretrained",
+    "load_source",
+    "tiny",
+]

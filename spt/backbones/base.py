@@ -59,6 +59,9 @@ class Backbone:
             SentencePiece and byte-level BPE vocabularies, false for WordPiece).
         image_processor: for ``clip``, the processor that turns PIL images into the vision
             tower's ``pixel_values``; None for text backbones.
+        source: how it was loaded, as plain values: ``{"loader": <a name in
+            spt.backbones.LOADERS>, **its arguments}``; an artifact stores it so that
+            :func:`spt.load` can load the same model again (None: not reloadable by name).
         ops: the architecture's operations (:mod:`spt.backbones.arch`): scoring, prefix
             routes, LM loss, decoding steps, padding side.
     """
@@ -70,6 +73,7 @@ class Backbone:
     pooling: str = "mean"
     vocab_sorted_by_frequency: bool = True
     image_processor: object | None = None
+    source: dict | None = None
     _identity: dict | None = field(default=None, repr=False)
     ops: Arch = field(init=False, repr=False)  # what differs by architecture (spt.backbones.arch)
 

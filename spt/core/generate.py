@@ -1,6 +1,6 @@
 """Text generation with a trained soft prompt on decoder-only and encoder-decoder backbones.
 
-- Input-level prompts (prompt, ptuning): greedy or beam search through Hugging Face
+- Input-level prompts (prompt, ptuning): greedy, beam search or sampling through Hugging Face
   ``generate`` on the input embeddings that carry the prompt (``method.embed(batch)``).
 - Key/value prompts (prefix, ptuning_v2, and CPT's trained context;
   ``method.kv_prefix(batch)``): the prefix is loaded
@@ -8,7 +8,8 @@
   greedy or beam search. HF ``generate`` cannot be handed a pre-filled cache together with
   ``inputs_embeds`` (it decodes from the wrong state, and beam search does not expand such a
   cache), so spt runs these loops itself over a small "stepper" that returns next-token logits
-  and reorders its rows (the cache's ``reorder_cache``) when beams are re-ranked.
+  and reorders its rows (the cache's ``reorder_cache``) when beams are re-ranked. Sampling
+  uses Hugging Face's logits warpers (temperature, top-k, top-p) on the stepper's logits.
 - ``use_cache=False`` re-runs the whole sequence at every step: the slow reference that the
   cached path must equal (tests assert it).
 Decoder-only batches are left-padded, so every row continues from its last real token.
@@ -32,21 +33,40 @@ def generate(
     num_beams: int = 1,
     use_cache: bool = True,
     length_penalty: float = 1.0,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
     **kwargs,
 ) -> torch.Tensor:
     """New token ids ``[B, T]`` (padded with the pad id after EOS) for each row of ``batch``.
 
     Beam search ranks finished hypotheses by summed log-probability / length**length_penalty
     and stops a row once no running beam can beat its ``num_beams`` finished ones (the
-    Hugging Face default, ``early_stopping=False``)."""
+    Hugging Face default, ``early_stopping=False``). ``do_sample`` draws each token from the
+    next-token distribution after temperature, top-k (0 = off) and top-p (nucleus) filtering,
+    in that order, as Hugging Face ``generate`` does; both paths pass the three explicitly, so
+    a model's own ``generation_config`` defaults (``top_k=50``) do not make them differ. Seed
+    with ``torch.manual_seed`` (or :func:`spt.load`'s ``generate(seed=)``)."""
     base = method.base
     base.ops.check_generation("generation")
-    if max_new_tokens < 1 or num_beams < 1:
-        raise SptError("max_new_tokens and num_beams must be >= 1")
+    check_sampling(max_new_tokens, num_beams, do_sample, temperature, top_p, top_k)
     tok = base.tokenizer
     embeds, mask, prefix = _inputs(method, batch)
+    sampling = {"do_sample": False}
+    if do_sample:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": top_k}
     if prefix is not None:  # HF generate cannot start from a pre-filled cache: spt's loops
         stepper = _stepper(method, embeds, mask, prefix, use_cache, beams=num_beams)
+        if do_sample:
+            return _sample(
+                stepper,
+                embeds.shape[0],
+                max_new_tokens,
+                tok.pad_token_id,
+                tok.eos_token_id,
+                _warpers(temperature, top_k, top_p),
+            )
         if num_beams == 1:
             return _greedy(
                 stepper, embeds.shape[0], max_new_tokens, tok.pad_token_id, tok.eos_token_id
@@ -65,14 +85,53 @@ def generate(
         attention_mask=mask,
         max_new_tokens=max_new_tokens,
         num_beams=num_beams,
-        do_sample=False,
         use_cache=use_cache,
         length_penalty=length_penalty,
         pad_token_id=tok.pad_token_id,
         eos_token_id=tok.eos_token_id,
+        **sampling,
         **kwargs,
     )
     return base.ops.new_tokens(out)  # (an encoder-decoder's start token dropped)
+
+
+def check_sampling(max_new_tokens, num_beams, do_sample, temperature, top_p, top_k) -> None:
+    """Refuse decoding settings that mean nothing, naming the setting."""
+    for key, value in (("max_new_tokens", max_new_tokens), ("num_beams", num_beams)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SptError(f"{key}={value!r} must be an integer >= 1")
+    if not do_sample:
+        return
+    if num_beams > 1:
+        raise SptError(
+            f"do_sample with num_beams={num_beams}: spt samples or searches, not both; "
+            "set num_beams=1 to sample, or drop do_sample for beam search"
+        )
+    if not isinstance(temperature, (int, float)) or not temperature > 0 or temperature == math.inf:
+        raise SptError(f"temperature={temperature!r} must be a number > 0")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise SptError(f"top_p={top_p!r} must be in (0, 1]")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
+        raise SptError(f"top_k={top_k!r} must be an integer >= 0 (0 = no top-k filter)")
+
+
+def _warpers(temperature: float, top_k: int, top_p: float):
+    """Hugging Face's own logits warpers, in the order its ``generate`` applies them."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    out = LogitsProcessorList()
+    if temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        out.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p))
+    return out
 
 
 @torch.no_grad()
@@ -112,6 +171,33 @@ def beam_search(
         tok.pad_token_id,
         tok.eos_token_id,
         length_penalty,
+    )
+
+
+@torch.no_grad()
+def sample(
+    method,
+    batch: dict,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """spt's own sampling loop for any method (the path key/value prompts take), exposed so
+    that it can be checked against Hugging Face ``generate(do_sample=True)`` on input-level
+    prompts with the same seed."""
+    check_sampling(max_new_tokens, 1, True, temperature, top_p, top_k)
+    embeds, mask, prefix = _inputs(method, batch)
+    tok = method.base.tokenizer
+    stepper = _stepper(method, embeds, mask, prefix, use_cache)
+    return _sample(
+        stepper,
+        embeds.shape[0],
+        max_new_tokens,
+        tok.pad_token_id,
+        tok.eos_token_id,
+        _warpers(temperature, top_k, top_p),
     )
 
 
@@ -161,6 +247,26 @@ def _greedy(
         if done.all():
             break
     return torch.stack(steps, 1), step_logits
+
+
+def _sample(stepper, b: int, max_new_tokens: int, pad: int, eos: int, warpers) -> torch.Tensor:
+    """Ancestral sampling: each step draws one token per row from the warped distribution
+    (one ``torch.multinomial`` over the batch, as Hugging Face's sampling loop does, so the
+    same seed draws the same tokens on the same logits)."""
+    done, steps, nxt = None, [], None
+    for _ in range(max_new_tokens):
+        logits = stepper.logits(nxt).float()
+        if done is None:  # on the model's device
+            done = torch.zeros(b, dtype=torch.bool, device=logits.device)
+        history = torch.stack(steps, 1) if steps else logits.new_zeros(b, 0, dtype=torch.long)
+        probs = torch.softmax(warpers(history, logits), dim=-1)
+        nxt = torch.multinomial(probs, num_samples=1).squeeze(1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        steps.append(nxt)
+        done |= nxt == eos
+        if done.all():
+            break
+    return torch.stack(steps, 1)
 
 
 def _beam(

@@ -64,6 +64,9 @@ class FrozenBackboneMixin:
     # and YAML name) and prompt_kind (a spt.methods.PROMPT_KINDS key), and narrows these.
     supported_archs: tuple[str, ...] = ("encoder", "decoder", "encoder-decoder")
     supports_generation = True  # trains and validates on text-to-text tasks too
+    # Settings that only training reads (files of other runs): an artifact leaves them out,
+    # so spt.load rebuilds the method without them.
+    training_settings: tuple[str, ...] = ()
 
     def attach_backbone(
         self, backbone: Backbone, backbone_dropout: bool = False, supports=None

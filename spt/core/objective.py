@@ -315,9 +315,10 @@ class Generation(Objective):
             return {}
         idx = [i for i, _ in outputs]
         texts = [t for _, t in outputs]
-        refs = dm.references("dev")
+        refs, sources = dm.references("dev"), dm.sources("dev")
         self.last_predictions = [
-            {"ref_index": i, "prediction": t, "references": refs[i]} for i, t in outputs
+            {"ref_index": i, "input": sources[i], "prediction": t, "references": refs[i]}
+            for i, t in outputs
         ]
         values = {k: torch.tensor(v) for k, v in dm.score("dev", texts, idx).items()}
         return log_metric_values(method, values, self.best, stage)

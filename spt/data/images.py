@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spt.backbones.arch import CLIP_MODELS
 from spt.backbones.archs import arch_ops
+from spt.data.inputs import InputFormat
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import ROOT_HINT, check_root, hub_source, load_hub_split, read_rows, to_plain
 from spt.data.tables import check_split_spec
@@ -436,6 +437,19 @@ class FewShotImageDataModule(SplitLoaders, L.LightningDataModule):
             label_words=tuple(self.label_words),
             metrics=tuple(self.metrics),
             num_classes=len(self.class_names),
+        )
+
+    @property
+    def formats(self) -> tuple[InputFormat, ...]:
+        """What an artifact carries of this task: its classes (images need no template)."""
+        return (
+            InputFormat(
+                kind="image",
+                name=self.name,
+                label_names=tuple(self.class_names),
+                label_words=tuple(self.label_words),
+                metrics=tuple(self.metrics),
+            ),
         )
 
     def train_texts(self, limit: int = 5000) -> None:

@@ -133,6 +133,11 @@ class MultiTaskDataModule(L.LightningDataModule):
         return MultiTaskInfo(self.name, tuple(c.task for c in self.children))
 
     @property
+    def formats(self) -> tuple:
+        """Each task's input format, in prompt-table order."""
+        return tuple(c.formats[0] for c in self.children)
+
+    @property
     def n_soft(self) -> int:
         return self.children[0].n_soft
 

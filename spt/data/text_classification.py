@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from spt.backbones.archs import arch_ops
+from spt.data.inputs import InputFormat
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import (
     HUB_KEYS,
@@ -259,6 +260,24 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
             num_classes=len(self.label_names),
             label_after_space=self.encoder.ends_with_space,
             label_score=self.label_score,
+        )
+
+    @property
+    def formats(self) -> tuple[InputFormat, ...]:
+        """How new text becomes a batch of this task (what an artifact carries)."""
+        return (
+            InputFormat(
+                kind="classification",
+                name=self.name,
+                template=self.template,
+                text_fields=tuple(self.text_fields),
+                label_names=tuple(self.label_names),
+                label_words=tuple(self.label_words),
+                metrics=tuple(self.metrics),
+                label_score=self.label_score,
+                max_length=self.max_length,
+                label_reserve=self.label_reserve,
+            ),
         )
 
     def label_word_ids(self) -> list[list[int]]:

@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from spt.backbones.archs import arch_ops
 from spt.data.generation import GENERATION_METRICS, GenerationTaskInfo, generation_metrics
+from spt.data.inputs import InputFormat
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import ROOT_HINT, check_root, to_plain
 from spt.data.tables import (
@@ -147,6 +148,44 @@ class TextToTextCollator:
             batch["ref_index"] = torch.tensor([r["ref_index"] for r in rows], dtype=torch.long)
         batch["task_ids"] = torch.full((b,), self.task_index, dtype=torch.long)
         return batch
+
+
+def encode_rows(
+    encoder: TemplateEncoder,
+    ops,
+    sources: list[str],
+    targets: list[str] | None,
+    n_soft: int,
+    max_source_length: int,
+    max_target_length: int,
+) -> tuple[TextToTextDataset, int, int]:
+    """Sources (and, for training, one target each) as a dataset; also how many sources and
+    targets were cut. A target is cut so that it + eos has at most ``max_target_length``
+    tokens; a cut target gets no eos (the model is not taught to stop mid-sentence)."""
+    enc = encoder.encode({FIELD: sources}, n_soft, max_source_length)
+    if targets is None:
+        return TextToTextDataset(enc.ids, enc.soft_start, enc.soft_counts, None), enc.n_truncated, 0
+    tok, eos = encoder.tokenizer, encoder.tokenizer.eos_token_id
+    if ops.target_follows_prompt:  # the text follows the template's last piece
+        ids = [encoder.label_word_ids(r) for r in targets]
+    else:
+        ids = [
+            list(x)
+            for x in tok([r.strip() for r in targets], add_special_tokens=False)["input_ids"]
+        ]
+    cut_ids, n_cut = [], 0
+    for x in ids:
+        if len(x) + 1 > max_target_length:
+            cut_ids.append(x[:max_target_length])
+            n_cut += 1
+        else:
+            cut_ids.append(x + [eos])
+    if ops.target_follows_prompt:  # one sequence, labels aligned with it
+        labels = [[IGNORE] * len(p) + t for p, t in zip(enc.ids, cut_ids, strict=True)]
+        rows = [p + t for p, t in zip(enc.ids, cut_ids, strict=True)]
+    else:
+        labels, rows = cut_ids, enc.ids
+    return TextToTextDataset(rows, enc.soft_start, enc.soft_counts, labels), enc.n_truncated, n_cut
 
 
 class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
@@ -262,10 +301,7 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         self.task_index = int(task_index)
 
         self.template = str(template)
-        self.encoder = TemplateEncoder(self.template, [FIELD], tokenizer)
-        if self.ops.target_follows_prompt:
-            # no end-of-text special token between the prompt and the target it continues
-            self.encoder.suffix = []
+        self.encoder = self.formats[0].encoder(tokenizer, arch)
         self.eos_id = tokenizer.eos_token_id
         if self.eos_id is None:
             raise SptError(
@@ -301,6 +337,24 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         return out
 
     # ------------------------------------------------------------------ public API
+    @property
+    def formats(self) -> tuple[InputFormat, ...]:
+        """How a new source becomes a batch of this task (what an artifact carries)."""
+        return (
+            InputFormat(
+                kind="text-to-text",
+                name=self.name,
+                template=self.template,
+                text_fields=(FIELD,),
+                metrics=tuple(self.metrics),
+                max_length=self.max_source_length,
+                max_target_length=self.max_target_length,
+                max_new_tokens=self.max_new_tokens,
+                num_beams=self.num_beams,
+                table=self.kind,
+            ),
+        )
+
     @property
     def task(self) -> GenerationTaskInfo:
         return GenerationTaskInfo(
@@ -390,26 +444,6 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         self._rows[split] = (sources, refs, meta)
         return self._rows[split]
 
-    def _target_ids(self, refs: list[str]) -> tuple[list[list[int]], int]:
-        """Token ids (+ eos) of each reference, cut to ``max_target_length``; and how many cut."""
-        if self.ops.target_follows_prompt:  # the text follows the template's last piece
-            ids = [self.encoder.label_word_ids(r) for r in refs]
-        else:
-            ids = [
-                list(x)
-                for x in self.tokenizer([r.strip() for r in refs], add_special_tokens=False)[
-                    "input_ids"
-                ]
-            ]
-        out, cut = [], 0
-        for x in ids:
-            if len(x) + 1 > self.max_target_length:
-                out.append(x[: self.max_target_length])
-                cut += 1
-            else:
-                out.append(x + [self.eos_id])
-        return out, cut
-
     def _dataset(self, split: str) -> TextToTextDataset:
         key = (self.n_soft, self.max_source_length, self.max_target_length)
         cached = self._datasets.get(split)
@@ -426,21 +460,19 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
                 "Raise data.max_source_length or shorten data.template."
             )
         sources, refs, _ = self._split_rows(split)
-        enc = self.encoder.encode({FIELD: sources}, self.n_soft, self.max_source_length)
-        labels = None
-        n_cut = 0
-        if split == "train":
-            targets, n_cut = self._target_ids([r[0] for r in refs])
-            if self.ops.target_follows_prompt:  # one sequence, labels aligned with it
-                labels = [[IGNORE] * len(p) + t for p, t in zip(enc.ids, targets, strict=True)]
-                ids = [p + t for p, t in zip(enc.ids, targets, strict=True)]
-            else:
-                labels, ids = targets, enc.ids
-        else:
-            ids = enc.ids
-        if enc.n_truncated or n_cut:
+        targets = [r[0] for r in refs] if split == "train" else None
+        ds, n_truncated, n_cut = encode_rows(
+            self.encoder,
+            self.ops,
+            sources,
+            targets,
+            self.n_soft,
+            self.max_source_length,
+            self.max_target_length,
+        )
+        if n_truncated or n_cut:
             msg = (
-                f"{self.name}/{split}: truncated {enc.n_truncated} of {len(sources)} sources to "
+                f"{self.name}/{split}: truncated {n_truncated} of {len(sources)} sources to "
                 f"max_source_length={self.max_source_length}"
             )
             if split == "train":
@@ -449,7 +481,6 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
                     f"max_target_length={self.max_target_length}"
                 )
             log.warning(msg)
-        ds = TextToTextDataset(ids, enc.soft_start, enc.soft_counts, labels)
         self._datasets[split] = (key, ds)
         return ds
 

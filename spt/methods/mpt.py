@@ -67,6 +67,7 @@ class MPT(FrozenBackboneMixin, L.LightningModule):
     method_name = "mpt"
     prompt_kind = "input"  # spt.methods.PROMPT_KINDS
     supports_generation = False
+    training_settings = ("teachers", "source_file")  # distillation and the target's start
 
     def __init__(
         self,
