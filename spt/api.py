@@ -181,7 +181,9 @@ class PromptModel:
         """The method's training loss on a batch from :meth:`batch` (with labels or targets):
         what ``training_step`` computes, for a loop of your own."""
         if "labels" not in batch:
-            raise SptError("loss needs a training batch: model.batch(inputs, labels=...)")
+            raise SptError(
+                "loss needs a training batch: model.batch(inputs, labels=...) (or targets=...)"
+            )
         with warnings.catch_warnings():  # training_step logs; without a Trainer that is a no-op
             warnings.filterwarnings("ignore", message=r".*self\.log\(\)")
             return self.method.objective.training_step(self.method, batch)
@@ -243,7 +245,9 @@ class PromptModel:
                 f"method={self.name} does not generate text (it scores label words): use classify()"
             )
         fmt = self.formats[self._task(task)]
-        self.backbone.ops.check_generation(f"method={self.name} on {self.backbone.name}")
+        self.backbone.ops.check_generation(
+            f"generate() with method={self.name} on {self.backbone.name}"
+        )
         if fmt.kind == "text-to-text":
             max_new_tokens = max_new_tokens or fmt.max_new_tokens
             num_beams = num_beams or fmt.num_beams
@@ -346,7 +350,7 @@ def _build(backbone: Backbone, name: str, formats: Sequence[InputFormat], data: 
 
 def prompt_model(
     model,
-    tokenizer,
+    tokenizer=None,
     method: str = "prompt",
     labels: Sequence[str] | None = None,
     label_words: Sequence[str] | None = None,
@@ -372,6 +376,8 @@ def prompt_model(
     """
     if isinstance(model, Backbone):
         backbone = model
+    elif tokenizer is None:
+        raise SptError("prompt_model(model, tokenizer, ...): pass the model's tokenizer")
     else:
         backbone = from_model(
             model, tokenizer, arch=arch, pooling=pooling, image_processor=image_processor

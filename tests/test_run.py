@@ -444,7 +444,9 @@ def test_select_best_reloads_the_best_checkpoint(data, method, metric, tmp_path,
     assert (run / "checkpoints" / "best.ckpt").exists()
     if data == "e2e":
         rows = [json.loads(x) for x in (run / "predictions.jsonl").read_text().splitlines()]
-        assert len(rows) == 32 and {"input", "prediction", "references", "ref_index"} <= set(rows[0])
+        assert len(rows) == 32 and {"input", "prediction", "references", "ref_index"} <= set(
+            rows[0]
+        )
         assert rows[0]["input"].startswith("name : ")  # the linearised table it was given
 
 

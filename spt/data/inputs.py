@@ -194,6 +194,7 @@ class InputFormat:
                 n_soft,
                 self.max_length,
                 self.max_target_length,
+                field=self.text_fields[0],
             )
             collate = TextToTextCollator(
                 enc.soft_id,
@@ -201,4 +202,7 @@ class InputFormat:
                 labels_aligned=ops.target_follows_prompt,
                 task_index=task_index,
             )
-        return collate([data[i] for i in range(n)])
+        batch = collate([data[i] for i in range(n)])
+        if self.kind == "classification" and labels is None:
+            batch.pop("labels")  # not a training batch: no made-up classes
+        return batch

@@ -158,11 +158,12 @@ def encode_rows(
     n_soft: int,
     max_source_length: int,
     max_target_length: int,
+    field: str = FIELD,
 ) -> tuple[TextToTextDataset, int, int]:
     """Sources (and, for training, one target each) as a dataset; also how many sources and
     targets were cut. A target is cut so that it + eos has at most ``max_target_length``
     tokens; a cut target gets no eos (the model is not taught to stop mid-sentence)."""
-    enc = encoder.encode({FIELD: sources}, n_soft, max_source_length)
+    enc = encoder.encode({field: sources}, n_soft, max_source_length)
     if targets is None:
         return TextToTextDataset(enc.ids, enc.soft_start, enc.soft_counts, None), enc.n_truncated, 0
     tok, eos = encoder.tokenizer, encoder.tokenizer.eos_token_id
