@@ -345,6 +345,7 @@ def _build(backbone: Backbone, name: str, formats: Sequence[InputFormat], data: 
     method = info.cls(backbone=backbone, task=task, **settings)
     if len(formats) > 1 and len(method.task_names) != len(formats):
         raise SptError(f"{len(formats)} tasks need n_tasks={len(formats)}")
+    method.eval()  # as from_pretrained models come; a training loop calls .train()
     return PromptModel(method, formats, data)
 
 
@@ -359,6 +360,7 @@ def prompt_model(
     task: str = "task",
     generation: bool = False,
     max_length: int = 256,
+    soft_first: bool = False,
     arch: str | None = None,
     pooling: str = "mean",
     image_processor=None,
@@ -371,7 +373,9 @@ def prompt_model(
 
     ``labels`` (and ``label_words``, default the labels) make a classification task over
     ``template`` (default ``"{soft}{text}"``; its ``{field}`` names are the inputs' fields);
-    ``generation=True`` a text-to-text task over one field. ``settings`` are the method's own
+    ``generation=True`` a text-to-text task over one field. ``soft_first`` puts the leading
+    ``{soft}`` slot before the tokenizer's leading special token, where PEFT puts virtual
+    tokens (``data.soft_first``). ``settings`` are the method's own
     (``length=20``, ``init="text"``, ``init_text=...``, ``hidden=...``; see its YAML).
     """
     if isinstance(model, Backbone):
@@ -403,6 +407,7 @@ def prompt_model(
             text_fields=fields,
             max_length=max_length,
             max_target_length=max_length,
+            soft_first=soft_first,
         )
     else:
         if not labels:
@@ -416,6 +421,7 @@ def prompt_model(
             label_names=tuple(labels),
             label_words=tuple(label_words or labels),
             max_length=max_length,
+            soft_first=soft_first,
         )
         fmt = dataclasses.replace(
             fmt, label_reserve=fmt.default_label_reserve(backbone.tokenizer, backbone.arch)
@@ -494,5 +500,4 @@ def load(
         init="file",
         init_file=str(path),
     )
-    pm.method.eval()
     return pm.to(device) if device is not None else pm

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import warnings
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
             path = PromptModel(method, datamodule.formats, data=cfg.data.name).save(
                 out_dir / "prompt.safetensors",
                 dev_metrics={k: v for k, v in metrics.items() if k.startswith("val/")},
+                command=command_line(),
             )
             metrics["artifact"] = str(path)
             metrics["artifact_bytes"] = path.stat().st_size
@@ -121,6 +123,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def command_line() -> str:
+    """The command that made this run (its Hydra overrides), for the artifact and model card."""
+    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    return " ".join(["python -m spt.run", *(shlex.quote(o) for o in overrides)])
 
 
 def optimized_metric(cfg: DictConfig, task) -> str:

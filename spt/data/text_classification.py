@@ -132,6 +132,10 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         label_score: how a decoder or T5 scores a class whose label word is several tokens:
             ``sum`` (its total log-probability) or ``mean`` (per token, length-normalised, as
             rank-classification setups often do so long words are not penalised).
+        soft_first: put the template's leading ``{soft}`` slot before the tokenizer's
+            leading special token (BOS / CLS), where PEFT puts virtual tokens: a prompt
+            trained so computes the same scores after ``spt peft export`` (with
+            ``model.pooling=pooler`` on BERT, a PEFT ``SEQ_CLS`` adapter).
     """
 
     def __init__(
@@ -159,6 +163,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         task_index: int = 0,
         group_by_length: bool = False,
         label_score: str = "sum",
+        soft_first: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"], logger=False)
@@ -215,7 +220,10 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
             raise SptError(f"data.label_score={label_score!r}: choose {' or '.join(LABEL_SCORES)}")
         self.label_score = label_score
 
-        self.encoder = TemplateEncoder(str(template), self.text_fields, tokenizer)
+        self.soft_first = bool(soft_first)
+        self.encoder = TemplateEncoder(
+            str(template), self.text_fields, tokenizer, soft_first=self.soft_first
+        )
         self.template = str(template)
         if label_reserve is None:
             longest = max(len(ids) for ids in self.label_word_ids())
@@ -277,6 +285,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
                 label_score=self.label_score,
                 max_length=self.max_length,
                 label_reserve=self.label_reserve,
+                soft_first=self.soft_first,
             ),
         )
 

@@ -218,6 +218,8 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         seed: seed of those subsets (shuffling follows the run's Lightning seed).
         n_soft: soft-token slots per input; may be set as an attribute before ``setup()``.
         task_index: value of ``task_ids`` in every batch.
+        soft_first: the leading ``{soft}`` slot before the tokenizer's leading special token
+            (PEFT's placement; see :class:`~spt.data.text_classification.TextClassificationDataModule`).
     """
 
     def __init__(
@@ -246,11 +248,13 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
         seed: int | None = 0,
         n_soft: int = 0,
         task_index: int = 0,
+        soft_first: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"], logger=False)
         self.name = str(name)
         self.tokenizer = tokenizer
+        self.soft_first = bool(soft_first)
         self.ops = arch_ops(arch)  # padding side and where the target goes
         self.ops.check_data("text", self.name)
         self.ops.check_generation(f"data={self.name} (text-to-text generation)")
@@ -353,6 +357,7 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
                 max_new_tokens=self.max_new_tokens,
                 num_beams=self.num_beams,
                 table=self.kind,
+                soft_first=self.soft_first,
             ),
         )
 

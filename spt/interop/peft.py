@@ -150,6 +150,15 @@ PEFT_ARCHS = {
 }
 
 
+# model_type -> the module of its *ForSequenceClassification that spt's encoder head is, when
+# spt pools with the model's pooler (BertForSequenceClassification: dropout, then `classifier`
+# on pooler_output). PEFT keeps it trained in a SEQ_CLS adapter through modules_to_save.
+SEQ_CLS_HEADS = {"bert": "classifier"}
+# spt init -> PEFT PromptTuningInit (the vectors are the trained ones either way; this is the
+# provenance PEFT records). class_labels and uniform have no PEFT counterpart: RANDOM.
+PEFT_INITS = {"text": "TEXT", "sampled_vocab": "SAMPLE_VOCAB"}
+
+
 @dataclass(frozen=True)
 class Converted:
     """What an export or import wrote: ``path``, a one-line ``summary``, how to ``load`` it,
@@ -217,11 +226,14 @@ def export_peft(
         "base": base,
         **{k: meta[k] for k in ("label_names", "label_words", "loss") if k in meta},
     }
+    weights = {WEIGHT_KEY: row}
     if name == "prompt":
-        config, more = _prompt_config(method, arch, row, base, base_name)
+        config, more, head = _prompt_config(method, arch, row, meta, tensors, base_name)
+        weights.update(head)
     else:
         config, more = _prefix_config(method, arch, row, meta, base, path, base_name)
-    out = _write_adapter(out_dir, config, {WEIGHT_KEY: row}, provenance)
+    card = model_card(meta, config, base_name, list(notes + more))
+    out = _write_adapter(out_dir, config, weights, provenance, path, card)
     return Converted(
         path=out,
         summary=(
@@ -303,24 +315,94 @@ def _peft():
     return peft
 
 
-def _prompt_config(method, arch, row, base, base_name):
+def seq_cls_blocker(meta: dict, tensors: dict) -> str | None:
+    """Why an encoder-only prompt artifact is no exact PEFT ``SEQ_CLS`` adapter (None: it is).
+
+    PEFT's sequence classifier concatenates the virtual tokens in front of the whole input and
+    classifies ``pooler_output`` (``BertForSequenceClassification``); spt computes the same
+    with ``data.soft_first=true`` (one leading ``{soft}`` slot before [CLS]) and
+    ``model.pooling=pooler``, its head then being the model's ``classifier``."""
+    model_type = (meta.get("base") or {}).get("model_type")
+    if model_type not in SEQ_CLS_HEADS:
+        return (
+            f"spt maps only the {', '.join(SEQ_CLS_HEADS)} sequence classifier; this is a "
+            f"{model_type} model"
+        )
+    if "head.1.weight" not in tensors or "head.1.bias" not in tensors:
+        return "the artifact holds no single-task classification head (head.1.*)"
+    inputs = meta.get("inputs") or [{}]
+    if not inputs[0].get("soft_first"):
+        return (
+            "its soft slots follow [CLS] (PEFT puts virtual tokens before it): train with "
+            "data.soft_first=true"
+        )
+    template = str(inputs[0].get("template") or "")
+    if template.count("{soft") > 1:
+        return f"its template {template!r} spreads the prompt over several slots"
+    pooling = (meta.get("settings") or {}).get("pooling") or (meta.get("backbone") or {}).get(
+        "pooling"
+    )
+    if pooling != "pooler":
+        return (
+            f"it pooled with {pooling!r}, BertForSequenceClassification reads the pooler: "
+            "train with model.pooling=pooler"
+        )
+    return None
+
+
+def _prompt_config(method, arch, row, meta, tensors, base_name):
+    """PEFT prompt tuning; on encoder-only models a ``SEQ_CLS`` adapter with the head in
+    ``modules_to_save`` where :func:`seq_cls_blocker` allows, else ``FEATURE_EXTRACTION``."""
     peft = _peft()
+    base = meta.get("base") or {}
     length, d = row.shape
     if base.get("hidden_size") not in (None, d):
         raise SptError(
             f"the prompt's width {d} differs from the base model's hidden size "
             f"{base.get('hidden_size')} in its own metadata: the artifact is damaged"
         )
+    task_type, head, notes = PEFT_ARCHS[arch].task_type, {}, []
+    arch_notes = list(PEFT_ARCHS[arch].export_notes)
+    soft_first = bool((meta.get("inputs") or [{}])[0].get("soft_first"))
+    if soft_first:  # PEFT's placement: no BOS caveat
+        arch_notes = [n for n in arch_notes if n != _BOS_NOTE]
+    extra = {}
+    if arch == "encoder":
+        why = seq_cls_blocker(meta, tensors)
+        if why is None:
+            module = SEQ_CLS_HEADS[base["model_type"]]
+            task_type, extra = "SEQ_CLS", {"modules_to_save": [module]}
+            # PEFT 0.21 saves modules_to_save weights as base_model.<module>.* (its
+            # get_peft_model_state_dict); tests/test_peft_interop.py loads them back
+            head = {
+                f"base_model.{module}.weight": tensors["head.1.weight"].float().contiguous(),
+                f"base_model.{module}.bias": tensors["head.1.bias"].float().contiguous(),
+            }
+            n = tensors["head.1.weight"].shape[0]
+            arch_notes = [
+                f"a SEQ_CLS adapter with the trained head as `{module}` (modules_to_save): "
+                f"load the base with AutoModelForSequenceClassification(num_labels={n})"
+            ]
+        else:
+            arch_notes.append(f"exported as FEATURE_EXTRACTION, not SEQ_CLS: {why}")
+    init = str(meta.get("init"))
+    peft_init = PEFT_INITS.get(init, "RANDOM")
+    if peft_init == "TEXT":
+        extra.update(
+            prompt_tuning_init_text=meta.get("init_text"), tokenizer_name_or_path=base_name
+        )
+    elif init not in ("None", "peft"):
+        notes.append(f"spt's init={init} has no PEFT counterpart: recorded as RANDOM")
     config = peft.PromptTuningConfig(
-        task_type=PEFT_ARCHS[arch].task_type,
+        task_type=task_type,
         num_virtual_tokens=length,
         token_dim=d,
         num_transformer_submodules=1,  # encoder input only, as spt does (also on T5)
-        prompt_tuning_init="RANDOM",
+        prompt_tuning_init=peft_init,
         base_model_name_or_path=base_name,
         inference_mode=True,
+        **extra,
     )
-    notes = []
     if method == "ptuning":
         notes.append(
             "P-tuning's LSTM/MLP prompt encoder is not exported, only the prompt it "
@@ -334,7 +416,7 @@ def _prompt_config(method, arch, row, base, base_name):
             "MPT's shared prompt and task factors are not exported, only this task's "
             "materialised prompt (as PEFT prompt tuning)"
         )
-    return config, [*notes, *PEFT_ARCHS[arch].export_notes]
+    return config, [*notes, *arch_notes], head
 
 
 def _prefix_config(method, arch, row, meta, base, path, base_name):
@@ -387,7 +469,12 @@ def _prefix_config(method, arch, row, meta, base, path, base_name):
     return config, notes
 
 
-def _write_adapter(out_dir, config, weights: dict[str, torch.Tensor], provenance: dict) -> Path:
+def _write_adapter(
+    out_dir, config, weights: dict[str, torch.Tensor], provenance: dict, artifact: Path, card: str
+) -> Path:
+    """The adapter pair, the model card (README.md) and a copy of the spt artifact, so that
+    both ``PeftModel.from_pretrained`` and ``spt.load`` read the folder (and ``push`` uploads
+    it as it is)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir).expanduser()
@@ -395,21 +482,99 @@ def _write_adapter(out_dir, config, weights: dict[str, torch.Tensor], provenance
         raise SptError(f"{out} is a file: give a directory for the PEFT adapter")
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".spt-export-"))
-    try:  # both files are complete before either replaces an older one
+    names = (WEIGHTS_NAME, CONFIG_NAME, "README.md", "prompt.safetensors", "prompt.json")
+    try:  # every file is complete before any replaces an older one
         config.save_pretrained(str(tmp))
         save_file(
             weights,
             str(tmp / WEIGHTS_NAME),
             metadata={"format": "pt", "spt": json.dumps(provenance, sort_keys=True, default=str)},
         )
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        shutil.copyfile(artifact, tmp / "prompt.safetensors")
+        side = artifact.with_suffix(".json")
+        if side.is_file():
+            shutil.copyfile(side, tmp / "prompt.json")
         umask = os.umask(0)
         os.umask(umask)
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            os.chmod(tmp / name, 0o666 & ~umask)  # the usual file mode, shareable
-            os.replace(tmp / name, out / name)
+        for name in names:
+            if (tmp / name).exists():
+                os.chmod(tmp / name, 0o666 & ~umask)  # the usual file mode, shareable
+                os.replace(tmp / name, out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def model_card(meta: dict, config, base_name: str | None, notes: list[str]) -> str:
+    """README.md of an exported folder: what the prompt is, how it was made and scored, and
+    how to load it with PEFT or spt (the Hub shows it as the model card)."""
+    base = meta.get("base") or {}
+    fmt = (meta.get("inputs") or [{}])[0]
+    task_type, peft_type = _plain(config.task_type), _plain(config.peft_type)
+    metrics = meta.get("dev_metrics") or {}
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {base_name or base.get('name')}",
+        f"tags: [spt, soft-prompt, {peft_type.lower().replace('_', '-')}, {meta.get('method')}]",
+        "---",
+        "",
+        f"# {meta.get('method')} soft prompt for {base.get('name')} on {meta.get('data')}",
+        "",
+        f"A soft prompt trained with spt (`method={meta.get('method')}`) "
+        f"on the frozen `{base.get('name')}` ({base.get('arch')}, fingerprint "
+        f"`{base.get('fingerprint')}`), exported as a PEFT `{peft_type}` / `{task_type}` "
+        "adapter. The backbone's weights are unchanged.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| method | `{meta.get('method')}` ({config.num_virtual_tokens} virtual tokens) |",
+        f"| data | `{meta.get('data')}` |",
+        f"| trainable parameters | {meta.get('trainable_parameters')} |",
+        f"| served parameters | {meta.get('served_parameters')} |",
+        f"| init | `{meta.get('init')}` |",
+    ]
+    lines += [f"| dev {k.removeprefix('val/')} | {v:.4f} |" for k, v in metrics.items()]
+    if fmt.get("template"):
+        lines.append(f"| template | `{fmt['template']}` |")
+    if fmt.get("label_words"):
+        pairs = zip(fmt.get("label_names") or [], fmt["label_words"], strict=False)
+        lines.append(
+            "| labels (class: label word) | " + ", ".join(f"{n}: `{w}`" for n, w in pairs) + " |"
+        )
+    if meta.get("command"):
+        lines += ["", "Made by:", "", "```bash", str(meta["command"]), "```"]
+    auto = "AutoModelForSequenceClassification" if task_type == "SEQ_CLS" else (
+        "AutoModelForCausalLM" if task_type == "CAUSAL_LM" else
+        "AutoModelForSeq2SeqLM" if task_type == "SEQ_2_SEQ_LM" else "AutoModel"
+    )  # fmt: skip
+    extra = f", num_labels={len(fmt.get('label_names') or [])}" if task_type == "SEQ_CLS" else ""
+    lines += [
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        f"from transformers import {auto}, AutoTokenizer",
+        "",
+        f'base = {auto}.from_pretrained("{base_name or base.get("name")}"{extra})',
+        'model = PeftModel.from_pretrained(base, "<this folder or repo>")',
+        "```",
+        "",
+        "Fill the template's fields and tokenize the text around `{soft}` as usual: PEFT puts "
+        "the virtual tokens in front of the tokenized input.",
+        "",
+        "Or with spt, which applies the template and label words itself:",
+        "",
+        "```python",
+        "import spt",
+        'prompt = spt.load("<this folder>")',
+        "```",
+    ]
+    if notes:
+        lines += ["", "## What the export left out", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
 
 
 # -- PEFT -> spt -------------------------------------------------------------------------------
