@@ -732,3 +732,54 @@ def test_minilm_seq_cls_export_gives_spt_labels_in_plain_peft(tmp_path, data_dir
     acc = (theirs.argmax(-1) == torch.tensor(gold)).float().mean().item()
     print(f"\nMiniLM SEQ_CLS via PEFT: dev acc {acc:.3f} on {len(dev)} rows")
     assert acc > 0.6, acc  # it learned something in 60 steps: not a constant label
+
+
+def test_push_uploads_the_exported_folder_with_huggingface_hub(tmp_path, monkeypatch, capsys):
+    """Everything up to the upload: which repository, which folder, nothing else touched
+    (the Hub cannot be reached from here; HfApi's two calls are recorded instead)."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id, kw))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", kw["repo_id"], kw))
+            return type("Info", (), {"commit_url": f"https://hub/{kw['repo_id']}/commit/1"})()
+
+    m = prompt_method(tiny("llama"))
+    folder = tmp_path / "hub"
+    export_peft(save(m, tmp_path / "p.safetensors"), folder)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert main(["push", str(folder), "me/sst2-prompt", "--private"]) == 0
+    assert "https://hub/me/sst2-prompt/commit/1" in capsys.readouterr().out
+    (c1, r1, kw1), (c2, r2, kw2) = calls
+    assert (c1, r1, kw1["private"], kw1["exist_ok"]) == (
+        "create_repo",
+        "me/sst2-prompt",
+        True,
+        True,
+    )
+    assert (c2, r2, kw2["folder_path"]) == ("upload_folder", "me/sst2-prompt", str(folder))
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "prompt.json",
+        "prompt.safetensors",
+    ]
+    calls.clear()
+    for args, message in (
+        ([str(tmp_path), "me/x"], "lacks adapter_config.json"),
+        ([str(folder), "no-slash"], "<user or org>/<name>"),
+    ):
+        assert main(["push", *args]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert main(["push", str(folder), "me/x"]) == 2
+    assert "HF_HUB_OFFLINE=1" in capsys.readouterr().err
+    assert calls == []

@@ -4,7 +4,10 @@
 writes a PEFT adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``) that
 ``PeftModel.from_pretrained(base_model, OUT_DIR)`` loads;
 ``python -m spt.interop.peft import ADAPTER_DIR OUT.safetensors --model tiny-llama [--set k=v]``
-writes an spt artifact that ``method.init=file method.init_file=OUT.safetensors`` loads.
+writes an spt artifact that ``method.init=file method.init_file=OUT.safetensors`` loads;
+``python -m spt.interop.peft push OUT_DIR user/name`` uploads an exported folder to the Hub.
+An exported folder also holds a model card (README.md) and the spt artifact itself, so one
+folder (or Hub repository) serves ``PeftModel.from_pretrained`` and ``spt.load``.
 
 PEFT's on-disk format (read from PEFT 0.21's source): ``adapter_config.json`` holds the
 config (``peft_type``, ``task_type``, ``num_virtual_tokens``, ``token_dim``, ``num_layers``,
@@ -867,6 +870,45 @@ def _prefix_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path):
     return {"prefix": table, "prefix_encoder.weight": table}, meta, notes
 
 
+# -- the Hub ---------------------------------------------------------------------------------
+def push(
+    folder: str | os.PathLike, repo_id: str, private: bool = False, message: str | None = None
+):
+    """Upload an exported folder (:func:`export_peft`) to a Hub model repository with
+    ``huggingface_hub`` (created if missing); returns the commit's URL. The folder must be a
+    complete export (adapter pair, model card, spt artifact), so the repository works with
+    ``PeftModel.from_pretrained`` and ``spt.load`` alike."""
+    from huggingface_hub import HfApi, constants
+
+    folder = Path(folder).expanduser()
+    needed = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "prompt.safetensors")
+    missing = [n for n in needed if not (folder / n).is_file()]
+    if missing:
+        raise SptError(
+            f"{folder} lacks {', '.join(missing)}: push a folder written by "
+            "python -m spt.interop.peft export"
+        )
+    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise SptError(f"repo id {repo_id!r}: give it as <user or org>/<name>")
+    if constants.HF_HUB_OFFLINE:
+        raise SptError("cannot push with HF_HUB_OFFLINE=1: unset it where there is network")
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message=message or f"spt soft prompt ({folder.name})",
+            ignore_patterns=[".spt-export-*"],
+        )
+    except Exception as err:  # network, auth and Hub errors come in many types
+        raise SptError(
+            f"pushing {folder} to {repo_id} failed: {type(err).__name__}: {err}"
+        ) from err
+    return str(getattr(info, "commit_url", info))
+
+
 # -- CLI ---------------------------------------------------------------------------------------
 def build_backbone(model: str, overrides: list[str] | tuple[str, ...] = ()):
     """The backbone of ``spt/conf/model/<model>.yaml`` (or of a model YAML file), instantiated
@@ -940,8 +982,17 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="name of the imported task row (default: the adapter directory's name)",
     )
+    pu = sub.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
+    pu.add_argument("folder", help="a folder written by export")
+    pu.add_argument("repo_id", help="<user or org>/<name> (created if missing)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--message", default=None, help="the commit message")
     args = parser.parse_args(argv)
     try:
+        if args.command == "push":
+            url = push(args.folder, args.repo_id, args.private, args.message)
+            print(f"spt: pushed {args.folder} to {args.repo_id}: {url}")
+            return 0
         if args.command == "export":
             result = export_peft(args.source, args.out_dir, args.base_model, args.task)
         else:
