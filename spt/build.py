@@ -23,14 +23,7 @@ def build(cfg: DictConfig):
     Trainer); used by run and tests."""
     log.info("instantiating backbone <%s>", cfg.model._target_)
     backbone = instantiate(cfg.model)
-    log.info("instantiating data <%s> (%s)", cfg.data._target_, cfg.data.name)
-    # Objects go in through a partial: instantiate() would turn dataclass kwargs into configs.
-    data_extra = {}
-    if "image_processor" in inspect.signature(get_class(cfg.data._target_)).parameters:
-        data_extra["image_processor"] = backbone.image_processor  # image data (CLIP)
-    datamodule = instantiate(cfg.data, _partial_=True)(
-        tokenizer=backbone.tokenizer, arch=backbone.arch, **data_extra
-    )
+    datamodule = build_data(cfg.data, backbone)
     log.info("instantiating method <%s>", cfg.method._target_)
     info = methods.of_class(get_class(cfg.method._target_))
     if isinstance(datamodule.task, GenerationTaskInfo) and not info.generation:
@@ -57,6 +50,19 @@ def build(cfg: DictConfig):
     return backbone, datamodule, method
 
 
+def build_data(data: DictConfig, backbone):
+    """The data module of a ``data`` config node, for ``backbone``'s tokenizer (and image
+    processor, for CLIP)."""
+    log.info("instantiating data <%s> (%s)", data._target_, data.name)
+    # Objects go in through a partial: instantiate() would turn dataclass kwargs into configs.
+    extra = {}
+    if "image_processor" in inspect.signature(get_class(data._target_)).parameters:
+        extra["image_processor"] = backbone.image_processor  # image data (CLIP)
+    return instantiate(data, _partial_=True)(
+        tokenizer=backbone.tokenizer, arch=backbone.arch, **extra
+    )
+
+
 def instantiate_loggers(cfg: DictConfig) -> list:
     loggers = []
     for name, conf in (cfg.get("logger") or {}).items():
@@ -66,15 +72,21 @@ def instantiate_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
-def instantiate_callbacks(cfg: DictConfig, fit: bool, metric: str) -> list:
+def instantiate_callbacks(cfg: DictConfig, fit: bool, metric: str, loggers: list) -> list:
+    """The ``callbacks`` group's callbacks; a ``monitor: null`` (checkpointing, early stopping)
+    watches the run's optimized metric."""
     out = []
-    for conf in (cfg.get("callbacks") or {}).values():
+    for name, conf in (cfg.get("callbacks") or {}).items():
         if conf is not None and "_target_" in conf:
             extra = {}
-            if "ModelCheckpoint" in conf._target_:
-                if not fit:
-                    continue
-                if conf.get("monitor", "") is None:
-                    extra["monitor"] = metric
+            if "ModelCheckpoint" in conf._target_ and not fit:
+                continue
+            if "monitor" in conf and conf.monitor is None:
+                extra["monitor"] = metric
+            if "LearningRateMonitor" in conf._target_ and not loggers:
+                raise SptError(
+                    f"callbacks.{name} logs learning rates, but this run has no logger: "
+                    "use logger=csv, logger=tensorboard or logger=default"
+                )
             out.append(instantiate(conf, **extra))
     return out

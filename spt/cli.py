@@ -14,6 +14,7 @@ import sys
 # command -> (module, one-line summary)
 COMMANDS = {
     "run": ("spt.run", "train and evaluate one job, or sweep with -m (Hydra overrides)"),
+    "eval": ("spt.eval", "score a trained prompt on a dev or test split (a run or artifact)"),
     "generate": ("spt.generate", "generate text with a trained prompt (a run or artifact)"),
     "serve": ("spt.serve.cli", "score many trained prompts on one backbone (library, HTTP server)"),
     "compare": ("spt.tools.compare", "compare finished runs: a table of metrics and settings"),

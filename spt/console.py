@@ -59,6 +59,10 @@ def quiet_third_parties() -> None:
     warnings.filterwarnings(
         "ignore", message=r"'set_vital' is deprecated", category=UserWarning, module="torchdata"
     )
+    # The frozen backbone stays in eval mode on purpose (FrozenBackboneMixin.train).
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    # Lightning 2.6's own pytree helper on torch 2.13 (lightning/pytorch/utilities/_pytree.py)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 class WandbLogger(_LightningWandbLogger):

@@ -55,5 +55,24 @@ def _sweep_tags(tags) -> list:
     return [*tags, f"sweep:{Path(hydra.sweep.dir).name}"]
 
 
+def _job_dir(num, overrides) -> str:
+    """``${spt.job_dir:${hydra.job.num},${hydra.job.override_dirname}}``: a sweep job's folder,
+    ``<n>_<its overrides>`` (``3_method.length=20,seed=2``), so a listing says which job is
+    which. Characters a path should not hold become ``_`` (``data.root=/a/b`` ->
+    ``data.root=_a_b``); past 150 characters it is cut and a hash of the whole added, so the
+    name stays unique and the same on a rerun (``resume=auto`` finds its jobs again)."""
+    import hashlib
+    import re
+
+    safe = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", str(overrides or "")).strip("_")
+    if len(safe) > 150:
+        digest = hashlib.sha256(str(overrides).encode()).hexdigest()[:8]
+        head = safe[:140]
+        head = head[: head.rfind(",")] if "," in head else head  # whole overrides only
+        safe = f"{head}-{digest}"
+    return f"{num}_{safe}" if safe else str(num)
+
+
 OmegaConf.register_new_resolver("spt.sweep_job", _sweep_job, replace=True)
+OmegaConf.register_new_resolver("spt.job_dir", _job_dir, replace=True)
 OmegaConf.register_new_resolver("spt.sweep_tags", _sweep_tags, replace=True)

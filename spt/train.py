@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -28,9 +27,6 @@ from spt.errors import SptError
 from spt.resume import ConfigStamp, FitClock, finished_run, in_run_dir, resume_checkpoint
 
 log = logging.getLogger("spt.run")
-# The frozen backbone stays in eval mode on purpose (see FrozenBackboneMixin.train).
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def train(cfg: DictConfig, out_dir: Path) -> dict:
@@ -55,7 +51,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
-        callbacks=[*instantiate_callbacks(cfg, fit, metric), clock, ConfigStamp(stamp)],
+        callbacks=[*instantiate_callbacks(cfg, fit, metric, loggers), clock, ConfigStamp(stamp)],
     )
     if fit:
         log.info("fitting")

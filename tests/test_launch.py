@@ -71,7 +71,8 @@ def test_sweep_through_submitit_local(tmp_path, data_dir):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = sorted((tmp_path / "multirun").glob("*/*/metrics.json"))
-    assert [p.parent.name for p in jobs] == ["0", "1"]
+    assert [p.parent.name.split("_")[0] for p in jobs] == ["0", "1"]  # <n>_<its overrides>
+    assert "seed=1" in jobs[0].parent.name and "seed=2" in jobs[1].parent.name
     seeds = [json.loads(p.read_text())["seed"] for p in jobs]
     assert seeds == [1, 2]
     assert all((p.parent / "prompt.safetensors").is_file() for p in jobs)

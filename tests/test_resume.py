@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,6 +75,12 @@ def _start_and_kill(args: list[str], out: Path, ckpt_glob: str, min_step: int = 
     return ckpt
 
 
+def _job(sweep: Path, n: int) -> Path:
+    """Job ``n``'s folder of a sweep (``<n>_<its overrides>``)."""
+    (found,) = sweep.glob(f"{n}_*")
+    return found
+
+
 def _prompt(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run / "prompt.safetensors"))
 
@@ -113,10 +120,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
 def test_killed_sweep_job_resumes_by_rerunning_the_sweep(reference, tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *COMMON, f"hydra.sweep.dir={sweep}"]
-    _start_and_kill(args, tmp_path, "sweep/0/checkpoints/last.ckpt")
+    _start_and_kill(args, tmp_path, "sweep/0_*/checkpoints/last.ckpt")
     r = spt_run(*args, "resume=last", out=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    got, want = _prompt(sweep / "0"), _prompt(reference)
+    got, want = _prompt(_job(sweep, 0)), _prompt(reference)
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed sweep job differs"
 
 
@@ -217,30 +224,38 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
     args = ["-m", *COMMON, f"hydra.sweep.dir={sweep}", "resume=auto"]
     r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})  # nothing there: starts
     assert r.returncode == 0, r.stderr[-3000:]
-    done = sweep / "0" / "metrics.json"
+    job = _job(sweep, 0)
+    assert "seed=7" in job.name and "model=tiny-bert" in job.name  # named by its overrides
+    done = job / "metrics.json"
     first, stamp = done.read_text(), done.stat().st_mtime_ns
     r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "already finished" in (sweep / "0" / "run.log").read_text()
+    assert "already finished" in (job / "run.log").read_text()
     assert done.read_text() == first and done.stat().st_mtime_ns == stamp  # not retrained
     assert "spt: dev acc" in r.stdout
 
-    saved = sweep / "0" / "config.yaml"  # a run finished before spt/conf/ gained a key: kept
+    saved = job / "config.yaml"  # a run finished before spt/conf/ gained a key: kept
+    lines = saved.read_text().splitlines()
     saved.write_text(
-        "\n".join(
-            line
-            for line in saved.read_text().splitlines()
-            if not line.strip().startswith("group_by_length:")
-        )
-        + "\n"
+        "\n".join(line for line in lines if not line.strip().startswith("group_by_length:")) + "\n"
     )
     r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0 and done.read_text() == first, r.stderr[-3000:]
 
-    r = spt_run(*args, "data.dev_limit=8", out=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    # a finished job whose saved config differs from what spt/conf/ composes now (a default
+    # changed since): refused, naming the key
+    original = saved.read_text()
+    saved.write_text(original.replace("dev_limit: 16", "dev_limit: 8", 1))
+    r = spt_run(*args, out=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode != 0
     assert "another config" in r.stderr and "data.dev_limit" in r.stderr
     assert done.read_text() == first  # nothing lost
+    saved.write_text(original)
+    # another override is another job, in its own folder: the finished one is left alone
+    r = spt_run(*args, "data.dev_limit=8", out=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list(sweep.glob("0_*"))) == 2 and done.read_text() == first
+    shutil.rmtree(next(p for p in sweep.glob("0_*") if "dev_limit=8" in p.name))
 
     shelf = tmp_path / "shelf"  # a finished sweep moved elsewhere: its paths are not a change
     sweep.rename(shelf)
@@ -253,10 +268,13 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
         env={"OMP_NUM_THREADS": "1"},
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (shelf / "0" / "metrics.json").read_text() == first  # kept, not retrained
+    assert (_job(shelf, 0) / "metrics.json").read_text() == first  # kept, not retrained
 
+    # a killed job's checkpoint under a changed config, in a folder pinned to the job number
+    # (hydra.sweep.subdir): refused, naming the key and the fix
     killed = tmp_path / "killed"
-    kargs = ["-m", *COMMON, f"hydra.sweep.dir={killed}"]
+    pinned = "hydra.sweep.subdir=${hydra.job.num}"
+    kargs = ["-m", *COMMON, f"hydra.sweep.dir={killed}", pinned]
     ckpt = _start_and_kill(kargs, tmp_path, "killed/0/checkpoints/last.ckpt")
     before = ckpt.read_bytes()
     r = spt_run(*kargs, "resume=auto", "data.dev_limit=8", out=tmp_path)  # not this run's
@@ -270,6 +288,7 @@ def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_chang
         "-m",
         *COMMON,
         f"hydra.sweep.dir={moved}",
+        pinned,
         "resume=auto",
         out=tmp_path,
         env={"OMP_NUM_THREADS": "1"},

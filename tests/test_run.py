@@ -594,5 +594,18 @@ def test_a_sweep_job_is_named_and_tagged_by_the_sweep():
         HydraConfig.instance().set_config(cfg)
         assert cfg.run_name == "sst2-minilm-prompt #3 seed=2,tags=[ci]"
         assert list(cfg.logger.wandb.tags) == ["ci", "sweep:2026-12-02_00-00-00"]
+        assert cfg.hydra.sweep.subdir == "3_seed=2,tags=_ci"  # the job's folder
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_a_sweep_job_folder_is_its_number_and_overrides():
+    from spt.resolvers import _job_dir
+
+    assert _job_dir(0, "") == "0"
+    assert _job_dir(1, "method=prefix,seed=2") == "1_method=prefix,seed=2"
+    assert _job_dir(2, "data.root=/a/b c") == "2_data.root=_a_b_c"  # no path separators
+    many = ",".join(f"method.k{i}=value{i}" for i in range(20))
+    long = _job_dir(3, many)
+    assert len(long) < 160 and long.startswith("3_method.k0=value0,")
+    assert long == _job_dir(3, many) != _job_dir(3, many + ",x=1")  # stable and unique

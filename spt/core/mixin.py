@@ -223,6 +223,14 @@ class FrozenBackboneMixin:
         self.last_val = self.objective.epoch_end(self, "val")
         self.last_val_step = self.global_step
 
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.objective.validation_step(self, batch)
+
+    def on_test_epoch_end(self) -> None:
+        """The data module's test split (``test_split``: E2E's test set; dev where a
+        benchmark's test labels are not public), scored as validation is."""
+        self.last_test = self.objective.epoch_end(self, "test")
+
     def predict_step(self, batch: dict, batch_idx: int):
         """Class indices ``[B]``, or generated texts on a text-to-text task."""
         return self.objective.predict(self, batch)

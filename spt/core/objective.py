@@ -315,12 +315,13 @@ class Generation(Objective):
             return {}
         idx = [i for i, _ in outputs]
         texts = [t for _, t in outputs]
-        refs, sources = dm.references("dev"), dm.sources("dev")
+        split = "dev" if stage == "val" else dm.test_split
+        refs, sources = dm.references(split), dm.sources(split)
         self.last_predictions = [
             {"ref_index": i, "input": sources[i], "prediction": t, "references": refs[i]}
             for i, t in outputs
         ]
-        values = {k: torch.tensor(v) for k, v in dm.score("dev", texts, idx).items()}
+        values = {k: torch.tensor(v) for k, v in dm.score(split, texts, idx).items()}
         return log_metric_values(method, values, self.best, stage)
 
     def predict(self, method, batch: dict) -> list[str]:

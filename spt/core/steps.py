@@ -50,12 +50,12 @@ def log_epoch_metrics(module, metrics: MetricCollection, best: nn.ModuleDict, st
 def log_metric_values(
     module, values: dict[str, torch.Tensor], best: nn.ModuleDict, stage: str
 ) -> dict:
-    """Log ``values`` as ``<stage>/<name>`` and their running best as ``<stage>/<name>_best``
-    (not during the sanity check); return them as floats."""
+    """Log ``values`` as ``<stage>/<name>`` and, for validation, their running best as
+    ``val/<name>_best`` (not during the sanity check); return them as floats."""
     out = {}
     for name, value in values.items():
         out[f"{stage}/{name}"] = value
-        if name in best and not module.trainer.sanity_checking:
+        if name in best and stage == "val" and not module.trainer.sanity_checking:
             best[name].update(value)
             out[f"{stage}/{name}_best"] = best[name].compute()
     module.log_dict(out, prog_bar=True)

@@ -1,0 +1,210 @@
+"""``python -m spt.eval RUN_OR_ARTIFACT [--split dev|test] [--ckpt FILE]``: score a trained
+prompt on a dataset's dev or test split, without training (lightning-hydra-template's
+``eval.py``).
+
+The prompt comes from its artifact (:func:`spt.load`); ``--ckpt`` loads a checkpoint of the
+same run over it (a best or mid-training state). The data is spt's own config group
+(``--data``, default the one the prompt was trained on) with the artifact's input format
+(template, label words, limits) applied, then, for a run directory, the plain data values of
+its ``config.yaml`` (so ``data.dev_limit`` and friends match the run); ``--set data.KEY=VALUE``
+overrides last. Nothing a run's files name is instantiated: targets come from spt's configs.
+Prints one summary line and writes the metrics as JSON to ``--out`` (and, for text-to-text,
+each input with its prediction and references to ``--predictions``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from spt.errors import SptError, cli_error
+
+# InputFormat field -> the data config key that sets it, per kind
+FORMAT_KEYS = {
+    "classification": {
+        "template": "template",
+        "label_words": "label_words",
+        "label_score": "label_score",
+        "max_length": "max_length",
+        "label_reserve": "label_reserve",
+        "soft_first": "soft_first",
+    },
+    "text-to-text": {
+        "template": "template",
+        "max_length": "max_source_length",
+        "max_target_length": "max_target_length",
+        "max_new_tokens": "max_new_tokens",
+        "num_beams": "num_beams",
+        "soft_first": "soft_first",
+    },
+    "image": {"label_words": "label_words"},
+}
+_CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def _plain_values(node):
+    """A config subtree without anything that names code (``_target_`` and friends)."""
+    if isinstance(node, dict):
+        return {k: _plain_values(v) for k, v in node.items() if k not in _CODE_KEYS}
+    if isinstance(node, list):
+        return [_plain_values(v) for v in node]
+    return node
+
+
+def data_config(name: str, formats, run_dir: Path | None, sets: list[str]):
+    """spt's ``data=<name>`` group, with the artifact's formats, the run's plain data values
+    and ``sets`` applied, in that order."""
+    import yaml
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from spt import CONF_DIR
+
+    if not (CONF_DIR / "data" / f"{name}.yaml").is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
+        raise SptError(f"--data {name}: no spt/conf/data/{name}.yaml; choose one of {known}")
+    bad = [s for s in sets if not s.startswith("data.") or "=" not in s]
+    if bad:
+        raise SptError(f"--set {bad[0]!r}: give data.KEY=VALUE (a key of the data config)")
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="run", overrides=[f"data={name}"])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise SptError(f"--data {name}: {' '.join(str(err).split())}") from None
+    data = cfg.data
+    tasks = data.get("tasks")
+    for i, fmt in enumerate(formats):
+        node = data if tasks is None else tasks.get(fmt.name)
+        if node is None:
+            raise SptError(f"data={name} has no task {fmt.name!r} (the prompt's task {i})")
+        for field, key in FORMAT_KEYS[fmt.kind].items():
+            value = getattr(fmt, field)
+            node[key] = list(value) if isinstance(value, tuple) else value
+    if run_dir is not None and (run_dir / "config.yaml").is_file():
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
+        except Exception as err:  # a hand-edited or damaged file
+            raise SptError(f"{run_dir / 'config.yaml'} is not a readable config: {err}") from None
+        values = _plain_values((saved or {}).get("data") or {})
+        if values.get("name") not in (None, name):
+            values = {}  # another dataset than the one asked for: its values do not apply
+        data.merge_with(values)
+    try:
+        for s in sets:
+            key, _, value = s.partition("=")
+            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None)
+        OmegaConf.resolve(cfg.data)
+    except OmegaConfBaseException as err:
+        raise SptError(f"data settings: {' '.join(str(err).split())}") from None
+    return cfg.data
+
+
+def evaluate(
+    path: str | Path,
+    split: str = "dev",
+    data: str | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    ckpt: str | None = None,
+    device: str | None = None,
+) -> tuple[dict, list[dict]]:
+    """Metrics of the prompt at ``path`` on ``split``, and (text-to-text) its predictions."""
+    import lightning as L
+    import torch
+
+    import spt
+    from spt.build import build_data
+    from spt.console import quiet_third_parties
+
+    if split not in ("dev", "test"):
+        raise SptError(f"--split {split!r}: dev or test")
+    quiet_third_parties()
+    path = Path(path).expanduser()
+    run_dir = path if path.is_dir() else None
+    model = spt.load(path, device=device)
+    method = model.method
+    if ckpt is not None:
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        except (OSError, KeyError, RuntimeError, TypeError) as err:
+            raise SptError(f"--ckpt {ckpt}: not a readable Lightning checkpoint: {err}") from None
+        method.load_state_dict(state)
+    cfg = data_config(data or model.data, model.formats, run_dir, list(sets))
+    dm = build_data(cfg, model.backbone)
+    dm.n_soft = method.n_soft_tokens
+    if split == "test" and getattr(dm, "test_split", "dev") == "dev":
+        raise SptError(
+            f"data={cfg.name} has no labelled test split (its test labels are not public): "
+            "use --split dev"
+        )
+    on_gpu = device not in (None, "cpu")
+    index = int(str(device).partition(":")[2] or 0) if on_gpu else 1
+    trainer = L.Trainer(
+        accelerator="gpu" if on_gpu else "cpu",
+        devices=[index] if on_gpu else 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    if split == "dev":
+        trainer.validate(method, datamodule=dm, verbose=False)
+        metrics = dict(method.last_val)
+    else:
+        trainer.test(method, datamodule=dm, verbose=False)
+        metrics = dict(method.last_test)
+    metrics = {k: v for k, v in metrics.items() if not k.endswith("_best")}
+    predictions = list(getattr(method.objective, "last_predictions", []) or [])
+    rows = dm.num_rows(split if split == "dev" else dm.test_split)
+    return {**metrics, "split": split, "rows": rows, "data": cfg.name}, predictions
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m spt.eval", description=__doc__.split("\n\n")[0].replace("``", "")
+    )
+    p.add_argument("path", help="a run directory, or a prompt.safetensors artifact")
+    p.add_argument("--split", default="dev", help="dev (default) or test")
+    p.add_argument("--data", help="a data config name (default: the prompt's own)")
+    p.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE")
+    p.add_argument("--ckpt", help="a Lightning checkpoint of the same run to evaluate instead")
+    p.add_argument("--out", help="write the metrics here as JSON")
+    p.add_argument("--predictions", help="text-to-text: write each prediction here (JSONL)")
+    p.add_argument("--device", help="cpu (default), cuda, cuda:1")
+    args = p.parse_args(argv)
+    try:
+        for flag in ("out", "predictions"):
+            target = getattr(args, flag)
+            if target and Path(target).expanduser().is_dir():
+                raise SptError(f"--{flag} {target} is a directory: name a file")
+        metrics, predictions = evaluate(
+            args.path, args.split, args.data, args.set, args.ckpt, args.device
+        )
+        from spt.core.artifact import atomic_write_text
+
+        try:
+            if args.out:
+                atomic_write_text(Path(args.out).expanduser(), json.dumps(metrics, indent=2) + "\n")
+            if args.predictions:
+                atomic_write_text(
+                    Path(args.predictions).expanduser(),
+                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions),
+                )
+        except OSError as err:
+            raise SptError(f"cannot write the results: {err}") from None
+    except Exception as exc:
+        return cli_error(exc)
+    shown = " | ".join(
+        f"{k.split('/', 1)[1]} {v:.4f}"
+        for k, v in metrics.items()
+        if "/" in k and isinstance(v, float)
+    )
+    print(f"spt: {metrics['data']} {args.split} ({metrics['rows']} rows): {shown} | {args.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
