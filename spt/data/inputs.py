@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 
 from spt.backbones.archs import arch_ops
+from spt.data.batches import Collator, EncodedDataset, TextToTextCollator, encode_rows
 from spt.data.generation import GENERATION_METRICS, GenerationTaskInfo
 from spt.data.tables import linearize_mr
 from spt.data.task import LABEL_SCORES, TaskInfo
@@ -172,9 +173,6 @@ class InputFormat:
         """A collated batch for ``inputs`` (text rows, see :meth:`rows`), as the data module's
         loaders give it: with class indices ``labels`` or text-to-text ``targets`` for a
         training step, without them for scoring or generating."""
-        from spt.data.text_classification import Collator, EncodedDataset
-        from spt.data.text_to_text import TextToTextCollator, encode_rows
-
         ops = arch_ops(arch)
         columns = self.rows(inputs)
         enc = self.encoder(tokenizer, arch)

@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from spt.backbones.archs import arch_ops
+from spt.data.batches import Collator
 from spt.data.loaders import EpochShuffle, make_loader
 from spt.data.task import TaskInfo
-from spt.data.text_classification import Collator
 from spt.errors import SptError
 
 

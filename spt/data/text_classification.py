@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from spt.backbones.archs import arch_ops
+from spt.data.batches import Collator, EncodedDataset
 from spt.data.inputs import InputFormat
 from spt.data.loaders import SplitLoaders, make_loader
 from spt.data.readers import (
@@ -43,62 +43,12 @@ from spt.data.readers import (
     to_plain,
 )
 from spt.data.task import LABEL_SCORES, METRICS, TaskInfo
-from spt.data.template import Encoded, TemplateEncoder, mark_soft
+from spt.data.template import TemplateEncoder
 from spt.errors import SptError
 
 log = logging.getLogger("spt.data")
 
 SPLITS = ("train", "dev")
-
-
-class EncodedDataset(Dataset):
-    """One tokenized split: ids per row, where its soft slots start, and its class index."""
-
-    def __init__(self, encoded: Encoded, labels: Sequence[int]):
-        self.ids = encoded.ids
-        self.soft_start = encoded.soft_start
-        self.soft_counts = encoded.soft_counts
-        self.labels = list(labels)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {
-            "input_ids": self.ids[i],
-            "soft_start": self.soft_start[i],
-            "soft_counts": self.soft_counts,
-            "label": self.labels[i],
-        }
-
-
-class Collator:
-    """Pads a list of rows to the longest one (left or right) and builds the batch dict."""
-
-    def __init__(self, pad_id: int, left: bool, task_index: int = 0):
-        self.pad_id = pad_id
-        self.left = left
-        self.task_index = task_index
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        b = len(rows)
-        length = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((b, length), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((b, length), dtype=torch.long)
-        soft = torch.zeros((b, length), dtype=torch.bool)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            off = length - n if self.left else 0
-            input_ids[i, off : off + n] = torch.tensor(r["input_ids"], dtype=torch.long)
-            attention[i, off : off + n] = 1
-            mark_soft(soft[i], off, r["soft_start"], r["soft_counts"])
-        return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
-            "soft_mask": soft,
-            "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
-            "task_ids": torch.full((b,), self.task_index, dtype=torch.long),
-        }
 
 
 class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):

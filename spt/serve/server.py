@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from spt import methods
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
+from spt.data.batches import EncodedDataset
 from spt.data.multitask import MixCollator, MultiTaskInfo
-from spt.data.text_classification import EncodedDataset
 from spt.errors import SptError
 
 log = logging.getLogger("spt.serve")

@@ -551,7 +551,7 @@ def peft_classifier(
 def peft_cls_batch(batch: dict, pad_id: int) -> dict:
     """spt's rows for PEFT: the same tokens without spt's soft slots, right-padded as BERT
     expects (by spt's own collator)."""
-    from spt.data.text_classification import Collator
+    from spt.data.batches import Collator
 
     rows = [
         {"input_ids": ids, "soft_start": (), "soft_counts": (), "label": int(y)}
