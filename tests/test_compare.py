@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -386,9 +387,9 @@ def test_done_only_drops_unfinished_runs(tmp_path, capsys):
 
 
 # -- W&B runs -----------------------------------------------------------------------------------
-def test_a_run_logged_to_wandb_alone_is_read_from_its_offline_log(tmp_path, data_dir, capsys):
-    """logger=wandb without the CSV logger, killed before metrics.json: spt.compare reads the
-    offline run-<id>.wandb log for its last dev values and progress."""
+def test_a_run_logged_to_wandb_is_read_from_its_csv_log(tmp_path, data_dir, capsys):
+    """logger=wandb also writes the CSV log: killed before metrics.json, spt.compare reads its
+    last dev values and progress from spt's own files (not W&B's binary offline log)."""
     from tests.test_run import run_dirs, spt_run
 
     r = spt_run(
@@ -401,14 +402,17 @@ def test_a_run_logged_to_wandb_alone_is_read_from_its_offline_log(tmp_path, data
     )
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = run_dirs(tmp_path)
+    assert list((run / "wandb").glob("offline-run-*"))
     acc = json.loads((run / "metrics.json").read_text())["val/acc"]
     (run / "metrics.json").unlink()  # as if killed after the last validation
-    assert not (run / "csv").exists()
     (row,) = collect([tmp_path])
     assert row["status"] == "incomplete" and row["val/acc"] == pytest.approx(acc)
     assert (row["method"], row["data"], row["seed"]) == ("prompt", "sst2", 5)
     assert row["steps"] == 4 and row["trainable"] > 0
     assert collect([tmp_path], keys=["method.length"])[0]["method.length"] == 20
+    shutil.rmtree(run / "csv")  # no log at all yet: still a row, without metrics
+    (row,) = collect([tmp_path])
+    assert row["status"] == "incomplete" and "val/acc" not in row and row["seed"] == 5
 
 
 class _ApiRun:
@@ -482,120 +486,3 @@ def test_wandb_api_failures_are_named(monkeypatch, capsys):
     assert "could not list the runs (ConnectionError: no route" in err and "wandb login" in err
     with pytest.raises(SptError, match="entity/project or wandb:entity/project/group"):
         collect(["wandb:justone"])
-
-
-# -- the offline log's framing ----------------------------------------------------------------
-def _frame(payloads: list[bytes], block: int = 32 * 1024) -> tuple[bytes, set[str]]:
-    """Records framed as wandb-core writes them: the 7-byte header inside block 0, chunks that
-    never cross a block, zero fill where fewer than 7 bytes are left, an empty FIRST chunk
-    where exactly 7 are. Also returns which of those edge cases occurred."""
-    import struct
-    import zlib
-
-    out, seen = bytearray(b":W&B" + struct.pack("<HB", 0xBEE1, 0)), set()
-    for data in payloads:
-        first = True
-        while first or data:
-            left = block - len(out) % block
-            if left < 7:
-                out += bytes(left)
-                seen.add("zero fill")
-                continue
-            part, data = data[: left - 7], data[left - 7 :]
-            kind = (1 if not data else 2) if first else (4 if not data else 3)
-            seen.add(
-                {1: "FULL", 2: "FIRST", 3: "MIDDLE", 4: "LAST"}[kind]
-                + (" empty" if not part else "")
-            )
-            out += struct.pack("<IHB", zlib.crc32(bytes([kind]) + part), len(part), kind) + part
-            first = False
-    return bytes(out), seen
-
-
-def _history(step: int, **values) -> bytes:
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    record = pb.Record()
-    for key, value in values.items():
-        item = record.history.item.add()
-        item.nested_key.append(key)
-        item.value_json = json.dumps(value)
-    record.history.step.num = step
-    return record.SerializeToString()
-
-
-def test_offline_log_records_across_blocks_and_a_torn_tail(tmp_path):
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    from spt.tools.wandb_runs import read_offline_run, records
-
-    run = pb.Record()
-    run.run.run_id, run.run.run_group = "abc", "study"
-    item = run.run.config.update.add()
-    item.key, item.value_json = "note", json.dumps("x" * 70_000)  # FIRST, MIDDLE, LAST
-    # record sizes that walk the block edges through every remainder 0..12
-    small = [_history(i, **{"val/acc": i / 100, "pad": "y" * (300 + i % 13)}) for i in range(300)]
-    head = [small[0], run.SerializeToString()]
-    left = 32 * 1024 - len(_frame(head)[0]) % (32 * 1024)
-
-    # then a record that leaves exactly one chunk header's room: the next starts empty
-    def sized(size: int) -> bytes:
-        return next(b for n in range(size, 0, -1) if len(b := _history(-1, pad="z" * n)) == size)
-
-    fill = sized(left - 14)
-    # ... and, later, one that leaves 3 bytes: the block's end is zero fill
-    left = 32 * 1024 - len(_frame([*head, fill, *small[1:100]])[0]) % (32 * 1024)
-    data, seen = _frame([*head, fill, *small[1:100], sized(left - 10), *small[100:]])
-    assert {"zero fill", "FIRST", "MIDDLE", "LAST", "FIRST empty"} <= seen, seen
-    path = tmp_path / "run-abc.wandb"
-    path.write_bytes(data)
-    logged = read_offline_run(path, history=True)
-    assert logged.id == "abc" and logged.group == "study" and len(logged.config["note"]) == 70_000
-    acc = [i / 100 for i in range(300)]
-    assert [row.get("val/acc") for row in logged.history] == [
-        0.0,
-        None,
-        *acc[1:100],
-        None,
-        *acc[100:],
-    ]
-    for cut in (len(data) - 5, len(data) - 400):  # a run still writing: a torn last record
-        path.write_bytes(data[:cut])
-        assert len(list(records(path))) < 303
-    path.write_bytes(data[:3])  # created, nothing flushed yet
-    assert list(records(path)) == []
-    path.write_bytes(b"not a log at all")
-    with pytest.raises(SptError, match="not a W&B run log"):
-        list(records(path))
-
-
-def test_mean_refuses_runs_that_differ_in_more_than_the_seed(tmp_path, capsys):
-    """Three lengths were once averaged into one cell: --mean without method.length in the
-    groups names the key instead; a re-evaluation (train=false) of a seed is refused too."""
-    _seeds(tmp_path, lengths=(2, 8, 20), accs=((0.4,), (0.5,), (0.4,)))
-    assert main([str(tmp_path), "--mean"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "differ in method.length" in err[0] and "--group-by" in err[0]
-    assert main([str(tmp_path), "--mean", "--keys", "method.length"]) == 0  # one per length
-    capsys.readouterr()
-    again = tmp_path / "again"
-    _fake_run(
-        again,
-        "a",
-        "prompt",
-        0.8,
-        20,
-        seed=1,
-        config={"seed": 1, "train": True, "method": {"length": 4, "seed": 1}},
-    )
-    _fake_run(
-        again,
-        "b",
-        "prompt",
-        0.8,
-        20,
-        seed=1,
-        config={"seed": 1, "train": False, "method": {"length": 4, "seed": 1}},
-    )
-    with pytest.raises(SptError, match="differ in train"):
-        aggregate(collect([again]))

@@ -8,9 +8,9 @@ artifact size, the seed, the regularizer (from the run's ``config.yaml``) and, f
 prompts, ``prompt_norm``: the mean L2 norm of the saved prompt's vectors (what Nemesis
 penalises). Such runs have ``status=done``. A run directory without ``metrics.json`` but with
 Lightning's ``csv/metrics.csv`` (still training, or crashed) is a row with
-``status=incomplete`` and the last dev values it logged; so is a run logged to W&B alone
-(``logger=wandb``), read from its offline log (``<run>/wandb/offline-run-*``, see
-:mod:`spt.wandb_runs`). A root ``wandb:ENTITY/PROJECT[/GROUP]`` reads runs from the W&B server
+``status=incomplete`` and the last dev values it logged (every logger config writes that
+CSV, ``logger=wandb`` too: spt reads its own files, not W&B's binary offline log); a run with
+neither (just started, or ``logger=none``) is an incomplete row without metrics. A root ``wandb:ENTITY/PROJECT[/GROUP]`` reads runs from the W&B server
 instead (``GROUP``: one study, the runs' W&B group), through the W&B API. Prints a Markdown
 table.
 
@@ -103,20 +103,10 @@ def collect(
             if run.resolve() not in seen and not (run / "metrics.json").exists():
                 seen.add(run.resolve())
                 rows.append(_incomplete_row(run))
-        for run in sorted(
-            {
-                p.parent.parent.parent
-                for p in root.rglob("run-*.wandb")
-                if p.parent.parent.name == "wandb"
-            }
-        ):  # logger=wandb alone
-            if (
-                run.resolve() not in seen
-                and not (run / "metrics.json").exists()
-                and _config(run) is not None
-            ):  # an spt run, not a stray ./wandb
+        for run in sorted({p.parent for p in root.rglob(".hydra")}):
+            if run.resolve() not in seen and _config(run) is not None:  # no log yet at all
                 seen.add(run.resolve())
-                rows.append(_wandb_incomplete_row(run))
+                rows.append(_progress_row(str(run), {}, _config(run), run))
     if not rows:
         raise SptError(
             f"no metrics.json under {', '.join(map(str, roots))}: point at the "
@@ -219,19 +209,6 @@ def _incomplete_row(run: Path) -> dict:
             if key and number is not None:
                 last[key] = number
     return _progress_row(str(run), last, _config(run), run)
-
-
-def _wandb_incomplete_row(run: Path) -> dict:
-    """A run without ``metrics.json`` or a CSV log (``logger=wandb`` alone): the last values
-    its local W&B runs logged (a resumed run has one per stretch; later values win)."""
-    from spt.tools.wandb_runs import offline_runs, read_offline_run
-
-    summary, config = {}, {}
-    for path in offline_runs(run):  # a resumed run logged several: oldest first
-        logged = read_offline_run(path)
-        summary.update(logged.summary)
-        config = logged.config or config
-    return _progress_row(str(run), _progress(summary), _config(run) or _as_config(config), run)
 
 
 def _progress(summary: dict) -> dict:
