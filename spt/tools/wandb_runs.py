@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from spt.errors import SptError
 
+
 @dataclass
 class WandbRun:
     """What spt.compare reads from a W&B run: identity, the logged config (spt logs its whole
