@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 
 import pytest
 
@@ -42,6 +43,11 @@ def test_served_parameters_are_the_materialised_prompt_and_head(cls, kw, family)
     table = tensors["prefix" if "prefix" in tensors else "prompt"]
     head = 64 * 2 + 2 if family == "bert" else 0
     assert m.served_parameters(tensors) == table.numel() + head
+
+
+def _flat(table: str) -> str:
+    """A Markdown table with its column padding collapsed: ``| sst2   | m |`` -> ``| sst2 | m |``."""
+    return "\n".join(" ".join(line.split()) for line in table.splitlines())
 
 
 def _fake_run(
@@ -91,7 +97,7 @@ def test_compare_tabulates_runs_and_writes_csv(tmp_path, capsys):
     assert rows[0]["served_params"] == 40 and rows[1]["served_params"] == 20
     assert "val/acc_best" not in rows[0]
     assert main([str(tmp_path), "--csv", str(tmp_path / "t.csv")]) == 0
-    out = capsys.readouterr().out
+    out = _flat(capsys.readouterr().out)
     assert "| sst2 | m | prefix |" in out
     with open(tmp_path / "t.csv") as f:
         table = list(csv.DictReader(f))
@@ -194,7 +200,7 @@ def test_config_values_become_columns(tmp_path, capsys):
         )
         == 0
     )
-    header = capsys.readouterr().out.splitlines()[0]
+    header = _flat(capsys.readouterr().out.splitlines()[0])
     assert "| regularizer | method.length | data.shots | seed |" in header
     with open(tmp_path / "t.csv") as f:
         table = list(csv.DictReader(f))
@@ -237,7 +243,7 @@ def test_mean_std_and_n_over_seeds(tmp_path, capsys):
         )
         == 0
     )
-    out = capsys.readouterr().out
+    out = _flat(capsys.readouterr().out)
     assert "| sst2 | m | prompt | none | 4 | done | 0.8200 ± 0.0200 (n=3) |" in out
     assert "| 0.9000 (n=1) |" in out
     with open(tmp_path / "mean.csv") as f:
@@ -260,7 +266,7 @@ def test_mean_std_and_n_over_seeds(tmp_path, capsys):
 def test_group_by_implies_mean_and_names_an_unknown_column(tmp_path, capsys):
     _seeds(tmp_path)
     assert main([str(tmp_path), "--group-by", "method.length"]) == 0
-    assert "| 4 | 0.8200 ± 0.0200 (n=3) |" in capsys.readouterr().out
+    assert "| 4 | 0.8200 ± 0.0200 (n=3) |" in _flat(capsys.readouterr().out)
     with pytest.raises(SptError, match=r"'method\.width' is neither a column .* config key"):
         aggregate(collect([tmp_path]), ["data", "method.width"])
     assert main([str(tmp_path), "--mean", "--group-by", "data,method.width"]) == 2
@@ -371,7 +377,7 @@ def test_an_unfinished_run_is_a_row_with_its_last_logged_values(tmp_path, capsys
     assert agg[0]["fit_seconds_n"] == 0
 
     assert main([str(tmp_path)]) == 0
-    assert capsys.readouterr().out.count("| incomplete |") == 2
+    assert _flat(capsys.readouterr().out).count("| incomplete |") == 2
 
 
 def test_done_only_drops_unfinished_runs(tmp_path, capsys):
@@ -486,3 +492,29 @@ def test_wandb_api_failures_are_named(monkeypatch, capsys):
     assert "could not list the runs (ConnectionError: no route" in err and "wandb login" in err
     with pytest.raises(SptError, match="entity/project or wandb:entity/project/group"):
         collect(["wandb:justone"])
+
+
+def test_a_terminal_gets_a_rich_table_and_a_pipe_markdown(tmp_path, capsys, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from spt.tools.compare import aggregate, markdown, rich_table
+
+    _seeds(tmp_path, lengths=(4, 8), accs=((0.80, 0.82, 0.84), (0.7, 0.9, 0.8)))
+    rows = collect([tmp_path], keys=["method.length"])
+    out = io.StringIO()
+    Console(file=out, width=250).print(rich_table(rows))
+    text = out.getvalue()
+    assert "method.length" in text and "0.82" in text and "|" not in text  # a box, not Markdown
+    assert text.count("done") == 6
+    agg = aggregate(rows, ["method.length"])
+    assert [a["method.length"] for a in agg] == [4, 8]
+    assert agg[1]["val/acc_mean"] == pytest.approx(0.8) and agg[1]["val/acc_std"] == pytest.approx(
+        0.1
+    )
+    assert markdown(rows).splitlines()[1].startswith("|--")  # GitHub Markdown when piped
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    assert main([str(tmp_path), "--mean", "--group-by", "method.length"]) == 0
+    shown = capsys.readouterr().out
+    assert "0.8000 ± 0.1000 (n=3)" in shown and "|--" not in shown

@@ -445,27 +445,49 @@ def _extra_columns(rows: list[dict]) -> list[str]:
     )
 
 
+def _cell(v) -> str:
+    """A table cell: floats to 4 significant digits, ints and text as they are, None empty."""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def frame(rows: list[dict], cols: list[str] | None = None):
+    """``rows`` as a pandas DataFrame of ``cols`` (default: :func:`columns`), values as they
+    are (object dtype: an int column with gaps stays ints)."""
+    import pandas as pd
+
+    return pd.DataFrame(rows, columns=cols or columns(rows), dtype=object)
+
+
 def markdown(rows: list[dict], cols: list[str] | None = None) -> str:
+    """A Markdown table (pandas ``to_markdown``, i.e. tabulate's GitHub format)."""
     cols = cols or [c for c in columns(rows) if c not in ("run", "artifact_bytes")]
+    cells = frame(rows, cols).map(_cell)
+    return cells.to_markdown(index=False, tablefmt="github", disable_numparse=True)
 
-    def cell(v) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return "" if v is None else str(v)
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+def rich_table(rows: list[dict], cols: list[str] | None = None, title: str | None = None):
+    """The same table for a terminal (``rich``): numbers right-aligned, status coloured."""
+    from rich.table import Table
+
+    cols = cols or [c for c in columns(rows) if c not in ("run", "artifact_bytes")]
+    table = Table(title=title, header_style="bold", show_lines=False)
+    numeric = {c: all(_is_number(r.get(c)) or r.get(c) is None for r in rows) for c in cols}
+    for c in cols:
+        table.add_column(c, justify="right" if numeric[c] else "left", overflow="fold")
+    for r in rows:
+        cells = [_cell(r.get(c)) for c in cols]
+        style = "yellow" if r.get("status") == "incomplete" else None
+        table.add_row(*cells, style=style)
+    return table
 
 
 def write_csv(rows: list[dict], path: Path, cols: list[str] | None = None) -> None:
     """Write ``rows`` (per-run or aggregated) with ``cols`` (default: :func:`columns`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=cols or columns(rows), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    frame(rows, cols).to_csv(path, index=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,24 +516,30 @@ def aggregate(rows: list[dict], group_by: list[str] | None = None) -> list[dict]
     for fewer than two values) and ``<metric>_n`` (runs that reported it). Groups are sorted by
     their values (numbers numerically).
     """
+    import pandas as pd
+
     group_by = list(group_by) if group_by else default_group_by(rows)
     add_keys(rows, group_by)
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row.get(c) for c in group_by), []).append(row)
-    for members in groups.values():
-        _refuse_unlike(members, group_by)
+    metrics = summarised_metrics(rows)
+    df = frame(rows, list(dict.fromkeys([*group_by, *metrics])))
+    keys = df[group_by].map(lambda v: "\0none" if v is None else v)  # None is a group too
+    values = df[metrics].apply(pd.to_numeric, errors="coerce")
+    grouped = values.groupby([keys[c] for c in group_by], sort=False, dropna=False)
+    mean, std, count = grouped.mean(), grouped.std(), grouped.count()  # std: ddof=1
     out = []
-    for key in sorted(groups, key=lambda k: tuple(_order(v) for v in k)):
-        members = groups[key]
-        agg = dict(zip(group_by, key, strict=True))
-        agg["n"] = len(members)
-        for metric in summarised_metrics(rows):
-            values = [float(v) for r in members if _is_number(v := r.get(metric))]
-            agg[f"{metric}_mean"] = statistics.fmean(values) if values else None
-            agg[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
-            agg[f"{metric}_n"] = len(values)
+    for key, idx in grouped.indices.items():
+        key = key if isinstance(key, tuple) else (key,)
+        where = key if len(key) > 1 else key[0]
+        _refuse_unlike([rows[i] for i in idx], group_by)
+        agg = dict(zip(group_by, (None if v == "\0none" else v for v in key), strict=True))
+        agg["n"] = len(idx)
+        for metric in metrics:
+            n = int(count.at[where, metric])
+            agg[f"{metric}_mean"] = float(mean.at[where, metric]) if n else None
+            agg[f"{metric}_std"] = float(std.at[where, metric]) if n > 1 else None
+            agg[f"{metric}_n"] = n
         out.append(agg)
+    out.sort(key=lambda a: tuple(_order(a[c]) for c in group_by))
     return out
 
 
@@ -609,18 +637,35 @@ def mean_cell(mean: float | None, std: float | None, n: int) -> str:
     return f"{text} (n={n})"
 
 
-def markdown_mean(agg: list[dict], group_by: list[str]) -> str:
-    """Markdown table of :func:`aggregate`'s rows: group columns, then ``mean ± std (n)`` per
+def _mean_rows(agg: list[dict], group_by: list[str]) -> list[dict]:
+    """:func:`aggregate`'s rows as table rows: group columns, then ``mean ± std (n)`` per
     metric (metrics no group has are left out)."""
     metrics = [m for m in _agg_metrics(agg) if any(r[f"{m}_n"] for r in agg)]
-    rows = [
+    return [
         {
             **{c: r.get(c) for c in group_by},
             **{m: mean_cell(r[f"{m}_mean"], r[f"{m}_std"], r[f"{m}_n"]) for m in metrics},
         }
         for r in agg
     ]
-    return markdown(rows, list(group_by) + metrics)
+
+
+def markdown_mean(agg: list[dict], group_by: list[str]) -> str:
+    """Markdown table of :func:`aggregate`'s rows (see :func:`_mean_rows`)."""
+    rows = _mean_rows(agg, group_by)
+    return markdown(rows, list(rows[0]) if rows else list(group_by))
+
+
+def _show(text: str, rows: list[dict], group_by: list[str] | None) -> None:
+    """The table: Markdown when stdout is a file or pipe (what READMEs and logs keep), a
+    ``rich`` table in a terminal."""
+    if not sys.stdout.isatty():
+        print(text)
+        return
+    from rich.console import Console
+
+    cols = list(rows[0]) if group_by is not None and rows else None
+    Console().print(rich_table(rows, cols))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -795,11 +840,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.mean or args.group_by:
             group_by = args.group_by or default_group_by(rows)
             agg = aggregate(rows, group_by)
-            print(markdown_mean(agg, group_by))
+            _show(markdown_mean(agg, group_by), _mean_rows(agg, group_by), group_by)
             if args.csv:
                 write_csv(agg, args.csv, aggregate_columns(agg, group_by))
         else:
-            print(markdown(rows))
+            _show(markdown(rows), rows, None)
             if args.csv:
                 write_csv(rows, args.csv)
         if args.plot:
