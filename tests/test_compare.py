@@ -299,6 +299,57 @@ def test_plot_writes_a_png_with_a_log_axis_for_wide_lengths(tmp_path):
     assert [t.get_text() for t in categorical.axes[0].get_xticklabels()] == ["prefix", "prompt"]
 
 
+def test_a_categorical_plot_shows_every_seed_as_a_point_and_the_baselines(tmp_path):
+    """Categories are points, never joined by a line; every run is its own dot (a failed
+    seed stays visible beside the mean); baselines are dashed lines in the legend."""
+    _seeds(tmp_path / "p", (4,), [(0.80, 0.82, 0.51)])  # one seed failed
+    _seeds(tmp_path / "q", (4,), [(0.70, 0.72, 0.71)], method="prefix")
+    rows = collect([tmp_path])
+    fig = plot(rows, "method", "val/acc", baselines={"majority class": 0.509})
+    ax = fig.axes[0]
+    from matplotlib.collections import PathCollection
+
+    dots = [
+        tuple(xy) for c in ax.collections if type(c) is PathCollection for xy in c.get_offsets()
+    ]
+    assert len(dots) == 6 and min(y for _, y in dots) == pytest.approx(0.51)
+    means = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert means and all(line.get_linestyle() == "None" for line in means)  # no joining line
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_ydata()[0] == pytest.approx(0.509)
+    assert "majority class (0.509)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    numeric = plot(collect([tmp_path / "p"]), "method.length", "val/acc")
+    assert any(line.get_linestyle() == "-" for line in numeric.axes[0].get_lines())
+
+
+def test_a_committed_runs_csv_plots_again_and_curves_come_from_csv_logs(tmp_path, capsys):
+    from spt.tools.compare import curves, read_rows, write_csv
+
+    _seeds(tmp_path / "runs", (4, 8), [(0.8, 0.82), (0.9, 0.91)])
+    rows = collect([tmp_path / "runs"], keys=["method.length"])
+    write_csv(rows, tmp_path / "runs.csv")
+    again = read_rows(tmp_path / "runs.csv")
+    assert [(r["method.length"], r["seed"], r["val/acc"]) for r in again] == [
+        (r["method.length"], r["seed"], r["val/acc"]) for r in rows
+    ]
+    args = [str(tmp_path / "runs.csv"), "--plot", "method.length", "--metric", "val/acc"]
+    out = tmp_path / "again.png"
+    assert main([*args, "--out", str(out), "--baseline", "chance=0.5"]) == 0 and out.exists()
+    with pytest.raises(SystemExit):
+        main([*args, "--out", str(out), "--baseline", "nonsense"])
+    log = tmp_path / "runs" / "prompt-4" / "0" / "csv"
+    log.mkdir(parents=True)
+    (log / "metrics.csv").write_text(
+        "epoch,step,train/loss,val/acc\n0,1,0.9,\n0,2,0.7,\n0,2,,0.6\n0,3,0.5,\n0,4,0.4,\n0,4,,0.8\n"
+    )
+    fig = curves([tmp_path / "runs"], "val/acc", out=tmp_path / "curves.png")
+    loss_ax, metric_ax = fig.axes
+    assert list(metric_ax.get_lines()[0].get_ydata()) == [0.6, 0.8]
+    assert list(loss_ax.get_lines()[0].get_ydata()) == [0.9, 0.7, 0.5, 0.4]
+    assert main([str(tmp_path / "runs"), "--curves", "--out", str(tmp_path / "c.png")]) == 0
+    assert main([str(tmp_path / "nothing.csv"), "--curves", "--out", str(tmp_path / "c.png")]) == 2
+
+
 def test_plot_refuses_an_absent_metric_and_mixed_runs(tmp_path, capsys):
     _seeds(tmp_path / "p", (4, 8), [(0.8, 0.82), (0.9, 0.91)])
     _seeds(tmp_path / "q", (4,), [(0.7,)], method="prefix")

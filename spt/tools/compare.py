@@ -23,9 +23,14 @@ Options:
                                 one row per group: mean ± sample std (n) of each val/*
                                 metric, prompt_norm and fit_seconds (default groups: every
                                 identifying column but run and seed)
-  --plot method.length --metric val/acc [--hue method] --out plot.png
-                                the metric (mean over seeds, error bars = std) against a
-                                column or config key, one line per hue value
+  --plot method.length --metric val/acc [--hue method] [--baseline 'majority=0.51']
+        --out plot.png          the metric against a column or config key: every run a dot,
+                                the mean ± std a marker (joined only for numeric x), one
+                                series per hue value, baselines as dashed lines
+  --curves [--metric val/acc] [--hue method] --out curves.png
+                                training loss and the dev metric against the step, one
+                                colour per run, from the runs' CSV logs
+A root may also be a CSV that --csv wrote (a study's runs.csv): its rows, without the runs.
 
 From Python (e.g. a notebook): ``rows = collect([root], keys=[...])``,
 ``aggregate(rows, group_by)``, ``plot(rows, x, metric, hue=..., out=...)``.
@@ -93,6 +98,9 @@ def collect(
         root = Path(root)
         if not root.exists():
             raise SptError(f"{root} does not exist: give run directories or their parents")
+        if root.is_file() and root.suffix == ".csv":  # rows a --csv wrote (a study's runs.csv)
+            rows += [r for r in read_rows(root) if not done_only or r.get("status") == "done"]
+            continue
         for path in sorted(root.rglob("metrics.json")):
             if path.parent.resolve() not in seen:
                 seen.add(path.parent.resolve())
@@ -115,6 +123,31 @@ def collect(
         )
     rows.sort(key=lambda r: (r["data"], r["model"], r["method"], r["run"]))
     return add_keys(rows, keys)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The per-run rows of a CSV that ``--csv`` wrote (numbers parsed, empty cells None), so
+    a study's committed ``runs.csv`` can be tabled and plotted again without its runs."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise SptError(f"{path} is not a readable CSV of runs ({exc})") from None
+    if "run" not in df.columns or "status" not in df.columns:
+        raise SptError(
+            f"{path} is not a table of runs (no run/status columns): give a CSV that "
+            "python -m spt.compare --csv wrote without --mean"
+        )
+    for col in df.columns:  # pandas reads an int column with gaps as floats: ints again
+        values = df[col].dropna()
+        if df[col].dtype == float and len(values) and (values % 1 == 0).all():
+            if not str(col).startswith("val/"):
+                df[col] = df[col].astype("Int64")
+    rows = df.astype(object).where(df.notna(), None).to_dict("records")
+    for r in rows:
+        r[CONFIG] = None  # the config's values that matter are columns already
+    return rows
 
 
 def _row(path: Path) -> dict:
@@ -673,14 +706,22 @@ def _show(text: str, rows: list[dict], group_by: list[str] | None) -> None:
 
 
 def plot(
-    rows: list[dict], x: str, metric: str, hue: str | None = None, out: Path | str | None = None
+    rows: list[dict],
+    x: str,
+    metric: str,
+    hue: str | None = None,
+    out: Path | str | None = None,
+    baselines: dict[str, float] | None = None,
 ):
-    """Plot ``metric`` against ``x`` (a column or dotted config key), one line per ``hue``
+    """Plot ``metric`` against ``x`` (a column or dotted config key), one series per ``hue``
     value; return the matplotlib ``Figure`` (its axes: ``fig.axes[0]``).
 
-    Each point is the mean over the runs sharing (hue, x), with the sample std as error bar
-    (none for a single run). Numeric ``x`` is sorted, on a log axis when its positive values
-    span more than 20x; other ``x`` is categorical in first-seen order. Runs that differ in an
+    Every run is a small dot (seeds side by side, so a failed seed shows), and each (hue, x)
+    cell's mean a larger marker with the sample std as error bar. Numeric ``x`` is sorted and
+    its means joined by a line, on a log axis when its positive values span more than 20x;
+    other ``x`` is categorical (first-seen order): points only, the series of each category
+    side by side, since a line between categories means nothing. ``baselines`` (name ->
+    value: majority class, zero-shot) are dashed horizontal lines. Runs that differ in an
     identifying column other than ``x`` and ``hue`` (say two datasets) are refused rather than
     averaged. Writes a PNG to ``out`` when given. Uses matplotlib's Agg canvas directly (no
     pyplot, so a notebook's backend is left alone).
@@ -702,7 +743,6 @@ def plot(
     numeric = all(_is_number(v) for v in xs)
     if numeric:
         xs.sort()
-    position = {v: (v if numeric else i) for i, v in enumerate(xs)}
     positive = [float(v) for v in xs if numeric and v > 0]
     log = numeric and len(positive) == len(xs) and max(positive) / min(positive) > 20
 
@@ -710,36 +750,60 @@ def plot(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     hues = list(dict.fromkeys(r.get(hue) for r in have)) if hue else [None]
-    for h in hues:
+    width = 0.7 / len(hues)  # categorical: each hue's slot within a category
+
+    def where(v, k: int, spread: float = 0.0) -> float:
+        if not numeric:
+            return xs.index(v) - 0.35 + width * (k + 0.5) + spread * width
+        factor = 1 + 0.04 * spread  # seeds side by side, on a log axis too
+        return float(v) * factor if log else float(v) + spread * _step(xs) * 0.08
+
+    for k, h in enumerate(hues):
         series = [r for r in have if not hue or r.get(hue) == h]
-        points = []
+        points, color = [], f"C{k}"
         for v in xs:
             values = [float(r[metric]) for r in series if r[x] == v]
-            if values:
-                std = statistics.stdev(values) if len(values) > 1 else None
-                points.append((position[v], statistics.fmean(values), std))
-        label = None if hue is None else f"{hue}={h}"
-        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        spread = [p for p in points if p[2] is not None]
-        if spread:
-            ax.errorbar(
-                [p[0] for p in spread],
-                [p[1] for p in spread],
-                yerr=[p[2] for p in spread],
-                fmt="none",
-                ecolor=line.get_color(),
-                capsize=3,
+            if not values:
+                continue
+            offsets = [i - (len(values) - 1) / 2 for i in range(len(values))]
+            ax.scatter(
+                [where(v, k, o * 0.5 / max(len(values), 1)) for o in offsets],
+                values,
+                s=12,
+                color=color,
+                alpha=0.55,
+                linewidths=0,
+                zorder=3,
             )
+            std = statistics.stdev(values) if len(values) > 1 else None
+            points.append((where(v, k), statistics.fmean(values), std))
+        label = None if hue is None else f"{hue}={h}"
+        ax.errorbar(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            yerr=[p[2] or 0.0 for p in points],
+            fmt="o-" if numeric else "o",
+            color=color,
+            markersize=6,
+            capsize=3,
+            label=label,
+            zorder=4,
+        )
+    for i, (name, value) in enumerate((baselines or {}).items()):
+        ax.axhline(value, ls="--", lw=1, color=f"0.{3 + 2 * i % 6}", label=f"{name} ({value:.3g})")
     if log:
         ax.set_xscale("log")
     if not numeric:
         ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+        ax.set_xlim(-0.6, len(xs) - 0.4)
     elif len(xs) <= 12:
         ax.set_xticks([float(v) for v in xs], [str(v) for v in xs])
         ax.minorticks_off()
     cells = {(r.get(hue) if hue else None, r[x]) for r in have}
     ax.set_xlabel(x + (" (log scale)" if log else ""))
-    ax.set_ylabel(f"{metric} (mean ± std over seeds)" if len(have) > len(cells) else metric)
+    ax.set_ylabel(
+        f"{metric} (dots: runs; marker: mean ± std)" if len(have) > len(cells) else metric
+    )
     same = [
         f"{c}={have[0][c]}"
         for c in IDENTITY  # what all points share, for the subtitle
@@ -747,9 +811,87 @@ def plot(
     ]
     title = f"{metric} vs {x}" + (f" by {hue}" if hue else "")
     ax.set_title(title + (f"\n{', '.join(same)}" if same else ""), fontsize=10)
-    if hue:
+    if hue or baselines:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+    return fig
+
+
+def _step(xs: list) -> float:
+    """The smallest gap between sorted numeric x values (1 for a single value)."""
+    gaps = [float(b) - float(a) for a, b in zip(xs, xs[1:], strict=False) if b != a]
+    return min(gaps) if gaps else 1.0
+
+
+def curves(
+    runs: list[Path | str],
+    metric: str = "val/acc",
+    hue: str | None = None,
+    out: Path | str | None = None,
+):
+    """Training and validation curves of runs from their CSV logs (``<run>/csv/metrics.csv``,
+    what every logger config writes): ``train/loss`` and ``metric`` against the step, one
+    colour per run (labelled by ``hue``'s value, else the run's method/model). Finished and
+    running runs alike; returns the Figure and writes a PNG to ``out`` when given."""
+    import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    found = []
+    for root in runs:
+        root = Path(root)
+        if not root.exists():
+            raise SptError(f"{root} does not exist: give run directories or their parents")
+        dirs = {_run_of_csv(p) for p in root.rglob("metrics.csv")} - {None}
+        found += sorted(dirs)
+    if not found:
+        raise SptError(
+            f"no CSV logs (csv/metrics.csv) under {', '.join(map(str, runs))}: every logger "
+            "config writes one; logger=none does not"
+        )
+    fig = Figure(figsize=(9.6, 3.8))
+    FigureCanvasAgg(fig)
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    drawn = 0
+    for i, run in enumerate(found):
+        try:
+            log = pd.read_csv(_latest_csv(run))
+        except (OSError, ValueError) as exc:
+            raise SptError(f"{_latest_csv(run)} is not a readable CSV log ({exc})") from None
+        cfg = _config(run)
+        ident = _identity(run, cfg)
+        label = (
+            f"{hue}={_select(cfg, hue) if _select(cfg, hue) is not _ABSENT else '?'}"
+            if hue
+            else f"{ident.get('method', '?')} / {ident.get('model', run.name)}"
+        )
+        if len(found) > 1 and not hue:
+            label += f" ({run.name})"
+        color = f"C{i % 10}"
+        if "train/loss" in log and log["train/loss"].notna().any():
+            train = log[["step", "train/loss"]].dropna()
+            loss_ax.plot(train["step"], train["train/loss"], color=color, alpha=0.3, lw=0.8)
+            smooth = train["train/loss"].rolling(max(1, len(train) // 10), min_periods=1).mean()
+            loss_ax.plot(train["step"], smooth, color=color, lw=1.6, label=label)
+            drawn += 1
+        if metric in log and log[metric].notna().any():
+            dev = log[["step", metric]].dropna()
+            metric_ax.plot(dev["step"], dev[metric], "o-", color=color, ms=4, label=label)
+            drawn += 1
+    if not drawn:
+        raise SptError(f"the CSV logs hold neither train/loss nor {metric!r}")
+    loss_ax.set(xlabel="step", ylabel="train/loss (faint: logged; bold: running mean)")
+    metric_ax.set(xlabel="step", ylabel=f"{metric} (each validation)")
+    loss_ax.set_title("training loss", fontsize=10)
+    metric_ax.set_title(f"dev {metric.removeprefix('val/')}", fontsize=10)
+    for ax in (loss_ax, metric_ax):
+        ax.grid(alpha=0.3)
+    metric_ax.legend(fontsize=7) if metric_ax.get_legend_handles_labels()[0] else None
     fig.tight_layout()
     if out is not None:
         out = Path(out)
@@ -829,12 +971,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", metavar="X", help="plot --metric against this column or key")
     parser.add_argument("--metric", help="the metric to plot, e.g. val/acc")
     parser.add_argument("--hue", help="one line per value of this column or key")
-    parser.add_argument("--out", type=Path, help="the PNG file --plot writes")
+    parser.add_argument("--out", type=Path, help="the PNG file --plot or --curves writes")
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a dashed reference line on --plot (repeatable): 'majority class=0.509'",
+    )
+    parser.add_argument(
+        "--curves",
+        action="store_true",
+        help="training loss and --metric against the step, from the runs' CSV logs",
+    )
     args = parser.parse_args(argv)
+    if args.curves:
+        if not args.out:
+            parser.error("--curves needs --out (e.g. curves.png)")
+        try:
+            curves(args.roots, args.metric or "val/acc", hue=args.hue, out=args.out)
+        except SptError as exc:
+            print(f"spt: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out} (training curves)", file=sys.stderr)
+        return 0
     if args.plot and not (args.metric and args.out):
         parser.error("--plot needs --metric (e.g. val/acc) and --out (e.g. plot.png)")
-    if not args.plot and (args.metric or args.hue or args.out):
-        parser.error("--metric, --hue and --out go with --plot X (e.g. --plot method.length)")
+    if not args.plot and (args.metric or args.hue or args.out or args.baseline):
+        parser.error(
+            "--metric, --hue, --baseline and --out go with --plot X (e.g. --plot method.length)"
+        )
+    baselines = {}
+    for item in args.baseline:
+        name, sep, value = item.rpartition("=")
+        try:
+            baselines[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            parser.error(f"--baseline {item!r}: give NAME=VALUE, e.g. 'majority class=0.509'")
     try:
         rows = collect(args.roots, keys=args.keys, done_only=args.done_only)
         if args.mean or args.group_by:
@@ -848,7 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.csv:
                 write_csv(rows, args.csv)
         if args.plot:
-            fig = plot(rows, args.plot, args.metric, hue=args.hue, out=args.out)
+            fig = plot(
+                rows, args.plot, args.metric, hue=args.hue, out=args.out, baselines=baselines
+            )
             print(
                 f"wrote {args.out} ({args.metric} vs {args.plot}, "
                 f"{fig.axes[0].get_xscale()} x axis)",
