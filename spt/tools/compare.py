@@ -44,6 +44,7 @@ import json
 import math
 import statistics
 import sys
+import textwrap
 from pathlib import Path
 
 from spt import methods
@@ -746,17 +747,18 @@ def plot(
     positive = [float(v) for v in xs if numeric and v > 0]
     log = numeric and len(positive) == len(xs) and max(positive) / min(positive) > 20
 
-    fig = Figure(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.8 if hue or baselines else 4.2))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     hues = list(dict.fromkeys(r.get(hue) for r in have)) if hue else [None]
     width = 0.7 / len(hues)  # categorical: each hue's slot within a category
 
     def where(v, k: int, spread: float = 0.0) -> float:
+        """x of hue ``k``'s point at ``v``; ``spread`` in [-1, 1] moves a run's dot aside."""
         if not numeric:
-            return xs.index(v) - 0.35 + width * (k + 0.5) + spread * width
-        factor = 1 + 0.04 * spread  # seeds side by side, on a log axis too
-        return float(v) * factor if log else float(v) + spread * _step(xs) * 0.08
+            return xs.index(v) - 0.35 + width * (k + 0.5 + 0.35 * spread)
+        shift = 0.04 * (k - (len(hues) - 1) / 2) + 0.06 * spread
+        return float(v) * math.exp(shift) if log else float(v) + _step(xs) * shift
 
     for k, h in enumerate(hues):
         series = [r for r in have if not hue or r.get(hue) == h]
@@ -765,9 +767,10 @@ def plot(
             values = [float(r[metric]) for r in series if r[x] == v]
             if not values:
                 continue
-            offsets = [i - (len(values) - 1) / 2 for i in range(len(values))]
+            half = max((len(values) - 1) / 2, 1)
+            offsets = [(i - (len(values) - 1) / 2) / half for i in range(len(values))]
             ax.scatter(
-                [where(v, k, o * 0.5 / max(len(values), 1)) for o in offsets],
+                [where(v, k, o) for o in offsets],
                 values,
                 s=12,
                 color=color,
@@ -793,8 +796,9 @@ def plot(
         ax.axhline(value, ls="--", lw=1, color=f"0.{3 + 2 * i % 6}", label=f"{name} ({value:.3g})")
     if log:
         ax.set_xscale("log")
+    ticks = [textwrap.fill(str(v), 14) for v in xs] if not numeric else []
     if not numeric:
-        ax.set_xticks(range(len(xs)), [str(v) for v in xs])
+        ax.set_xticks(range(len(xs)), ticks)
         ax.set_xlim(-0.6, len(xs) - 0.4)
     elif len(xs) <= 12:
         ax.set_xticks([float(v) for v in xs], [str(v) for v in xs])
@@ -811,14 +815,15 @@ def plot(
     ]
     title = f"{metric} vs {x}" + (f" by {hue}" if hue else "")
     ax.set_title(title + (f"\n{', '.join(same)}" if same else ""), fontsize=10)
-    if hue or baselines:
-        ax.legend(fontsize=8)
+    if hue or baselines:  # under the axes, where it hides no point
+        below = 0.2 + 0.06 * max([t.count("\n") for t in ticks] + [0])  # past the tick labels
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -below), ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
+        fig.savefig(out, dpi=120, bbox_inches="tight")
     return fig
 
 
