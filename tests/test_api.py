@@ -18,6 +18,7 @@ import spt
 from spt import generate as generate_cli
 from spt.backbones import tiny
 from spt.errors import SptError
+from tests.artifacts import edit_meta
 
 REVIEW = "{soft}Review: {sentence} Sentiment:"
 
@@ -152,13 +153,15 @@ def _saved(tmp_path, **edit):
     path = spt.prompt_model(tiny("llama"), method="prompt", length=2, labels=["a", "b"]).save(
         tmp_path / "p.safetensors"
     )
-    meta = json.loads((tmp_path / "p.json").read_text())
-    for k, v in edit.items():
-        if v is None:
-            meta.pop(k)
-        else:
-            meta[k] = v
-    (tmp_path / "p.json").write_text(json.dumps(meta))
+
+    def change(meta):
+        for k, v in edit.items():
+            if v is None:
+                meta.pop(k)
+            else:
+                meta[k] = v
+
+    edit_meta(path, change)
     return path
 
 

@@ -14,6 +14,7 @@ from safetensors import safe_open
 import spt.core.artifact as artifact
 from spt.core.artifact import check_base, load_artifact, save_artifact
 from spt.errors import SptError
+from tests.artifacts import edit_meta
 
 IDENTITY_A = {
     "name": "base-a",
@@ -165,10 +166,7 @@ def test_no_metadata_anywhere(tmp_path):
 
 def test_shape_metadata_mismatch(saved):
     path, _ = saved
-    side = path.with_suffix(".json")
-    meta = json.loads(side.read_text())
-    meta["tensors"]["prompt"] = [2, 4, 8]
-    side.write_text(json.dumps(meta))
+    edit_meta(path, lambda meta: meta["tensors"].update(prompt=[2, 4, 8]))
     with pytest.raises(SptError) as err:
         load_artifact(path)
     assert "prompt" in str(err.value) and "[2, 3, 8]" in str(err.value)
@@ -193,13 +191,31 @@ def test_json_sibling_not_utf8(saved):
 
 
 @pytest.mark.parametrize("tensors", [None, "prompt", ["prompt"], {"prompt": 5}])
-def test_json_sibling_tensors_field_of_wrong_type(saved, tensors):
+def test_metadata_tensors_field_of_wrong_type(saved, tensors):
+    path, _ = saved
+    edit_meta(path, lambda meta: meta.update(tensors=tensors))
+    with pytest.raises(SptError):
+        load_artifact(path)
+
+
+def test_a_stale_json_copy_never_mixes_with_new_tensors(saved, caplog):
+    """A crash between the two writes leaves an older prompt.json beside the new file: the
+    header (written with the tensors, in one rename) wins and the copy is named as ignored;
+    a copy that is not JSON at all, or far too large, is refused unread."""
     path, _ = saved
     side = path.with_suffix(".json")
-    meta = json.loads(side.read_text())
-    meta["tensors"] = tensors
-    side.write_text(json.dumps(meta))
-    with pytest.raises(SptError):
+    good = json.loads(side.read_text())
+    side.write_text(json.dumps({**good, "method": "prefix", "length": 99}))
+    with caplog.at_level("WARNING"):
+        _, meta = load_artifact(path)
+    assert meta["method"] == good["method"] and meta["length"] == good["length"]
+    assert "using the header" in caplog.text
+    side.write_text("[" * 100_000 + "]" * 100_000)  # RecursionError in json, not a traceback
+    with pytest.raises(SptError, match="not valid JSON"):
+        load_artifact(path)
+    with open(side, "wb") as f:
+        f.truncate(17 * 2**20)  # sparse: 17 MB of zeros, refused by its size
+    with pytest.raises(SptError, match="past the 16,777,216"):
         load_artifact(path)
 
 

@@ -19,6 +19,7 @@ from spt.build import build
 from spt.core.artifact import save_artifact
 from spt.errors import SptError
 from spt.serve import PromptServer, create_app, load_test, main
+from tests.artifacts import edit_meta
 from tests.test_run import _compose, run_dirs, spt_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,8 +200,7 @@ def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
     ):
         run = tmp_path / next(iter(edit.values()))
         shutil.copytree(bert_runs["trec"], run)
-        meta = json.loads((run / "prompt.json").read_text())
-        (run / "prompt.json").write_text(json.dumps({**meta, **edit}))
+        edit_meta(run / "prompt.safetensors", lambda meta, edit=edit: meta.update(edit))
         with pytest.raises(SptError, match=message):
             PromptServer.from_runs({"x": run})
 

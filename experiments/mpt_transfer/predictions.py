@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from spt.errors import SptError, cli_error
 from spt.data.readers import read_local
+from spt.errors import SptError, cli_error
 from spt.serve import PromptServer
 
 ARMS = {"baseline_rte": "Prompt Tuning", "target_rte": "MPT, distilled source",

@@ -1,14 +1,17 @@
 """Soft-prompt artifacts: ``<stem>.safetensors`` (tensors) + ``<stem>.json`` (metadata).
 
 No pickle anywhere. The metadata names the method, shapes, task names, init and the base
-model's identity (see :meth:`spt.backbones.Backbone.identity`); the same JSON is also stored
-in the safetensors header so a lone ``.safetensors`` file still describes itself. Writes are
-atomic (temp file + rename): a crash mid-write leaves the previous file intact.
+model's identity (see :meth:`spt.backbones.Backbone.identity`). It lives in the safetensors
+header, which is the source of truth: the tensors and their metadata are one file, replaced in
+one rename, so a reader sees the old artifact or the new one, never a mix. The ``.json`` beside
+it is a copy for people and tools; a copy that disagrees with the header (a crash between the
+two writes, or a hand edit) is ignored with a warning. Writes are atomic (temp file + rename).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from spt.errors import SptError
 
 FORMAT_VERSION = 1
+MAX_METADATA_BYTES = 16 * 2**20  # a prompt.json past this is refused unread (real ones: KBs)
+log = logging.getLogger(__name__)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -78,19 +83,31 @@ def load_artifact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             header = (f.metadata() or {}).get("spt")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise SptError(f"{path} is not a readable safetensors prompt file: {err}") from None
+    meta = _parse_metadata(header, f"the header of {path}") if header is not None else None
     side = path.with_suffix(".json")
-    try:
-        text = side.read_text(encoding="utf-8") if side.is_file() else header
-    except (OSError, UnicodeDecodeError) as err:
-        raise SptError(f"{side} is not a readable UTF-8 JSON file: {err}") from None
-    if text is None:
+    if side.is_file():
+        try:
+            size = side.stat().st_size
+            if size > MAX_METADATA_BYTES:
+                raise SptError(
+                    f"{side} is {size:,} bytes, past the {MAX_METADATA_BYTES:,} an artifact's "
+                    "metadata may take: it is not spt's (delete it; the .safetensors header "
+                    "holds the metadata)"
+                )
+            copy = _parse_metadata(side.read_text(encoding="utf-8"), str(side))
+        except (OSError, UnicodeDecodeError) as err:
+            raise SptError(f"{side} is not a readable UTF-8 JSON file: {err}") from None
+        if meta is None:  # a safetensors file without spt's header: the JSON is all there is
+            meta = copy
+        elif copy != meta:
+            log.warning(
+                "%s differs from the metadata inside %s (a crash between the two writes, or "
+                "an edit): using the header, the copy is ignored",
+                side.name,
+                path.name,
+            )
+    if meta is None:
         raise SptError(f"{path} has no metadata: neither {side.name} nor an 'spt' header entry")
-    try:
-        meta = json.loads(text)
-        if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as err:
-        raise SptError(f"metadata of {path} is not valid JSON: {err}") from None
     shapes = meta.get("tensors", {})
     if not isinstance(shapes, dict) or not all(
         isinstance(v, list) and all(isinstance(d, int) for d in v) for v in shapes.values()
@@ -106,6 +123,16 @@ def load_artifact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 f"metadata says {shapes[name]}"
             )
     return tensors, meta
+
+
+def _parse_metadata(text: str, where: str) -> dict:
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise SptError(f"metadata in {where} is not valid JSON: {str(err)[:200]}") from None
+    if not isinstance(meta, dict):
+        raise SptError(f"metadata in {where} is not a JSON object")
+    return meta
 
 
 def check_base(meta: dict, identity: dict, path: str | Path) -> None:
