@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from spt.api import PromptModel
 from spt.build import build
-from spt.core.artifact import save_artifact
 from spt.errors import SptError
 from spt.serve import PromptServer, create_app, load_test, main
 from tests.artifacts import edit_meta
@@ -29,17 +29,16 @@ N_ROWS = 3  # dev rows per task in the mixed batch
 
 def _fake_run(root: Path, name: str, *overrides: str, seed: int = 0) -> Path:
     """A run directory as spt.run writes it (config.yaml with model/data/method, and the
-    artifact), from an untrained method whose trainable weights are randomised so that every
+    self-describing artifact), from an untrained method whose trainable weights are randomised so that every
     task's prompt visibly matters; seconds instead of a training run."""
     cfg = _compose(*overrides, f"seed={seed}", "data.dev_limit=8", "data.train_limit=16")
-    _, _, method = build(cfg)
+    _, dm, method = build(cfg)
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for _, p in method.trainable_named_parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     run = root / name
-    meta = {**method.artifact_meta(), "data": cfg.data.name, "template": cfg.data.template}
-    save_artifact(run / "prompt.safetensors", method.artifact_tensors(), meta)
+    PromptModel(method, dm.formats, data=cfg.data.name).save(run / "prompt.safetensors")
     resolved = {
         k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "method")
     }
@@ -191,7 +190,7 @@ def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
         )
     with pytest.raises(SptError, match="must be strings"):
         bert_server.predict([{"task": "sst2", "text": {"sentence": 3}}])
-    with pytest.raises(SptError, match="no config.yaml"):
+    with pytest.raises(SptError, match="has no prompt.safetensors"):
         PromptServer.from_runs([tmp_path])
     # a method the server does not serve, and a text-to-text run (their metadata edited)
     for edit, message in (
@@ -203,6 +202,30 @@ def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
         edit_meta(run / "prompt.safetensors", lambda meta, edit=edit: meta.update(edit))
         with pytest.raises(SptError, match=message):
             PromptServer.from_runs({"x": run})
+
+
+def test_a_run_directory_runs_no_code_it_names(bert_runs, tmp_path):
+    """Issue 21: a downloaded run directory is as safe as a downloaded artifact. A config.yaml
+    whose model is ``{_target_: builtins.exec, ...}`` (or torch.load of a pickle) is never
+    instantiated: the server reads the artifact's plain values only; an artifact that names
+    a loader outside spt's table is refused by name."""
+    run = tmp_path / "evil"
+    shutil.copytree(bert_runs["trec"], run)
+    marker = tmp_path / "pwned"
+    (run / "config.yaml").write_text(
+        "model:\n  _target_: builtins.exec\n"
+        f"  _args_: [\"open({str(marker)!r}, 'w').write('x')\"]\n"
+        "data: {_target_: builtins.exec, _args_: ['1']}\nmethod: {_target_: builtins.exec}\n"
+    )
+    server = PromptServer.from_runs({"trec": run})
+    assert (
+        not marker.exists()
+        and server.predict([{"task": "trec", "text": {"question": "who?"}}])[0]["label"]
+    )
+    edit_meta(run / "prompt.safetensors", lambda m: m.update(backbone={"loader": "builtins.exec"}))
+    with pytest.raises(SptError, match="not one of spt's loaders"):
+        PromptServer.from_runs({"trec": run})
+    assert not marker.exists()
 
 
 def test_refuses_another_fingerprint_of_the_same_name(bert_runs, tmp_path, data_dir):

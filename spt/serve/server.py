@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from spt import methods
+from spt.backbones import load_source
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
 from spt.data.batches import EncodedDataset
+from spt.data.inputs import InputFormat
 from spt.data.multitask import MixCollator, MultiTaskInfo
 from spt.errors import SptError
 
@@ -37,11 +37,10 @@ def served_methods() -> list[str]:
 
 @dataclasses.dataclass
 class _Run:
-    """One run directory: its resolved config and its prompt artifact."""
+    """One run's prompt artifact (its directory, or the file itself)."""
 
     name: str | None  # the task name asked for (None: the run's data name)
     dir: Path
-    cfg: Any  # DictConfig
     tensors: dict[str, torch.Tensor]
     meta: dict
 
@@ -53,37 +52,33 @@ class _Run:
     def base(self) -> dict:
         return self.meta.get("base") or {}
 
+    @property
+    def source(self) -> dict:
+        return self.meta.get("backbone") or {}
+
 
 def _read_run(name: str | None, path: str | Path) -> _Run:
-    """A run directory (or its ``prompt.safetensors``), checked to be a servable run."""
+    """A run directory (or its ``prompt.safetensors``), checked to be a servable run.
+
+    Only the artifact is read: it names its base model's loader, its input format and its
+    settings as plain values (:mod:`spt.api`), so nothing a run directory holds is ever
+    instantiated; its ``config.yaml`` is not read at all."""
     path = Path(path).expanduser()
-    run_dir = path.parent if path.suffix in (".safetensors", ".json") else path
+    artifact = path if path.suffix in (".safetensors", ".json") else path / "prompt.safetensors"
+    artifact = artifact.with_suffix(".safetensors")
+    run_dir = artifact.parent
     if not run_dir.is_dir():
         raise SptError(
             f"run directory not found: {run_dir} (pass the directory spt.run "
-            "printed, holding config.yaml and prompt.safetensors)"
+            "printed, holding prompt.safetensors)"
         )
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise SptError(
-            f"{run_dir} is not a run directory: it has no config.yaml (spt.run writes "
-            "one with prompt.safetensors when a run finishes)"
-        )
-    artifact = run_dir / "prompt.safetensors"
     if not artifact.is_file():
         raise SptError(
             f"{run_dir} has no prompt.safetensors: a zero-shot run (zero_shot=true) "
             "or an unfinished one; serve a trained run"
         )
-    try:
-        cfg = OmegaConf.load(config)
-    except Exception as err:  # a YAML parse error from a hand-edited file
-        raise SptError(f"{config} is not a readable config: {err}") from None
-    missing = [k for k in ("model", "data", "method") if k not in cfg]
-    if missing:
-        raise SptError(f"{config} lacks {missing}: it was not written by spt.run")
     tensors, meta = load_artifact(artifact)
-    run = _Run(name, run_dir, cfg, tensors, meta)
+    run = _Run(name, run_dir, tensors, meta)
     if run.method not in served_methods():
         raise SptError(
             f"{run_dir} holds a method={run.method} prompt, which spt.serve does "
@@ -100,6 +95,13 @@ def _read_run(name: str | None, path: str | Path) -> _Run:
             f"{run_dir} holds a {meta.get('n_tasks')}-task prompt table "
             f"({meta.get('task_names')}): spt.serve stacks single-task runs; serve "
             "runs trained on one task each"
+        )
+    missing = [k for k in ("inputs", "backbone", "settings") if k not in meta]
+    if missing:
+        raise SptError(
+            f"{artifact} lacks {missing}: it was written before artifacts described "
+            "themselves; re-save it with this spt (python -m spt.run train=false "
+            f"method.init=file method.init_file={artifact} ...)"
         )
     return run
 
@@ -132,7 +134,7 @@ def _check_same_base(runs: list[_Run]) -> None:
                 f"(fingerprint {first.base.get('fingerprint')}): one server loads one backbone. "
                 "Serve them from two servers, or train both prompts on the same model."
             )
-        pools = [r.cfg.model.get("pooling") for r in (first, run)]
+        pools = [r.source.get("pooling") for r in (first, run)]
         if pools[0] != pools[1]:
             raise SptError(
                 f"{run.dir} was trained with model.pooling={pools[1]} but {first.dir} "
@@ -141,39 +143,18 @@ def _check_same_base(runs: list[_Run]) -> None:
             )
 
 
-def _data_module(run: _Run, backbone):
-    """The run's own classification data module, used only for its template encoder, label
-    names and limits (no rows are read). With a Hub source configured, the local data root is
-    not needed, so it is dropped."""
-    data = OmegaConf.to_container(run.cfg.data, resolve=True)
-    if data.get("hub") and data.get("root"):
-        data["root"], data["local"] = None, None
-    if "tasks" in data:
+def _input_format(run: _Run) -> InputFormat:
+    """The run's classification input format (template, fields, labels, limits)."""
+    entries = run.meta["inputs"]
+    if not isinstance(entries, list) or len(entries) != 1:
+        raise SptError(f"{run.dir}: a single-task run has one input format, it has {entries!r}")
+    fmt = InputFormat.from_meta(entries[0], str(run.dir / "prompt.safetensors"))
+    if fmt.kind != "classification":
         raise SptError(
-            f"{run.dir}: data={data.get('name')} is a task mixture: spt.serve stacks "
-            "single-task runs"
+            f"{run.dir}: data={fmt.name} is a {fmt.kind} task: spt.serve serves text "
+            "classification prompts"
         )
-    try:
-        dm = instantiate(OmegaConf.create(data), _partial_=True)(
-            tokenizer=backbone.tokenizer, arch=backbone.arch
-        )
-    except SptError as err:
-        raise SptError(f"{run.dir}: cannot rebuild its data settings: {err}") from None
-    if not hasattr(dm, "encoder") or not hasattr(dm.task, "label_words"):
-        raise SptError(
-            f"{run.dir}: data={dm.name} ({type(dm).__name__}) is not a text "
-            "classification task: spt.serve serves classification prompts"
-        )
-    return dm
-
-
-def _check_labels(run: _Run, dm) -> None:
-    saved = [str(x) for x in run.meta.get("label_names") or []]
-    if saved and saved != list(dm.label_names):
-        raise SptError(
-            f"{run.dir}: the artifact's label names {saved} differ from its "
-            f"config.yaml's {list(dm.label_names)}: the run directory was edited"
-        )
+    return fmt
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -184,17 +165,23 @@ class _Task:
     name: str
     run: Path
     method: str
-    data: Any  # TextClassificationDataModule: template encoder, label names, limits
+    format: InputFormat  # template, fields, label names, limits
+    encoder: Any  # its TemplateEncoder for the served tokenizer
     group: int  # which served module
     row: int  # its row in that module's prompt table
+    n_soft: int = 0  # soft slots the served module fills
 
     @property
     def fields(self) -> list[str]:
-        return list(self.data.text_fields)
+        return list(self.format.text_fields)
 
     @property
     def labels(self) -> list[str]:
-        return list(self.data.label_names)
+        return list(self.format.label_names)
+
+    @property
+    def template(self) -> str:
+        return str(self.format.template)
 
 
 @dataclasses.dataclass
@@ -211,7 +198,7 @@ def _group_key(run: _Run) -> tuple:
     info = methods.get(run.method)
     if info.prompt == "input":
         return ("input", int(_tensor(run, "prompt").shape[1]))
-    settings = tuple(sorted(info.cls.serving_settings(run.cfg.method).items()))
+    settings = tuple(sorted(info.cls.serving_settings(run.meta["settings"]).items()))
     return (
         run.method,
         int(_tensor(run, "prefix").shape[1]),
@@ -290,7 +277,7 @@ class PromptServer:
         """
         loaded = [_read_run(name, path) for name, path in _normalise_runs(runs)]
         _check_same_base(loaded)
-        names = [r.name or str(r.cfg.data.get("name") or r.meta.get("data")) for r in loaded]
+        names = [r.name or str(r.meta.get("data")) for r in loaded]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             dirs = [str(r.dir) for r, n in zip(loaded, names, strict=True) if n in repeated]
@@ -299,17 +286,13 @@ class PromptServer:
                 "each run, e.g. --run sst2_a=DIR --run sst2_b=DIR or "
                 "from_runs({'sst2_a': dir1, 'sst2_b': dir2})"
             )
-        log.info(
-            "loading backbone <%s> from %s", loaded[0].cfg.model.get("_target_"), loaded[0].dir
-        )
-        backbone = instantiate(loaded[0].cfg.model)
+        source = loaded[0].source
+        log.info("loading backbone <%s> from %s", source.get("loader"), loaded[0].dir)
+        backbone = load_source(source)  # spt's own loaders only, plain arguments
         for run in loaded:
             check_base(run.meta, backbone.identity(), run.dir / "prompt.safetensors")
-        data = {}
-        for name, run in zip(names, loaded, strict=True):
-            dm = _data_module(run, backbone)
-            _check_labels(run, dm)
-            data[name] = dm
+        formats = {n: _input_format(r) for n, r in zip(names, loaded, strict=True)}
+        tok, arch = backbone.tokenizer, backbone.arch
         by_key: dict[tuple, list[int]] = defaultdict(list)
         for i, run in enumerate(loaded):
             by_key[_group_key(run)].append(i)
@@ -317,12 +300,15 @@ class PromptServer:
         groups: list[_Group] = []
         for g, (key, members) in enumerate(by_key.items()):
             gnames = [names[i] for i in members]
-            infos = [dataclasses.replace(data[n].task, name=n) for n in gnames]
+            infos = [dataclasses.replace(formats[n].task(tok, arch), name=n) for n in gnames]
             module = _build_group(key, backbone, gnames, [loaded[i] for i in members], infos)
             for row, (i, n) in enumerate(zip(members, gnames, strict=True)):
-                data[n].n_soft = module.n_soft_tokens
-                tasks[n] = _Task(n, loaded[i].dir, loaded[i].method, data[n], g, row)
-            pad = data[gnames[0]].pad_id
+                enc = formats[n].encoder(tok, arch)
+                tasks[n] = _Task(
+                    n, loaded[i].dir, loaded[i].method, formats[n], enc, g, row,
+                    module.n_soft_tokens,
+                )  # fmt: skip
+            pad = tasks[gnames[0]].encoder.soft_id
             groups.append(
                 _Group(key, module, gnames, MixCollator(pad, left=backbone.ops.left_padded))
             )
@@ -339,7 +325,7 @@ class PromptServer:
                 "fields": t.fields,
                 "labels": t.labels,
                 "method": t.method,
-                "template": t.data.template,
+                "template": t.template,
                 "run": str(t.run),
             }
             for n, t in self._tasks.items()
@@ -385,7 +371,7 @@ class PromptServer:
             if missing:
                 raise SptError(
                     f"row {i}: task {task.name!r} needs text field(s) {missing}; its "
-                    f"template {task.data.template!r} uses {task.fields}"
+                    f"template {task.template!r} uses {task.fields}"
                 )
             bad = [f for f in task.fields if not isinstance(text[f], str)]
             if bad:
@@ -396,7 +382,7 @@ class PromptServer:
         return out
 
     def _batch(self, group: _Group, rows: list[tuple[_Task, dict[str, str]]]) -> dict:
-        """Tokenise each row with its task's template (the data module's encoder, one call per
+        """Tokenise each row with its task's template (its format's encoder, one call per
         task) and pad them into one batch with per-row ``task_ids``."""
         encoded: list[dict | None] = [None] * len(rows)
         by_task: dict[str, list[int]] = defaultdict(list)
@@ -404,10 +390,11 @@ class PromptServer:
             by_task[task.name].append(i)
         for name, idx in by_task.items():
             task = self._tasks[name]
-            dm = task.data
+            fmt = task.format
             texts = {f: [rows[i][1][f] for i in idx] for f in task.fields}
             enc = EncodedDataset(
-                dm.encoder.encode(texts, dm.n_soft, dm.max_length, dm.label_reserve), [0] * len(idx)
+                task.encoder.encode(texts, task.n_soft, fmt.max_length, fmt.label_reserve),
+                [0] * len(idx),
             )
             for j, i in enumerate(idx):  # the data module's own row layout, plus the task
                 encoded[i] = {**enc[j], "task": task.row}
