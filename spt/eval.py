@@ -21,87 +21,6 @@ from pathlib import Path
 
 from spt.errors import SptError, cli_error
 
-# InputFormat field -> the data config key that sets it, per kind
-FORMAT_KEYS = {
-    "classification": {
-        "template": "template",
-        "label_words": "label_words",
-        "label_score": "label_score",
-        "max_length": "max_length",
-        "label_reserve": "label_reserve",
-        "soft_first": "soft_first",
-    },
-    "text-to-text": {
-        "template": "template",
-        "max_length": "max_source_length",
-        "max_target_length": "max_target_length",
-        "max_new_tokens": "max_new_tokens",
-        "num_beams": "num_beams",
-        "soft_first": "soft_first",
-    },
-    "image": {"label_words": "label_words"},
-}
-_CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
-
-
-def _plain_values(node):
-    """A config subtree without anything that names code (``_target_`` and friends)."""
-    if isinstance(node, dict):
-        return {k: _plain_values(v) for k, v in node.items() if k not in _CODE_KEYS}
-    if isinstance(node, list):
-        return [_plain_values(v) for v in node]
-    return node
-
-
-def data_config(name: str, formats, run_dir: Path | None, sets: list[str]):
-    """spt's ``data=<name>`` group, with the artifact's formats, the run's plain data values
-    and ``sets`` applied, in that order."""
-    import yaml
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from spt import CONF_DIR
-
-    if not (CONF_DIR / "data" / f"{name}.yaml").is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml"))
-        raise SptError(f"--data {name}: no spt/conf/data/{name}.yaml; choose one of {known}")
-    bad = [s for s in sets if not s.startswith("data.") or "=" not in s]
-    if bad:
-        raise SptError(f"--set {bad[0]!r}: give data.KEY=VALUE (a key of the data config)")
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="run", overrides=[f"data={name}"])
-    except (HydraException, OmegaConfBaseException) as err:
-        raise SptError(f"--data {name}: {' '.join(str(err).split())}") from None
-    data = cfg.data
-    tasks = data.get("tasks")
-    for i, fmt in enumerate(formats):
-        node = data if tasks is None else tasks.get(fmt.name)
-        if node is None:
-            raise SptError(f"data={name} has no task {fmt.name!r} (the prompt's task {i})")
-        for field, key in FORMAT_KEYS[fmt.kind].items():
-            value = getattr(fmt, field)
-            node[key] = list(value) if isinstance(value, tuple) else value
-    if run_dir is not None and (run_dir / "config.yaml").is_file():
-        try:
-            saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=False)
-        except Exception as err:  # a hand-edited or damaged file
-            raise SptError(f"{run_dir / 'config.yaml'} is not a readable config: {err}") from None
-        values = _plain_values((saved or {}).get("data") or {})
-        if values.get("name") not in (None, name):
-            values = {}  # another dataset than the one asked for: its values do not apply
-        data.merge_with(values)
-    try:
-        for s in sets:
-            key, _, value = s.partition("=")
-            OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None)
-        OmegaConf.resolve(cfg.data)
-    except OmegaConfBaseException as err:
-        raise SptError(f"data settings: {' '.join(str(err).split())}") from None
-    return cfg.data
-
 
 def evaluate(
     path: str | Path,
@@ -116,7 +35,7 @@ def evaluate(
     import torch
 
     import spt
-    from spt.build import build_data
+    from spt.build import build_data, data_config
     from spt.console import quiet_third_parties
 
     if split not in ("dev", "test"):

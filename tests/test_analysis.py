@@ -169,7 +169,7 @@ def test_cli_writes_csv_and_plot(run, tmp_path):
     assert all(float(row["norm"]) > 0 for row in rows)
     with Image.open(tmp_path / "low_norm_replace.png") as img:
         img.verify()
-    assert "| position | norm | accuracy | delta |" in r.stdout
+    assert "| position | norm | accuracy | delta |" in " ".join(r.stdout.split())
     assert "positions (replace) raised it" in r.stdout
 
 
@@ -188,13 +188,15 @@ def test_missing_run_dir_fails_with_one_line(tmp_path):
 
 
 def test_method_without_soft_prompts_and_missing_artifact(run, tmp_path, capsys):
+    import spt
+    from spt.backbones import tiny
+
     prefix = tmp_path / "prefix"
-    prefix.mkdir()
     config = (run / "config.yaml").read_text()
-    (prefix / "config.yaml").write_text(
-        config.replace("spt.methods.prompt.PromptTuning", "spt.methods.prefix.PrefixTuning")
-    )
-    shutil.copy(run / "prompt.safetensors", prefix)
+    spt.prompt_model(
+        tiny("llama"), method="prefix", length=2, hidden=8, labels=["negative", "positive"],
+        template="{soft}Review: {sentence} Sentiment:", task="sst2",
+    ).save(prefix / "prompt.safetensors")  # fmt: skip
     assert main([str(prefix)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("spt: error: method=prefix has no soft-prompt vectors")
@@ -206,3 +208,16 @@ def test_method_without_soft_prompts_and_missing_artifact(run, tmp_path, capsys)
     (bare / "config.yaml").write_text(config)
     assert main([str(bare)]) == 2
     assert "no prompt.safetensors" in capsys.readouterr().err
+
+
+def test_a_run_directory_runs_no_code_it_names(run, tmp_path):
+    """Issue 21: the analysis rebuilds the run from its artifact and spt's own data configs;
+    a config.yaml whose targets name builtins.exec is never instantiated."""
+
+    source, run = run, tmp_path / "evil"
+    shutil.copytree(source, run)
+    marker = tmp_path / "pwned"
+    evil = f"{{_target_: builtins.exec, _args_: [\"open({str(marker)!r}, 'w')\"]}}"
+    (run / "config.yaml").write_text(f"model: {evil}\nmethod: {evil}\ndata: {evil}\n")
+    _, dm, method = load_run(run)
+    assert not marker.exists() and dm.num_rows("dev") > 0

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from spt import methods
 from spt.errors import SptError, cli_error
 from spt.regularizers.nemesis import corrupted_prompts, eval_mode, position_norms, stack_batch
 
@@ -171,12 +170,12 @@ def low_norm_effect(
 
 # -- a finished run ------------------------------------------------------------------------
 def load_run(run_dir: Path, dev_limit: int | None = None):
-    """``(cfg, datamodule, method)`` of a finished ``spt.run`` run, rebuilt from its
-    ``config.yaml`` with its ``prompt.safetensors`` loaded and the dev split set up."""
-    from hydra.utils import get_class
-    from omegaconf import OmegaConf
-
-    from spt.build import build
+    """``(data name, datamodule, method)`` of a finished ``spt.run`` run: the method from its
+    self-describing ``prompt.safetensors`` (:func:`spt.load`), the dev split from spt's own
+    ``data=`` config with the run's plain data values (:func:`spt.build.data_config`). Nothing
+    the run directory names is instantiated."""
+    import spt
+    from spt.build import build_data, data_config
     from spt.regularizers import methods_providing
 
     run_dir = Path(run_dir)
@@ -186,52 +185,46 @@ def load_run(run_dir: Path, dev_limit: int | None = None):
             "python -m spt.run wrote (outputs/runs/<data>/<model>/<method>/<time>; "
             "python -m spt.compare lists them)"
         )
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise SptError(
-            f"{run_dir} has no config.yaml: give the directory of one finished "
-            "spt.run run (not its parent; python -m spt.compare lists them)"
-        )
-    cfg = OmegaConf.load(config)
-    cls = get_class(cfg.method._target_)
-    name = methods.of_class(cls).name
-    missing = [r for r in REQUIRES if not callable(getattr(cls, r, None))]
-    if missing:
-        works = methods_providing(REQUIRES)
-        raise SptError(
-            f"method={name} has no soft-prompt vectors to corrupt (no "
-            f"{', '.join(missing)}): the Low-Norm analysis needs a run of "
-            f"method={' | '.join(works)}"
-        )
     artifact = run_dir / "prompt.safetensors"
     if not artifact.is_file():
         raise SptError(
             f"{run_dir} holds no prompt.safetensors (a zero_shot run, or one that "
-            "stopped before saving): analyse a run that trained and finished, or "
-            "re-run it with python -m spt.run"
+            "stopped before saving, or the parent of runs): analyse a run that trained and "
+            "finished (python -m spt.compare lists them)"
         )
+    model = spt.load(artifact)
+    method = model.method
+    cls = type(method)
+    missing = [r for r in REQUIRES if not callable(getattr(cls, r, None))]
+    if missing:
+        works = methods_providing(REQUIRES)
+        raise SptError(
+            f"method={model.name} has no soft-prompt vectors to corrupt (no "
+            f"{', '.join(missing)}): the Low-Norm analysis needs a run of "
+            f"method={' | '.join(works)}"
+        )
+    if method.objective.generative:
+        raise SptError(
+            f"data={model.data} is a generation task and the Low-Norm analysis "
+            "compares class predictions: analyse a run on a classification dataset"
+        )
+    sets = []
     if dev_limit is not None:
         if dev_limit < 1:
             raise SptError(
                 f"--dev-limit {dev_limit}: give at least 1 dev row (or omit it to "
                 "score the run's own dev rows)"
             )
-        cfg.data.dev_limit = dev_limit
-    cfg.method.init = "file"
-    cfg.method.init_file = str(artifact.resolve())
-    cfg.train = False
-    if cfg.data.get("_target_", "").endswith("TextClassificationDataModule"):
+        sets.append(f"data.dev_limit={dev_limit}")
+    data = data_config(model.data, model.formats, run_dir, sets)
+    if str(data.get("_target_", "")).endswith("TextClassificationDataModule"):
         # dev rows longest-first: the N + 1 variants of every batch pad to similar lengths
         # (SST-2 at 32 rows: 1.7x fewer padded tokens); no row's prediction depends on order
-        cfg.data.group_by_length = True
-    _, datamodule, method = build(cfg)
-    if method.objective.generative:
-        raise SptError(
-            f"data={cfg.data.name} is a generation task and the Low-Norm analysis "
-            "compares class predictions: analyse a run on a classification dataset"
-        )
+        data.group_by_length = True
+    datamodule = build_data(data, model.backbone)
+    datamodule.n_soft = method.n_soft_tokens
     datamodule.setup("validate")
-    return cfg, datamodule, method
+    return data.name, datamodule, method
 
 
 def write_csv(result: LowNormResult, path: Path) -> None:
@@ -286,7 +279,10 @@ def plot(result: LowNormResult, path: Path, title: str) -> None:
 def analyse(args: argparse.Namespace) -> LowNormResult:
     from spt.tools.compare import markdown
 
-    _cfg, datamodule, method = load_run(args.run_dir, args.dev_limit)
+    from spt.console import quiet_third_parties
+
+    quiet_third_parties()
+    _, datamodule, method = load_run(args.run_dir, args.dev_limit)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
