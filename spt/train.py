@@ -40,10 +40,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     if done is not None:
         return done
     ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir, stamp)
+    fit = bool(cfg.train) and not cfg.zero_shot
+    check_length(cfg.trainer, fit)
     L.seed_everything(cfg.seed, workers=True)
     backbone, datamodule, method = build(cfg)
     metric = optimized_metric(cfg, datamodule.task)
-    fit = bool(cfg.train) and not cfg.zero_shot
+    check_rows(datamodule, fit)
     loggers = instantiate_loggers(cfg)
     for lg in loggers:
         lg.log_hyperparams(resolved)
@@ -57,6 +59,12 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         log.info("fitting")
         # weights_only: a checkpoint someone hands over runs no pickled code when resumed
         trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        if trainer.global_step == 0:  # e.g. stopped by a callback before the first step
+            raise SptError(
+                "training ran 0 steps, so there is no trained prompt to save: check "
+                "trainer.max_steps / max_epochs and the callbacks (train=false evaluates the "
+                "prompt as initialised)"
+            )
         if cfg.select == "best":
             ckpt = (
                 trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -119,6 +127,38 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def check_length(trainer, fit: bool) -> None:
+    """A fit that trains nothing, or never stops, is refused before the model loads."""
+    if not fit:
+        return
+    steps, epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
+    for key, value in (("max_steps", steps), ("max_epochs", epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise SptError(f"trainer.{key}={value!r} must be an integer")
+    if steps == 0 or epochs == 0:
+        raise SptError(
+            f"trainer.{'max_steps' if steps == 0 else 'max_epochs'}=0 trains nothing: give a "
+            "positive number, or train=false to evaluate the prompt as initialised"
+        )
+    if steps in (-1, None) and epochs in (-1, None):
+        raise SptError(
+            "trainer.max_steps=-1 with no max_epochs trains forever: set trainer.max_steps "
+            "(500 by default) or trainer.max_epochs"
+        )
+
+
+def check_rows(datamodule, fit: bool) -> None:
+    """Every split the run reads has rows: an empty train file would train 0 steps and an
+    empty dev file fail after training."""
+    for split in ("train", "dev") if fit else ("dev",):
+        if datamodule.num_rows(split) == 0:
+            raise SptError(
+                f"data={datamodule.name}: the {split} split has no rows (an empty or "
+                f"header-only file, or data.{split}_limit=0): give it data to "
+                f"{'train on' if split == 'train' else 'evaluate on'}"
+            )
 
 
 def command_line() -> str:

@@ -60,6 +60,7 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict
         **meta,
         "tensors": {k: list(v.shape) for k, v in tensors.items()},
     }
+    check_tensors(tensors, path)
     text = json.dumps(meta, indent=2, sort_keys=True, default=str)
     # clone: two names may view one tensor (e.g. a materialised table that is the parameter)
     clean = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
@@ -122,7 +123,25 @@ def load_artifact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 f"{path}: tensor {name!r} has shape {list(tensor.shape)} but the "
                 f"metadata says {shapes[name]}"
             )
+    check_tensors(tensors, path)
     return tensors, meta
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], where) -> None:
+    """Every tensor of a prompt is floating point and finite: an inf or NaN prompt scores
+    nothing (the server answered ``scores: null``), an integer one was never trained."""
+    for name, t in tensors.items():
+        if not torch.is_floating_point(t):
+            raise SptError(
+                f"{where}: tensor {name!r} is {str(t.dtype).removeprefix('torch.')}, not a "
+                "floating-point prompt: the file is not a trained spt prompt"
+            )
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise SptError(
+                f"{where}: tensor {name!r} holds {bad} non-finite value(s) (inf or NaN): the "
+                "prompt diverged or the file is damaged; retrain it (lower the learning rate)"
+            )
 
 
 def _parse_metadata(text: str, where: str) -> dict:

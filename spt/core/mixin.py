@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -239,6 +240,14 @@ class FrozenBackboneMixin:
     def set_optimizer(self, optimizer, scheduler) -> None:
         """``optimizer``: a partial optimizer (``_partial_: true``) called with
         :meth:`param_groups`; ``scheduler``: the ``method.scheduler`` node."""
+        lr = getattr(optimizer, "keywords", {}).get("lr")  # a functools.partial's settings
+        if lr is not None and (
+            isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf
+        ):
+            raise SptError(
+                f"method.optimizer.lr={lr!r}: the learning rate must be a number > 0 "
+                "(e.g. 0.3 for Prompt Tuning's Adafactor, 0.01 for AdamW)"
+            )
         self.optimizer_factory = optimizer
         self.schedule = Schedule.of(scheduler)
 

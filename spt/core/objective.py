@@ -16,6 +16,7 @@ regularizer (``method.regularizer``, attached by :func:`spt.regularizers.attach`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,15 @@ class Head:
 
     dropout: float = 0.1
     lr: float | None = 0.01
+
+    def __post_init__(self) -> None:
+        lr, p = self.lr, self.dropout
+        if lr is not None and (
+            isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf
+        ):
+            raise SptError(f"method.head.lr={lr!r}: a number > 0, or null for the optimizer's")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise SptError(f"method.head.dropout={p!r}: a probability in [0, 1)")
 
     @classmethod
     def of(cls, value) -> Head:

@@ -71,7 +71,7 @@ from pathlib import Path
 import torch
 
 from spt import CONF_DIR, methods
-from spt.core.artifact import load_artifact, save_artifact
+from spt.core.artifact import check_tensors, load_artifact, save_artifact
 from spt.errors import SptError, cli_error
 
 CONFIG_NAME = "adapter_config.json"
@@ -760,9 +760,10 @@ def _read_weights(adir: Path) -> tuple[dict[str, torch.Tensor], dict]:
             header = (f.metadata() or {}).get("spt")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         raise SptError(f"{path} is not a readable safetensors file: {err}") from None
+    check_tensors(weights, path)
     try:
         provenance = json.loads(header) if header else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         provenance = {}
     return weights, provenance if isinstance(provenance, dict) else {}
 

@@ -277,9 +277,8 @@ def plot(result: LowNormResult, path: Path, title: str) -> None:
 
 
 def analyse(args: argparse.Namespace) -> LowNormResult:
-    from spt.tools.compare import markdown
-
     from spt.console import quiet_third_parties
+    from spt.tools.compare import markdown
 
     quiet_third_parties()
     _, datamodule, method = load_run(args.run_dir, args.dev_limit)

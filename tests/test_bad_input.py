@@ -1,0 +1,76 @@
+"""Table-driven bad input for the command line (issue 21): each case exits 2 with one
+``spt: error:`` line naming the setting, prints no traceback, and leaves no run directory
+and no artifact behind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from spt.core.artifact import load_artifact, save_artifact
+from spt.errors import SptError
+from tests.test_run import run_dirs, spt_run
+
+FAST = ("model=tiny-bert", "debug=fast", "logger=csv")
+
+
+def _empty_split(root, split: str) -> list[str]:
+    """A data root whose ``split`` file holds the header alone."""
+    import shutil
+
+    from tests.conftest import DATA_DIR
+
+    (root / "sst2").mkdir(parents=True)
+    for name in ("train.tsv", "dev.tsv"):
+        shutil.copy(DATA_DIR / "sst2" / name, root / "sst2" / name)
+    target = root / "sst2" / ("train.tsv" if split == "train" else "dev.tsv")
+    target.write_text(target.read_text().splitlines()[0] + "\n")
+    return [f"data.root={root}"]
+
+
+CASES = {
+    "lr zero": (["method.optimizer.lr=0"], "method.optimizer.lr=0"),
+    "lr negative": (["method.optimizer.lr=-0.1"], "method.optimizer.lr=-0.1"),
+    "head lr zero": (["method.head.lr=0"], "method.head.lr=0"),
+    "head dropout 1": (["method.head.dropout=1.0"], "method.head.dropout=1.0"),
+    "no steps": (["trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
+    "forever": (["trainer.max_steps=-1"], "trains forever"),
+    "empty train": ("train", "the train split has no rows"),
+    "empty dev": ("dev", "the dev split has no rows"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_settings_fail_in_one_line_and_write_nothing(case, tmp_path, data_dir):
+    overrides, needle = CASES[case]
+    if isinstance(overrides, str):
+        overrides = _empty_split(tmp_path / "data", overrides)
+    out = tmp_path / "out"
+    r = spt_run(*FAST, *overrides, out=out)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("spt: error:")]
+    assert len(errors) == 1 and needle in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert run_dirs(out) == [] and not list(out.rglob("prompt.safetensors"))
+
+
+# -- prompt tensors that must be refused on load, save and import ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("tensor", "message"),
+    [
+        (torch.tensor([[1.0, float("inf")]]), "non-finite"),
+        (torch.tensor([[float("nan"), 0.0]]), "non-finite"),
+        (torch.tensor([[1, 2]], dtype=torch.int64), "not a floating-point prompt"),
+    ],
+)
+def test_non_finite_or_integer_prompts_are_refused(tmp_path, tensor, message):
+    with pytest.raises(SptError, match=message):
+        save_artifact(tmp_path / "a.safetensors", {"prompt": tensor}, {"method": "prompt"})
+    assert not (tmp_path / "a.safetensors").exists()
+    path = tmp_path / "b.safetensors"
+    save_file({"prompt": tensor}, str(path), metadata={"spt": '{"method": "prompt"}'})
+    with pytest.raises(SptError, match=message):
+        load_artifact(path)  # what spt.load, serving, init=file and PEFT export read through
