@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import operator
 import string
 import warnings
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from spt import __version__, methods
 from spt.backbones import Backbone, from_model, load_source
 from spt.core.artifact import load_artifact, save_artifact
 from spt.core.generate import check_sampling, generate
+from spt.core.trees import plain
 from spt.data.inputs import InputFormat
 from spt.data.multitask import MultiTaskInfo
 from spt.errors import SptError
@@ -43,19 +45,9 @@ from spt.errors import SptError
 _NOT_SETTINGS = {"init", "init_file", "init_text", "init_std", "supports"}
 
 
-def _plain(value):
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def method_settings(method) -> dict:
     """The method's constructor settings as plain values (its saved hyperparameters)."""
-    return {k: _plain(v) for k, v in dict(method.hparams).items()}
+    return {k: plain(v) for k, v in dict(method.hparams).items()}
 
 
 class PromptModel:
@@ -64,14 +56,15 @@ class PromptModel:
 
     ``method`` is the module to train (``method.parameters()`` holds the backbone, frozen;
     :meth:`trainable_parameters` only the prompt and head). ``formats[i]`` turns raw inputs
-    into batches for row ``i`` of the prompt table.
+    into batches for row ``i`` of the prompt table; one format serves every row of a table
+    trained on one dataset (``method.n_tasks`` > 1 with ``data.task_index``).
     """
 
     def __init__(self, method, formats: Sequence[InputFormat], data: str | None = None):
-        if len(formats) != len(method.task_names):
+        if len(formats) not in (1, len(method.task_names)):
             raise SptError(
                 f"{len(formats)} input formats for a prompt table of {len(method.task_names)} "
-                f"tasks ({method.task_names}): give one per task"
+                f"tasks ({method.task_names}): give one per task, or one for all of them"
             )
         self.method = method
         self.formats = tuple(formats)
@@ -119,24 +112,33 @@ class PromptModel:
         )
 
     # -- inputs ----------------------------------------------------------------------------
-    def _task(self, task: str | None) -> int:
+    def _task(self, task: str | int | None) -> int:
+        """The prompt-table row of ``task``: a task name, or a row index (a table trained on
+        one dataset, ``method.n_tasks`` > 1, repeats its name on every row)."""
+        n = len(self.tasks)
         if task is None:
-            if len(self.tasks) > 1:
+            if n > 1:
                 raise SptError(
-                    f"this prompt serves {len(self.tasks)} tasks ({', '.join(self.tasks)}): "
-                    "name one with task="
+                    f"this prompt serves {n} tasks ({', '.join(self.tasks)}): name one with "
+                    "task= (a name, or a row index)"
                 )
             return 0
+        if isinstance(task, int) and not isinstance(task, bool):
+            if not 0 <= task < n:
+                raise SptError(f"task={task}: the prompt table has rows 0..{n - 1}")
+            return task
         if task not in self.tasks:
             raise SptError(f"task={task!r} is not one of {', '.join(self.tasks)}")
+        if self.tasks.count(task) > 1:
+            raise SptError(f"{self.tasks.count(task)} rows are named {task!r}: give task=<row>")
         return self.tasks.index(task)
 
-    def batch(self, inputs, labels=None, targets=None, task: str | None = None) -> dict:
+    def batch(self, inputs, labels=None, targets=None, task: str | int | None = None) -> dict:
         """``inputs`` (strings, dicts of template fields, or PIL images for CLIP) as a batch
         on the model's device; ``labels`` (names or indices) or ``targets`` (texts) make it a
         training batch for :meth:`loss`."""
         row = self._task(task)
-        fmt = self.formats[row]
+        fmt = self._format(row)
         if labels is not None:
             labels = [self._label_index(fmt, y) for y in labels]
         if fmt.kind == "image":
@@ -153,17 +155,26 @@ class PromptModel:
             )
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def _format(self, row: int) -> InputFormat:
+        return self.formats[row if len(self.formats) > 1 else 0]
+
     @staticmethod
     def _label_index(fmt: InputFormat, label) -> int:
+        if not fmt.label_names:
+            raise SptError(f"{fmt.name} is a {fmt.kind} task: it has no labels, give targets")
         if isinstance(label, str):
             if label not in fmt.label_names:
                 raise SptError(f"label {label!r} is not one of {', '.join(fmt.label_names)}")
             return fmt.label_names.index(label)
-        if not isinstance(label, int) or not 0 <= label < len(fmt.label_names):
+        try:
+            index = operator.index(label.item() if hasattr(label, "item") else label)
+        except TypeError:
+            index = None
+        if index is None or isinstance(label, bool) or not 0 <= index < len(fmt.label_names):
             raise SptError(
                 f"label {label!r}: give a label name or an index 0..{len(fmt.label_names) - 1}"
             )
-        return int(label)
+        return index
 
     def _image_batch(self, images, labels, row: int) -> dict:
         from spt.data.images import ImageCollator
@@ -190,11 +201,11 @@ class PromptModel:
 
     # -- inference -------------------------------------------------------------------------
     @torch.inference_mode()
-    def classify(self, inputs, task: str | None = None, batch_size: int = 32) -> list[dict]:
+    def classify(self, inputs, task: str | int | None = None, batch_size: int = 32) -> list[dict]:
         """``[{"task", "label", "scores"}]`` for each input: ``scores`` maps each label name
         to its class score (the head's logit on encoder-only backbones, the label words'
         log-probability otherwise), as ``spt.serve`` answers."""
-        fmt = self.formats[self._task(task)]
+        fmt = self._format(self._task(task))
         if self.method.objective.generative:
             raise SptError(
                 f"this prompt was trained on {fmt.name}, a text-to-text task: use generate()"
@@ -224,7 +235,7 @@ class PromptModel:
     def generate(
         self,
         inputs,
-        task: str | None = None,
+        task: str | int | None = None,
         max_new_tokens: int | None = None,
         num_beams: int | None = None,
         do_sample: bool = False,
@@ -244,14 +255,15 @@ class PromptModel:
             raise SptError(
                 f"method={self.name} does not generate text (it scores label words): use classify()"
             )
-        fmt = self.formats[self._task(task)]
+        fmt = self._format(self._task(task))
         self.backbone.ops.check_generation(
             f"generate() with method={self.name} on {self.backbone.name}"
         )
-        if fmt.kind == "text-to-text":
-            max_new_tokens = max_new_tokens or fmt.max_new_tokens
-            num_beams = num_beams or fmt.num_beams
-        max_new_tokens, num_beams = max_new_tokens or 32, num_beams or 1
+        task_defaults = fmt.kind == "text-to-text"
+        if max_new_tokens is None:
+            max_new_tokens = fmt.max_new_tokens if task_defaults else 32
+        if num_beams is None:
+            num_beams = fmt.num_beams if task_defaults else 1
         check_sampling(max_new_tokens, num_beams, do_sample, temperature, top_p, top_k)
         tok = self.backbone.tokenizer
         items = _items(inputs)
@@ -298,6 +310,7 @@ class PromptModel:
             },
             "inputs": [f.to_meta() for f in self.formats],
             "backbone": self.backbone.source,
+            "pooling": self.backbone.pooling,  # also without a source: load(model=) needs it
             **extra,
         }
         return tensors, meta
@@ -323,7 +336,7 @@ def _seeded(seed: int | None, device: torch.device):
     if seed is None:
         yield
         return
-    devices = [device] if device.type == "cuda" else []
+    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type=device.type):
         torch.manual_seed(int(seed))
         yield
@@ -339,13 +352,21 @@ def _build(backbone: Backbone, name: str, formats: Sequence[InputFormat], data: 
             f"method={name} does not support {backbone.arch} backbones ({backbone.name}); it "
             f"supports {', '.join(info.archs)}"
         )
+    params = inspect.signature(info.cls).parameters
+    unknown = sorted(set(settings) - set(params) - {"backbone", "task"})
+    if unknown:
+        raise SptError(
+            f"method={name} takes no setting(s) {unknown}: its settings are "
+            f"{', '.join(p for p in params if p not in ('backbone', 'task'))}"
+        )
     tok, arch = backbone.tokenizer, backbone.arch
     tasks = [f.task(tok, arch) for f in formats]
     task = tasks[0] if len(tasks) == 1 else MultiTaskInfo(data, tuple(tasks))
     method = info.cls(backbone=backbone, task=task, **settings)
     if len(formats) > 1 and len(method.task_names) != len(formats):
         raise SptError(f"{len(formats)} tasks need n_tasks={len(formats)}")
-    method.eval()  # as from_pretrained models come; a training loop calls .train()
+    method.to(next(backbone.model.parameters()).device)  # the prompt beside the model, as
+    method.eval()  # PEFT places adapters; and in eval mode, as from_pretrained models come
     return PromptModel(method, formats, data)
 
 
@@ -450,11 +471,14 @@ def load(
     tokenizer=None,
     device: str | torch.device | None = None,
     dtype: str | None = None,
+    image_processor=None,
 ) -> PromptModel:
     """The prompt model an artifact describes: ``prompt.safetensors`` (+ its ``.json``), or a
     run directory holding one. The base model is loaded as the artifact says (spt's own
     loaders only), or pass ``model`` and ``tokenizer``; either way its fingerprint must be the
-    one the prompt was trained on."""
+    one the prompt was trained on (``dtype``: float32 or bfloat16; it applies to the
+    artifact's own loader, not to a ``model`` you pass). A CLIP ``model`` needs its
+    ``image_processor``."""
     path = Path(path).expanduser()
     if path.is_dir():
         path = path / "prompt.safetensors"
@@ -473,25 +497,38 @@ def load(
     if not isinstance(entries, list) or not entries:
         raise SptError(f"{path}: 'inputs' must be a non-empty list of input formats")
     formats = [InputFormat.from_meta(e, str(path)) for e in entries]
+    if dtype not in (None, "float32", "bfloat16"):
+        raise SptError(
+            f"dtype={dtype!r}: load in float32 or bfloat16 (the base model's fingerprint is "
+            "taken in bfloat16, which float16 weights do not round to)"
+        )
+    target = _device(device)
+    source = meta.get("backbone")
+    pooling = meta.get("pooling") or (source or {}).get("pooling", "mean")
     if model is not None:
-        source = meta.get("backbone") or {}
         backbone = from_model(
             model,
             tokenizer,
             arch=(meta.get("base") or {}).get("arch"),
-            pooling=source.get("pooling", "mean"),
+            pooling=pooling,
+            image_processor=image_processor,
         )
     else:
-        if not meta.get("backbone"):
+        if not source:
             raise SptError(
                 f"{path} does not say how to load its base model "
                 f"{(meta.get('base') or {}).get('name')!r}: pass model= and tokenizer="
             )
-        backbone = load_source(meta["backbone"], dtype=dtype)
-    settings = dict(meta["settings"])
+        backbone = load_source(source, dtype=dtype)
+    settings = meta["settings"]
     if not isinstance(settings, dict):
         raise SptError(f"{path}: 'settings' must be an object of the method's settings")
-    pm = _build(
+    started = sorted(k for k in settings if k.startswith("init"))
+    if started:
+        raise SptError(f"{path}: 'settings' holds {started}: the prompt loads from the file")
+    if target is not None:
+        backbone.model.to(target)
+    return _build(
         backbone,
         name,
         formats,
@@ -500,4 +537,20 @@ def load(
         init="file",
         init_file=str(path),
     )
-    return pm.to(device) if device is not None else pm
+
+
+def _device(device) -> torch.device | None:
+    """``device`` as a torch.device, refused by name when this machine has no such device."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise SptError(f"device={device!r} is not a device: cpu, cuda, cuda:1 ({err})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= count:
+            raise SptError(f"device={device!r}: this machine has {count} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise SptError(f"device={device!r}: spt.load takes cpu or cuda[:N]")
+    return dev

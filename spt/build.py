@@ -97,6 +97,7 @@ def instantiate_callbacks(cfg: DictConfig, fit: bool, metric: str, loggers: list
 FORMAT_KEYS = {
     "classification": {
         "template": "template",
+        "label_names": "label_names",
         "label_words": "label_words",
         "label_score": "label_score",
         "max_length": "max_length",
@@ -164,7 +165,14 @@ def data_config(name: str, formats, run_dir: Path | None, sets: list[str]):
         values = _plain_values((saved or {}).get("data") or {})
         if values.get("name") not in (None, name):
             values = {}  # another dataset than the one asked for: its values do not apply
-        data.merge_with(values)
+        try:
+            data.merge_with(values)
+        except OmegaConfBaseException as err:
+            raise SptError(
+                f"{run_dir / 'config.yaml'}: its data settings do not fit spt's data={name} "
+                f"config ({' '.join(str(err).split())[:200]}); evaluate the artifact alone "
+                f"(give {run_dir / 'prompt.safetensors'}) with --set data.KEY=VALUE"
+            ) from None
     try:
         for s in sets:
             key, _, value = s.partition("=")

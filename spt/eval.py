@@ -46,24 +46,35 @@ def evaluate(
     model = spt.load(path, device=device)
     method = model.method
     if ckpt is not None:
+        import pickle
+
         try:
             state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        except (OSError, KeyError, RuntimeError, TypeError) as err:
-            raise SptError(f"--ckpt {ckpt}: not a readable Lightning checkpoint: {err}") from None
-        method.load_state_dict(state)
+            method.load_state_dict(state)
+        except (OSError, KeyError, RuntimeError, TypeError, pickle.UnpicklingError) as err:
+            raise SptError(
+                f"--ckpt {ckpt}: not a Lightning checkpoint of this run "
+                f"({' '.join(str(err).split())[:200]})"
+            ) from None
     cfg = data_config(data or model.data, model.formats, run_dir, list(sets))
     dm = build_data(cfg, model.backbone)
+    for ours, theirs in zip(model.formats, dm.formats, strict=False):
+        if ours.label_names != theirs.label_names:
+            raise SptError(
+                f"the prompt's classes {list(ours.label_names)} are not data={cfg.name}'s "
+                f"{list(theirs.label_names)} in that order: its scores would be read as the "
+                "wrong classes; evaluate it on the data it was trained for"
+            )
     dm.n_soft = method.n_soft_tokens
     if split == "test" and getattr(dm, "test_split", "dev") == "dev":
         raise SptError(
             f"data={cfg.name} has no labelled test split (its test labels are not public): "
             "use --split dev"
         )
-    on_gpu = device not in (None, "cpu")
-    index = int(str(device).partition(":")[2] or 0) if on_gpu else 1
+    dev = model.device
     trainer = L.Trainer(
-        accelerator="gpu" if on_gpu else "cpu",
-        devices=[index] if on_gpu else 1,
+        accelerator="gpu" if dev.type == "cuda" else "cpu",
+        devices=[dev.index or 0] if dev.type == "cuda" else 1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
     src = p.add_argument_group("inputs (one of)")
     src.add_argument("--text", action="append", default=[], help="an input text (repeatable)")
     src.add_argument("--input", help="a JSONL file of inputs ('-' reads stdin)")
-    p.add_argument("--task", help="which task of a multi-task prompt")
+    p.add_argument("--task", help="which task of a multi-task prompt (a name or a row index)")
     p.add_argument("--out", help="write the JSONL here instead of stdout")
     dec = p.add_argument_group("decoding")
     dec.add_argument("--max-new-tokens", type=int, help="default: the task's, else 32")
@@ -83,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         import spt
         from spt.core.artifact import atomic_write_text
 
+        task = int(args.task) if args.task and args.task.isdigit() else args.task  # a row index
         model = spt.load(args.path, device=args.device)
         outputs = model.generate(
             inputs,
-            task=args.task,
+            task=task,
             max_new_tokens=args.max_new_tokens,
             num_beams=args.num_beams,
             do_sample=args.do_sample,
@@ -96,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             batch_size=args.batch_size,
         )
-        task = args.task or model.tasks[0]
+        name = model.tasks[model._task(task)] if task is not None else model.tasks[0]
         lines = "".join(
-            json.dumps({"task": task, "input": x, "output": y}, ensure_ascii=False) + "\n"
+            json.dumps({"task": name, "input": x, "output": y}, ensure_ascii=False) + "\n"
             for x, y in zip(inputs, outputs, strict=True)
         )
         if args.out:

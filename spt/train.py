@@ -163,7 +163,11 @@ def check_rows(datamodule, fit: bool) -> None:
 
 def command_line() -> str:
     """The command that made this run (its Hydra overrides), for the artifact and model card."""
-    overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+    overrides = [  # how a rerun starts and which search it belonged to are not this run
+        o
+        for o in HydraConfig.get().overrides.task
+        if not o.startswith(("resume=", "hparams_search="))
+    ]
     return " ".join(["python -m spt.run", *(shlex.quote(o) for o in overrides)])
 
 

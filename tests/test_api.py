@@ -174,13 +174,73 @@ def _saved(tmp_path, **edit):
         ({"method": "nope"}, "method='nope' is not one of"),
         ({"inputs": [{"kind": "classification", "name": "t", "code": 1}]}, r"keys \['code'\]"),
         ({"inputs": []}, "non-empty list"),
+        ({"settings": 5}, "'settings' must be an object"),
+        ({"settings": {"length": 2, "bogus": 1}}, r"takes no setting\(s\) \['bogus'\]"),
+        ({"settings": {"length": 2, "init": "text"}}, r"holds \['init'\]"),
+        ({"backbone": {"loader": "from_pretrained", "pooling": "mean"}}, "missing a required"),
+        ({"backbone": {"loader": "tiny", "family": ["llama"]}}, "must be plain values"),
+        (
+            {
+                "backbone": {
+                    "loader": "from_package",
+                    "package": "this.x",
+                    "subdir": "m",
+                    "arch": "decoder",
+                }
+            },
+            "not a top-level package name",
+        ),  # fmt: skip
+        ({"inputs": [{"kind": "classification", "name": "t", "max_length": "x"}]}, "max_length"),
+        ({"inputs": [{"kind": "classification", "name": "t", "label_names": [1]}]}, "strings"),
     ],
 )
 def test_an_artifact_that_does_not_describe_itself_is_refused(tmp_path, edit, message):
     """Only plain values are read from an artifact: a loader outside spt's table, unknown
     keys or a missing entry stop with a message, and nothing a file names is called."""
+    imported = set(sys.modules)
     with pytest.raises(SptError, match=message):
         spt.load(_saved(tmp_path, **edit))
+    assert "this" in imported or "this" not in sys.modules  # a named package is not imported
+
+
+def test_what_the_review_found_is_handled(tmp_path):
+    """Pooling travels with the artifact even without a loader entry; one input format
+    serves every row of a table trained on one dataset; devices and dtypes that cannot work
+    are refused by name; DataLoader-style labels are indices; a bare decoder is refused."""
+    import numpy as np
+    from transformers import LlamaModel
+
+    bb = tiny("bert")
+    torch.manual_seed(0)
+    cls = spt.prompt_model(bb.model, bb.tokenizer, method="prompt", length=2, labels=["a", "b"],
+                           pooling="cls")  # fmt: skip
+    path = cls.save(tmp_path / "cls")
+    again = spt.load(path, model=tiny("bert").model, tokenizer=bb.tokenizer)
+    assert again.backbone.pooling == "cls" and again.classify(["x y"]) == cls.classify(["x y"])
+
+    two = spt.prompt_model(tiny("llama"), method="prompt", length=2, labels=["a", "b"], n_tasks=2)
+    assert len(two.formats) == 1 and len(two.tasks) == 2
+    with torch.no_grad():
+        two.method.prompt.weight[1] += 3
+    back = spt.load(two.save(tmp_path / "two"))
+    for row in (0, 1):
+        assert back.classify(["x"], task=row) == two.classify(["x"], task=row)
+    assert two.classify(["x"], task=0) != two.classify(["x"], task=1)
+    with pytest.raises(SptError, match="give task=<row>"):
+        two.classify(["x"], task="task")
+
+    for device, message in (("bogus", "is not a device"), ("cuda:7", "CUDA device")):
+        with pytest.raises(SptError, match=message):
+            spt.load(path, model=tiny("bert").model, tokenizer=bb.tokenizer, device=device)
+    with pytest.raises(SptError, match="float32 or bfloat16"):
+        spt.load(tmp_path / "two.safetensors", dtype="float16")
+    batch = cls.batch(["x", "y"], labels=[np.int64(1), torch.tensor(0)])
+    assert batch["labels"].tolist() == [1, 0]
+    gen = spt.prompt_model(tiny("llama"), method="prompt", generation=True, length=2)
+    with pytest.raises(SptError, match="has no labels, give targets"):
+        gen.batch(["x"], labels=[0])
+    with pytest.raises(SptError, match="without its LM head"):
+        spt.prompt_model(LlamaModel(tiny("llama").model.config), bb.tokenizer, labels=["a"])
 
 
 def test_a_multi_task_prompt_needs_a_task(tmp_path):

@@ -569,3 +569,16 @@ def test_a_terminal_gets_a_rich_table_and_a_pipe_markdown(tmp_path, capsys, monk
     assert main([str(tmp_path), "--mean", "--group-by", "method.length"]) == 0
     shown = capsys.readouterr().out
     assert "0.8000 ± 0.1000 (n=3)" in shown and "|--" not in shown
+
+
+def test_a_runs_csv_keeps_its_text_and_floats(tmp_path):
+    from spt.tools.compare import read_rows
+
+    (tmp_path / "r.csv").write_text(
+        "run,status,method,seed,prompt_norm,fit_seconds,val/acc\n"
+        "a,done,NA,1,7.0,12.0,0.5\nb,done,None,,3.5,,0.75\n"
+    )
+    a, b = read_rows(tmp_path / "r.csv")
+    assert (a["method"], b["method"]) == ("NA", "None")  # text, not missing
+    assert a["seed"] == 1 and b["seed"] is None and isinstance(a["prompt_norm"], float)
+    assert a["fit_seconds"] == 12.0 and isinstance(a["fit_seconds"], float)

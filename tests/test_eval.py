@@ -32,6 +32,36 @@ def test_eval_of_a_run_directory_equals_the_runs_own_dev_metric(tmp_path, data_d
     assert meta["command"].startswith("python -m spt.run model=tiny-llama debug=fast")
 
 
+def test_eval_of_a_one_dataset_table_and_what_it_refuses(tmp_path, data_dir, capsys):
+    """A table of two rows trained on one dataset (its row 1): the artifact keeps one input
+    format for both and eval scores row 1, as the run did. A run config.yaml whose data keys
+    spt's config lacks, a checkpoint that is not one, and classes in another order are one
+    spt: error line each."""
+    r = spt_run("model=tiny-llama", "debug=fast", "logger=csv", "method.n_tasks=2",
+                "data.task_index=1", out=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+    want = json.loads((run / "metrics.json").read_text())["val/acc"]
+    assert spt_eval.evaluate(run)[0]["val/acc"] == want
+    import yaml
+
+    text = (run / "config.yaml").read_text()
+    saved = yaml.safe_load(text)
+    saved["data"]["old_key"] = 1  # a run from another spt version
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert spt_eval.main([str(run)]) == 2
+    assert "do not fit spt's data=sst2 config" in capsys.readouterr().err
+    (run / "config.yaml").write_text(text)
+    (tmp_path / "x.ckpt").write_bytes(b"not a checkpoint")
+    assert spt_eval.main([str(run), "--ckpt", str(tmp_path / "x.ckpt")]) == 2
+    assert "not a Lightning checkpoint of this run" in capsys.readouterr().err
+    prompt = spt.prompt_model(tiny("llama"), method="prompt", length=2, template=SST2,
+                              labels=["positive", "negative"], task="sst2")  # fmt: skip
+    flipped = prompt.save(tmp_path / "flipped.safetensors")
+    assert spt_eval.main([str(flipped), "--set", "data.label_names=[negative,positive]"]) == 2
+    assert "are not data=sst2's" in capsys.readouterr().err
+
+
 def test_eval_of_an_artifact_applies_its_format_and_matches_classify(tmp_path, data_dir, capsys):
     """An artifact made in Python (template and label words of its own) on SST-2 dev: eval's
     accuracy is the one classify() gives on the same rows."""

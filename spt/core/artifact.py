@@ -128,15 +128,18 @@ def load_artifact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def check_tensors(tensors: dict[str, torch.Tensor], where) -> None:
-    """Every tensor of a prompt is floating point and finite: an inf or NaN prompt scores
-    nothing (the server answered ``scores: null``), an integer one was never trained."""
+    """Every floating-point tensor is finite (an inf or NaN prompt scores nothing: the server
+    answered ``scores: null``), and the vectors themselves (``prompt``, ``prefix``, the head,
+    weights) are floating point; index tensors (CPT's ``context_ids``) are integers."""
     for name, t in tensors.items():
-        if not torch.is_floating_point(t):
+        vectors = name in ("prompt", "prefix", "delta") or name.startswith("head.")
+        vectors |= name.endswith(("weight", "bias", "embeds", "embeddings"))
+        if vectors and not torch.is_floating_point(t):
             raise SptError(
                 f"{where}: tensor {name!r} is {str(t.dtype).removeprefix('torch.')}, not a "
                 "floating-point prompt: the file is not a trained spt prompt"
             )
-        if t.numel() and not bool(torch.isfinite(t).all()):
+        if torch.is_floating_point(t) and t.numel() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise SptError(
                 f"{where}: tensor {name!r} holds {bad} non-finite value(s) (inf or NaN): the "

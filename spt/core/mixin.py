@@ -18,7 +18,6 @@ stated shapes, :mod:`spt.modules`), its objective, and the architecture's operat
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 
 from spt.backbones import Backbone
-from spt.core.trees import settings_node
+from spt.core.trees import plain, settings_node
 from spt.errors import SptError
 
 log = logging.getLogger(__name__)
@@ -156,10 +155,7 @@ class FrozenBackboneMixin:
         # settings nodes as plain dicts: checkpoints load with weights_only=True
         hp = checkpoint.get("hyper_parameters")
         if hp:
-            checkpoint["hyper_parameters"] = {
-                k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-                for k, v in hp.items()
-            }
+            checkpoint["hyper_parameters"] = {k: plain(v) for k, v in hp.items()}
         checkpoint["spt_rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["spt_rng"]["cuda"] = torch.cuda.get_rng_state_all()

@@ -17,6 +17,18 @@ def flatten(tree, prefix: str = "") -> dict:
     return {prefix[:-1]: tree}
 
 
+def plain(value):
+    """Settings as plain values: settings nodes (frozen dataclasses) as dicts, tuples as
+    lists, at every depth (what checkpoints, loaded ``weights_only``, and artifacts hold)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 def settings_node(cls, value, node: str):
     """A frozen dataclass ``cls`` from a config node ``value`` (a mapping; missing keys keep
     their defaults), an instance already, or None (all defaults); an unknown key is an error

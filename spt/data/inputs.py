@@ -54,6 +54,27 @@ class InputFormat:
     soft_first: bool = False
 
     def __post_init__(self) -> None:
+        for key in ("name", "template", "table"):
+            value = getattr(self, key)
+            if not (isinstance(value, str) or (value is None and key != "name")):
+                raise SptError(f"input format: {key}={value!r} must be a string")
+        for key in ("text_fields", "label_names", "label_words", "metrics"):
+            value = getattr(self, key)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) for v in value):
+                raise SptError(f"input format: {key}={value!r} must be a list of strings")
+        for key in ("max_length", "label_reserve", "max_target_length", "max_new_tokens"):
+            value = getattr(self, key)
+            low = 0 if key == "label_reserve" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise SptError(f"input format: {key}={value!r} must be an integer >= {low}")
+        if (
+            isinstance(self.num_beams, bool)
+            or not isinstance(self.num_beams, int)
+            or self.num_beams < 1
+        ):
+            raise SptError(f"input format: num_beams={self.num_beams!r} must be an integer >= 1")
+        if not isinstance(self.soft_first, bool):
+            raise SptError(f"input format: soft_first={self.soft_first!r} must be true or false")
         if self.kind not in KINDS:
             raise SptError(f"input format kind={self.kind!r}: one of {', '.join(KINDS)}")
         if self.label_score not in LABEL_SCORES:

@@ -43,7 +43,6 @@ from spt.data.readers import (
     to_plain,
 )
 from spt.data.task import LABEL_SCORES, METRICS, TaskInfo
-from spt.data.template import TemplateEncoder
 from spt.errors import SptError
 
 log = logging.getLogger("spt.data")
@@ -171,13 +170,19 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
         self.label_score = label_score
 
         self.soft_first = bool(soft_first)
-        self.encoder = TemplateEncoder(
-            str(template), self.text_fields, tokenizer, soft_first=self.soft_first
-        )
         self.template = str(template)
+        shape = InputFormat(  # the template's half of self.formats, built the one way
+            kind="classification",
+            name=self.name,
+            template=self.template,
+            text_fields=tuple(self.text_fields),
+            label_names=tuple(self.label_names),
+            label_words=tuple(self.label_words),
+            soft_first=self.soft_first,
+        )
+        self.encoder = shape.encoder(tokenizer, arch)
         if label_reserve is None:
-            longest = max(len(ids) for ids in self.label_word_ids())
-            label_reserve = self.ops.label_reserve(longest)
+            label_reserve = shape.default_label_reserve(tokenizer, arch)
         if not isinstance(label_reserve, int) or label_reserve < 0:
             raise SptError(
                 f"data.label_reserve must be null or an int >= 0, got {label_reserve!r}."

@@ -516,11 +516,16 @@ def model_card(meta: dict, config, base_name: str | None, notes: list[str]) -> s
     fmt = (meta.get("inputs") or [{}])[0]
     task_type, peft_type = _plain(config.task_type), _plain(config.peft_type)
     metrics = meta.get("dev_metrics") or {}
+    from huggingface_hub import ModelCardData
+
+    front = ModelCardData(
+        library_name="peft",
+        base_model=base_name or base.get("name"),
+        tags=["spt", "soft-prompt", peft_type.lower().replace("_", "-"), str(meta.get("method"))],
+    ).to_yaml()  # the Hub's own YAML, quoted safely
     lines = [
         "---",
-        "library_name: peft",
-        f"base_model: {base_name or base.get('name')}",
-        f"tags: [spt, soft-prompt, {peft_type.lower().replace('_', '-')}, {meta.get('method')}]",
+        front,
         "---",
         "",
         f"# {meta.get('method')} soft prompt for {base.get('name')} on {meta.get('data')}",
@@ -889,7 +894,13 @@ def push(
             f"{folder} lacks {', '.join(missing)}: push a folder written by "
             "python -m spt.interop.peft export"
         )
-    if "/" not in repo_id or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise SptError(f"repo id {repo_id!r}: {str(err).splitlines()[0]}") from None
+    if repo_id.count("/") != 1:
         raise SptError(f"repo id {repo_id!r}: give it as <user or org>/<name>")
     if constants.HF_HUB_OFFLINE:
         raise SptError("cannot push with HF_HUB_OFFLINE=1: unset it where there is network")

@@ -126,13 +126,16 @@ def collect(
     return add_keys(rows, keys)
 
 
+_INT_COLUMNS = {"seed", "steps", "trainable", "served_params", "artifact_bytes"}
+
+
 def read_rows(path: Path) -> list[dict]:
     """The per-run rows of a CSV that ``--csv`` wrote (numbers parsed, empty cells None), so
     a study's committed ``runs.csv`` can be tabled and plotted again without its runs."""
     import pandas as pd
 
-    try:
-        df = pd.read_csv(path)
+    try:  # only empty cells are missing: a value "NA" or "None" stays text
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""])
     except (OSError, ValueError) as exc:
         raise SptError(f"{path} is not a readable CSV of runs ({exc})") from None
     if "run" not in df.columns or "status" not in df.columns:
@@ -140,11 +143,9 @@ def read_rows(path: Path) -> list[dict]:
             f"{path} is not a table of runs (no run/status columns): give a CSV that "
             "python -m spt.compare --csv wrote without --mean"
         )
-    for col in df.columns:  # pandas reads an int column with gaps as floats: ints again
-        values = df[col].dropna()
-        if df[col].dtype == float and len(values) and (values % 1 == 0).all():
-            if not str(col).startswith("val/"):
-                df[col] = df[col].astype("Int64")
+    for col in df.columns:  # count columns with gaps come back as floats: ints again
+        if col in _INT_COLUMNS and df[col].dtype == float:
+            df[col] = df[col].astype("Int64")
     rows = df.astype(object).where(df.notna(), None).to_dict("records")
     for r in rows:
         r[CONFIG] = None  # the config's values that matter are columns already
