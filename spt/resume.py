@@ -43,6 +43,26 @@ class FitClock(L.Callback):
         self.before = float(state.get("seconds", 0.0))
 
 
+class CheckpointOnSigterm(L.Callback):
+    """On SIGTERM (a SLURM preemption, a scheduler's timeout), save ``last.ckpt`` at the
+    current step, so ``resume=last`` continues from there rather than from the last periodic
+    checkpoint. Lightning's signal connector turns SIGTERM into ``SIGTERMException`` right
+    after a finished batch's ``on_train_batch_end`` (training_epoch_loop.py), the point
+    where the periodic checkpoints are taken too, and calls ``on_exception`` before tearing
+    down: the loops and the data loader's position are still there to save."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.saved_at: int | None = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+            trainer.save_checkpoint(self.path)
+            self.saved_at = int(trainer.global_step)
+
+
 class ConfigStamp(L.Callback):
     """Writes the run's resolved config (as :func:`in_run_dir` gives it) into every checkpoint
     (``spt_config``), so a resume can tell whether it continues the run it thinks it does

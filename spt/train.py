@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +25,14 @@ from spt.build import build, instantiate_callbacks, instantiate_loggers
 from spt.console import quiet_third_parties
 from spt.core.artifact import atomic_write_text
 from spt.errors import SptError
-from spt.resume import ConfigStamp, FitClock, finished_run, in_run_dir, resume_checkpoint
+from spt.resume import (
+    CheckpointOnSigterm,
+    ConfigStamp,
+    FitClock,
+    finished_run,
+    in_run_dir,
+    resume_checkpoint,
+)
 
 log = logging.getLogger("spt.run")
 
@@ -50,15 +58,34 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     for lg in loggers:
         lg.log_hyperparams(resolved)
     clock = FitClock()
+    on_sigterm = CheckpointOnSigterm(out_dir / "checkpoints" / "last.ckpt")  # resume=last's
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=loggers or False,
-        callbacks=[*instantiate_callbacks(cfg, fit, metric, loggers), clock, ConfigStamp(stamp)],
+        callbacks=[
+            *instantiate_callbacks(cfg, fit, metric, loggers),
+            clock,
+            ConfigStamp(stamp),
+            on_sigterm,
+        ],
     )
     if fit:
         log.info("fitting")
-        # weights_only: a checkpoint someone hands over runs no pickled code when resumed
-        trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        try:
+            # weights_only: a checkpoint someone hands over runs no pickled code when resumed
+            trainer.fit(method, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit as stop:  # Lightning's SIGTERMException is one; it would exit 0
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            if not isinstance(stop, SIGTERMException):
+                raise
+            where = f"checkpoint at step {on_sigterm.saved_at}: {on_sigterm.path}"
+            print(
+                f"spt: stopped by SIGTERM; {where if on_sigterm.saved_at else 'no checkpoint'}"
+                f"; continue with resume=last hydra.run.dir={out_dir}",
+                file=sys.stderr,
+            )
+            raise SystemExit(143) from None  # 128 + SIGTERM: a scheduler reads a failure
         if trainer.global_step == 0:  # e.g. stopped by a callback before the first step
             raise SptError(
                 "training ran 0 steps, so there is no trained prompt to save: check "

@@ -363,3 +363,37 @@ def test_names_and_loggers_are_not_a_changed_config():
     }
     assert config_differences(new, old) == ""
     assert config_differences({**new, "seed": 2}, old) == "seed"
+
+
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_identically(reference, tmp_path):
+    """A preempted run (SLURM sends SIGTERM): the current step is checkpointed, the exit
+    status is 143 (a scheduler or a sweep reads a failure, not a success, and writes no
+    artifact), and resume=last continues to the uninterrupted prompt."""
+    run_dir = tmp_path / "run"
+    args = [*COMMON, f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spt.run", *args],
+        cwd=REPO,
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = sorted(run_dir.glob("checkpoints/last.ckpt"))
+        if found and _step(found[0]) >= 20:  # training is under way
+            time.sleep(0.3)  # a few steps past the periodic checkpoint
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    stopped = _step(ckpt)
+    assert f"checkpoint at step {stopped}" in err and "resume=last" in err
+    assert 20 <= stopped < STEPS and not (run_dir / "prompt.safetensors").exists()
+    r = spt_run(*args, "resume=last", out=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    want, got = _prompt(reference), _prompt(run_dir)
+    assert all(torch.equal(want[k], got[k]) for k in want), "resumed prompt differs"
