@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     if name == "run":  # a Hydra app reads its overrides from sys.argv
         sys.argv = [f"{sys.argv[0]} run", *rest]
-        module.main()
+        module.cli()
         return 0
     return module.main(rest)
 

@@ -10,6 +10,7 @@ and ``--cfg job`` answer in about a second.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -50,11 +51,17 @@ def _finish_wandb() -> None:
             wandb.finish()
 
 
+_JOB_STARTED = False  # set once Hydra hands a composed config to main: errors after are a job's
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="run")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from spt.train import train
+
+    global _JOB_STARTED
+    _JOB_STARTED = True
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -89,5 +96,34 @@ def main(cfg: DictConfig) -> float | None:
     return value
 
 
+def cli() -> None:
+    """``python -m spt.run`` / ``spt run``: :func:`main`, with what Hydra itself refuses (an
+    unknown group or option, an override that does not parse, a run directory that cannot be
+    made) as one ``spt: error:`` line and exit status 2, like every other user error.
+    HYDRA_FULL_ERROR makes Hydra re-raise these instead of printing a traceback and exiting 1
+    (hydra/_internal/utils.py, run_and_report); anything else still raises in full."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as err:
+        if _JOB_STARTED:
+            raise
+        text = " ".join(str(err).split()) or type(err).__name__
+        print(f"spt: error: {text} (python -m spt.run --help lists the groups)", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        if _JOB_STARTED:
+            raise
+        print(
+            f"spt: error: cannot create the run directory: {err.strerror}: {err.filename} "
+            "(set paths.root=<a writable folder>, or SPT_OUTPUT_DIR)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

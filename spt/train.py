@@ -49,6 +49,9 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         return done
     ckpt_path = resume_checkpoint(cfg.get("resume"), out_dir, stamp)
     fit = bool(cfg.train) and not cfg.zero_shot
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise SptError(f"seed={seed!r}: an integer in [0, 2**32)")
     check_length(cfg.trainer, fit)
     L.seed_everything(cfg.seed, workers=True)
     backbone, datamodule, method = build(cfg)
@@ -157,7 +160,19 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
 
 
 def check_length(trainer, fit: bool) -> None:
-    """A fit that trains nothing, or never stops, is refused before the model loads."""
+    """A fit that trains nothing, or never stops, is refused before the model loads; so is a
+    validation interval Lightning would refuse with a traceback."""
+    interval = trainer.get("val_check_interval")
+    if interval is not None and (
+        isinstance(interval, bool)
+        or not isinstance(interval, (int, float))
+        or (isinstance(interval, int) and interval < 1)
+        or (isinstance(interval, float) and not 0 < interval <= 1)
+    ):
+        raise SptError(
+            f"trainer.val_check_interval={interval!r}: a step count >= 1, or a fraction of "
+            "an epoch in (0, 1]"
+        )
     if not fit:
         return
     steps, epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")

@@ -36,6 +36,11 @@ CASES = {
     "head dropout 1": (["method.head.dropout=1.0"], "method.head.dropout=1.0"),
     "no steps": (["trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
     "forever": (["trainer.max_steps=-1"], "trains forever"),
+    "seed not a number": (["seed=abc"], "seed='abc'"),
+    "no validation interval": (["trainer.val_check_interval=0"], "trainer.val_check_interval=0"),
+    "unknown group option": (["data=nope"], "Could not find 'data/nope'"),
+    "unparsed override": (["method=prompt,prefix"], "Ambiguous value"),
+    "run dir under a file": (["paths.root={file}/x"], "cannot create the run directory"),
     "empty train": ("train", "the train split has no rows"),
     "empty dev": ("dev", "the dev split has no rows"),
 }
@@ -46,6 +51,8 @@ def test_bad_settings_fail_in_one_line_and_write_nothing(case, tmp_path, data_di
     overrides, needle = CASES[case]
     if isinstance(overrides, str):
         overrides = _empty_split(tmp_path / "data", overrides)
+    (tmp_path / "file").write_text("")
+    overrides = [o.format(file=tmp_path / "file") for o in overrides]
     out = tmp_path / "out"
     r = spt_run(*FAST, *overrides, out=out)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
