@@ -390,3 +390,92 @@ def test_batcher_merges_caps_and_isolates_failures():
     assert stats["batches"] == 3 and stats["rows"] == 7 and stats["max_rows"] == 4
     with pytest.raises(SptError, match="max_batch"):
         Batcher(predict, max_batch=0)
+
+
+def test_hostile_requests_meet_named_limits_and_no_500(bert_server):
+    """Issue 21: a body past --max-body-bytes is 413 before it is read, one without a
+    Content-Length 411, too many rows or too long a field 422, a lone surrogate 422 (it was
+    500), a request past --timeout-s 504; /health names tasks without run paths unless
+    ?detail=1; a good request after each bad one still succeeds."""
+    from fastapi.testclient import TestClient
+
+    from spt.serve.http import Limits
+
+    limits = Limits(max_body_bytes=2_000, max_rows=3, max_chars=50, timeout_s=5)
+    good = {"rows": [{"task": "sst2", "text": {"sentence": "a gem"}}]}
+    with TestClient(create_app(bert_server, max_batch=8, max_wait_ms=1, limits=limits)) as c:
+        cases = [
+            (json.dumps({"rows": [good["rows"][0]] * 100}).encode(), 413, "--max-body-bytes"),
+            (json.dumps({"rows": [good["rows"][0]] * 4}).encode(), 422, "--max-rows"),
+            (
+                json.dumps({"rows": [{"task": "sst2", "text": {"sentence": "x" * 51}}]}).encode(),
+                422,
+                "--max-chars",
+            ),  # fmt: skip
+            (
+                b'{"rows": [{"task": "sst2", "text": {"sentence": "a\\ud800b"}}]}',
+                422,
+                "lone surrogate",
+            ),  # fmt: skip
+        ]
+        for body, status, needle in cases:
+            r = c.post("/predict", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == status and needle in r.text, (status, r.text)
+            assert c.post("/predict", json=good).status_code == 200
+        health = c.get("/health").json()
+        assert "run" not in health["tasks"]["sst2"] and "labels" in health["tasks"]["sst2"]
+        assert "run" in c.get("/health", params={"detail": 1}).json()["tasks"]["sst2"]
+
+    def slow(rows):
+        import time
+
+        time.sleep(1.0)
+        return bert_server.predict(rows)
+
+    quick = Limits(timeout_s=0.2)
+    app = create_app(bert_server, max_batch=8, max_wait_ms=1, limits=quick)
+    app.state.batcher.predict = slow
+    with TestClient(app) as c:
+        r = c.post("/predict", json=good)
+        assert r.status_code == 504 and "--timeout-s" in r.text
+
+
+def test_a_5mb_text_is_cut_before_tokenising(bert_server):
+    """The library server cuts each field to 64 x max_length characters before the tokenizer
+    sees it: the same prediction as the text's head, in milliseconds."""
+    import time
+
+    head = "a gripping, funny film " * 100
+    rows = [{"task": "sst2", "text": {"sentence": head + "x" * 5_000_000}}]
+    start = time.perf_counter()
+    got = bert_server.predict(rows)
+    assert time.perf_counter() - start < 5
+    assert got == bert_server.predict([{"task": "sst2", "text": {"sentence": head}}])
+
+
+def test_a_bad_request_never_costs_the_connection(live_server):
+    """On one keep-alive connection: a chunked body without a Content-Length (411), a lone
+    surrogate (422), then a good request, which is answered on the same connection."""
+    import http.client
+    from urllib.parse import urlparse
+
+    url = urlparse(live_server)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    good = json.dumps({"rows": [{"task": "sst2", "text": {"sentence": "a gem"}}]})
+    bad = '{"rows": [{"task": "sst2", "text": {"sentence": "a\\ud800b"}}]}'
+    conn.request("POST", "/predict", body=bad, headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 422 and b"lone surrogate" in r.read()
+    conn.request("POST", "/predict", body=good, headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200 and b"predictions" in r.read()
+    conn.close()
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    conn.send(f"{len(good):x}\r\n{good}\r\n0\r\n\r\n".encode())
+    r = conn.getresponse()
+    assert r.status == 411 and b"Content-Length" in r.read()
+    conn.close()

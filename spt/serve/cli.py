@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from spt.errors import SptError, cli_error
-from spt.serve.http import create_app
+from spt.serve.http import Limits, create_app
 from spt.serve.loadtest import load_test
 from spt.serve.server import PromptServer
 
@@ -95,6 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="log every request (off by default: it costs throughput)",
     )
+    for name, field in Limits.model_fields.items():
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=field.annotation,
+            default=field.default,
+            help=f"{field.description} (default {field.default})",
+        )
 
     p = sub.add_parser("load-test", help="measure a running server")
     p.add_argument("--url", default="http://127.0.0.1:8000")
@@ -122,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             return 0
+        if args.command == "http":  # settings first, before the model loads
+            if not 0 < args.port < 65536:
+                raise SptError(f"--port {args.port}: a TCP port is 1..65535")
+            try:
+                limits = Limits(**{n: getattr(args, n) for n in Limits.model_fields})
+            except ValueError as err:
+                raise SptError(f"server limits: {' '.join(str(err).split())[:300]}") from None
         if args.command == "predict":
             if args.batch_size < 1:
                 raise SptError(f"--batch-size={args.batch_size} must be >= 1")
@@ -135,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         import uvicorn
 
-        app = create_app(server, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+        app = create_app(
+            server, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits
+        )
         uvicorn.run(
             app, host=args.host, port=args.port, log_level="info", access_log=args.access_log
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -156,13 +157,91 @@ class PredictBody(BaseModel):
     rows: list[Row] = Field(description="rows to classify, of any served tasks")
 
 
-def create_app(server: PromptServer, max_batch: int = 32, max_wait_ms: float = 5.0):
-    """The FastAPI app: ``GET /health``, ``GET /stats``, ``POST /predict`` (``{"rows":
-    [...]}`` -> ``{"predictions": [...]}``). A body that is not valid JSON or not of that shape
-    gets 422, an unknown task or a missing text field 400, each with a message."""
+class Limits(BaseModel):
+    """What one request may ask of the server (each a ``python -m spt.serve http`` flag):
+    a hostile or careless client costs a bounded share of memory and time, and is told which
+    limit it met."""
+
+    max_body_bytes: int = Field(1_000_000, ge=1, description="request body size (413 past it)")
+    max_rows: int = Field(256, ge=1, description="rows per request (422 past it)")
+    max_chars: int = Field(20_000, ge=1, description="characters per text field (422 past it)")
+    timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 past it)")
+
+
+class _BodyLimit:
+    """ASGI middleware: a POST must say its size (Content-Length; 411 without) and stay
+    within ``max_body_bytes`` (413), checked before any of the body is read."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            headers = dict(scope["headers"])
+            length = headers.get(b"content-length")
+            status, detail = None, None
+            if length is None:
+                status, detail = 411, "send the body with a Content-Length header"
+            elif not length.isdigit() or int(length) > self.max_bytes:
+                status = 413
+                detail = f"the body is {length.decode()} bytes; this server takes at most " + (
+                    f"{self.max_bytes} (--max-body-bytes)"
+                )
+            if status is not None:
+                body = json.dumps({"detail": detail}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _check_limits(rows: list[dict], limits: Limits) -> str | None:
+    """Why ``rows`` exceed a limit or hold text that is not Unicode (None: they do not)."""
+    if len(rows) > limits.max_rows:
+        return (
+            f"the request has {len(rows)} rows; this server takes at most {limits.max_rows} "
+            "per request (--max-rows): split it"
+        )
+    for i, row in enumerate(rows):
+        for field, text in row["text"].items():
+            if len(text) > limits.max_chars:
+                return (
+                    f"row {i}: text field {field!r} has {len(text)} characters; this server "
+                    f"takes at most {limits.max_chars} (--max-chars)"
+                )
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"row {i}: text field {field!r} is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def create_app(
+    server: PromptServer,
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    limits: Limits | None = None,
+):
+    """The FastAPI app: ``GET /health`` (``?detail=1`` adds each task's template and run
+    directory), ``GET /stats``, ``POST /predict`` (``{"rows": [...]}`` -> ``{"predictions":
+    [...]}``). A body that is not valid JSON or not of that shape gets 422, an unknown task or
+    a missing text field 400, a request past a :class:`Limits` limit 411/413/422/504, each
+    with a message. No input gets a 500 that poisons the connection: unexpected failures are
+    answered in the endpoint, not by Starlette's error middleware (which closes it)."""
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse
 
+    limits = limits or Limits()
     batcher = Batcher(server.predict, max_batch=max_batch, max_wait_ms=max_wait_ms)
 
     @contextlib.asynccontextmanager
@@ -180,25 +259,36 @@ def create_app(server: PromptServer, max_batch: int = 32, max_wait_ms: float = 5
     )
     app.state.batcher = batcher
     app.state.server = server
+    app.state.limits = limits
+    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # no traceback to clients
         log.exception("request failed")
         return JSONResponse(
-            status_code=500, content={"detail": f"internal error: {type(exc).__name__}: {exc}"}
+            status_code=500, content={"detail": f"internal error: {type(exc).__name__}"}
         )
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", **server.describe(), "batching": batcher.stats()}
+    async def health(detail: bool = False) -> dict:
+        described = server.describe()
+        if not detail:  # names, fields and labels: what a client needs, no paths
+            described["tasks"] = {
+                n: {k: v for k, v in t.items() if k not in ("run", "template")}
+                for n, t in described["tasks"].items()
+            }
+        return {"status": "ok", **described, "batching": batcher.stats()}
 
     @app.get("/stats")
     async def stats() -> dict:
         return batcher.stats()
 
     @app.post("/predict")
-    async def predict(body: PredictBody) -> dict:
+    async def predict(body: PredictBody):
         rows = [r.model_dump() for r in body.rows]
+        too_much = _check_limits(rows, limits)
+        if too_much:
+            raise HTTPException(status_code=422, detail=too_much)
         try:
             server.check_rows(rows)
         except SptError as err:
@@ -206,8 +296,19 @@ def create_app(server: PromptServer, max_batch: int = 32, max_wait_ms: float = 5
         if not rows:
             return {"predictions": []}
         try:
-            return {"predictions": await batcher.submit(rows)}
+            found = await asyncio.wait_for(batcher.submit(rows), timeout=limits.timeout_s)
         except SptError as err:
             raise HTTPException(status_code=400, detail=str(err)) from None
+        except TimeoutError:
+            raise HTTPException(
+                status_code=504,
+                detail=f"the request took longer than {limits.timeout_s:g} s (--timeout-s)",
+            ) from None
+        except Exception as err:  # answered here: the connection stays usable
+            log.exception("predict failed")
+            return JSONResponse(
+                status_code=500, content={"detail": f"internal error: {type(err).__name__}"}
+            )
+        return {"predictions": found}
 
     return app
