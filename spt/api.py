@@ -502,7 +502,7 @@ def load(
             f"dtype={dtype!r}: load in float32 or bfloat16 (the base model's fingerprint is "
             "taken in bfloat16, which float16 weights do not round to)"
         )
-    target = _device(device)
+    target = parse_device(device)
     source = meta.get("backbone")
     pooling = meta.get("pooling") or (source or {}).get("pooling", "mean")
     if model is not None:
@@ -539,7 +539,7 @@ def load(
     )
 
 
-def _device(device) -> torch.device | None:
+def parse_device(device) -> torch.device | None:
     """``device`` as a torch.device, refused by name when this machine has no such device."""
     if device is None:
         return None

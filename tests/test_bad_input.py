@@ -4,6 +4,8 @@ and no artifact behind."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -81,3 +83,59 @@ def test_non_finite_or_integer_prompts_are_refused(tmp_path, tensor, message):
     save_file({"prompt": tensor}, str(path), metadata={"spt": '{"method": "prompt"}'})
     with pytest.raises(SptError, match=message):
         load_artifact(path)  # what spt.load, serving, init=file and PEFT export read through
+
+
+# -- the tools' command lines --------------------------------------------------------------
+
+
+def _one_error(capsys, message: str) -> None:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("spt: error: ") and message in err[0], err
+
+
+def _run_dir(root, metrics="{}", config="seed: 1\n"):
+    run = root / "run"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(metrics)
+    (run / "config.yaml").write_bytes(config if isinstance(config, bytes) else config.encode())
+    return run
+
+
+@pytest.mark.parametrize(
+    ("metrics", "config", "message"),
+    [
+        ("[1, 2]", "seed: 1\n", "holds a JSON list"),
+        ("{not json", "seed: 1\n", "not a readable metrics.json"),
+        ("{}", bytes(range(256)), "not a readable config"),
+        ("{}", "a: [unclosed\n", "not a readable config"),
+    ],
+)
+def test_compare_refuses_damaged_runs_in_one_line(tmp_path, capsys, metrics, config, message):
+    from spt.tools.compare import main
+
+    _run_dir(tmp_path, metrics, config)
+    assert main([str(tmp_path)]) == 2
+    _one_error(capsys, message)
+
+
+def test_tool_outputs_that_cannot_be_written_are_one_line(tmp_path, capsys):
+    from spt.tools import analysis, compare
+
+    good = {"data": "sst2", "model": "m", "method": "prompt", "val/acc": 0.5, "seed": 1}
+    _run_dir(tmp_path, json.dumps(good))
+    (tmp_path / "file").write_text("")
+    assert compare.main([str(tmp_path), "--csv", str(tmp_path / "file" / "t.csv")]) == 2
+    _one_error(capsys, "cannot write")
+    assert analysis.main([str(tmp_path / "run"), "--weight", "nan"]) == 2
+    _one_error(capsys, "--weight nan")
+    assert analysis.main([str(tmp_path / "run"), "--device", "cuda:5"]) == 2
+    _one_error(capsys, "CUDA device")
+
+
+def test_serve_refuses_a_port_outside_tcp(tmp_path, capsys):
+    from spt.serve.cli import main
+
+    assert main(["http", "--run", str(tmp_path), "--port", "99999"]) == 2
+    _one_error(capsys, "--port 99999")
+    assert main(["http", "--run", str(tmp_path), "--max-rows", "0"]) == 2
+    _one_error(capsys, "server limits")

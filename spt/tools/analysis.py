@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -117,8 +118,10 @@ def low_norm_effect(
     ``max(chunk_rows, B)`` rows per forward."""
     if mode not in MODES:
         raise SptError(f"mode={mode!r}: choose {' or '.join(MODES)}")
-    if mode == "replace" and not sigma >= 0:
-        raise SptError(f"sigma={sigma!r}: the noise's standard deviation must be >= 0")
+    if mode == "replace" and not 0 <= sigma < math.inf:
+        raise SptError(f"sigma={sigma!r}: the noise's standard deviation must be finite, >= 0")
+    if mode == "rescale" and not -math.inf < weight < math.inf:
+        raise SptError(f"weight={weight!r}: the rescaling factor must be a finite number")
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise SptError(f"chunk_rows={chunk_rows!r} must be an integer >= 1")
     device = next(iter(method.parameters()), torch.empty(0)).device
@@ -277,14 +280,19 @@ def plot(result: LowNormResult, path: Path, title: str) -> None:
 
 
 def analyse(args: argparse.Namespace) -> LowNormResult:
+    from spt.api import parse_device
     from spt.console import quiet_third_parties
     from spt.tools.compare import markdown
 
     quiet_third_parties()
-    _, datamodule, method = load_run(args.run_dir, args.dev_limit)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = parse_device(device)  # refused by name before the model loads
+    for name, value in (("--weight", args.weight), ("--sigma", args.sigma)):
+        if not math.isfinite(value):
+            raise SptError(f"{name} {value}: give a finite number")
+    _, datamodule, method = load_run(args.run_dir, args.dev_limit)
     method.to(device)
     result = low_norm_effect(
         method,
@@ -296,13 +304,20 @@ def analyse(args: argparse.Namespace) -> LowNormResult:
         chunk_rows=args.chunk_rows,
     )
     out = args.out or args.run_dir
-    out.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = out / f"low_norm_{args.mode}.csv", out / f"low_norm_{args.mode}.png"
-    write_csv(result, csv_path)
     metrics_path = Path(args.run_dir) / "metrics.json"
-    meta = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    try:
+        meta = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        meta = {}  # only the plot's title comes from it
+    meta = meta if isinstance(meta, dict) else {}
     title = " / ".join(str(meta[k]) for k in ("data", "model", "method") if k in meta)
-    plot(result, png_path, title or str(args.run_dir))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(result, csv_path)
+        plot(result, png_path, title or str(args.run_dir))
+    except OSError as exc:
+        raise SptError(f"cannot write the results to {out}: {exc.strerror or exc}") from None
     print(markdown(result.table(), ["position", "norm", "accuracy", "delta"]))
     helped = result.helped
     print(

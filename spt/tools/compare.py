@@ -154,9 +154,11 @@ def read_rows(path: Path) -> list[dict]:
 
 def _row(path: Path) -> dict:
     try:
-        m = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SptError(f"{path} is not a readable metrics.json ({exc})") from exc
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise SptError(f"{path} is not a readable metrics.json ({exc})") from None
+    if not isinstance(m, dict):
+        raise SptError(f"{path} holds a JSON {type(m).__name__}, not spt.run's metrics object")
     run = path.parent
     meta_path = run / "prompt.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -339,7 +341,14 @@ def _config(run: Path):
     ]
     for path in candidates:
         if path.is_file():
-            cfg = OmegaConf.load(path)
+            try:
+                cfg = OmegaConf.load(path)
+            except Exception as exc:  # YAML, UTF-8 or OmegaConf errors of a damaged file
+                raise SptError(
+                    f"{path} is not a readable config ({type(exc).__name__}: "
+                    f"{' '.join(str(exc).split())[:160]}): delete or restore it, or leave "
+                    "its run out"
+                ) from None
             return cfg if OmegaConf.is_dict(cfg) else None
     return None
 
@@ -521,8 +530,11 @@ def rich_table(rows: list[dict], cols: list[str] | None = None, title: str | Non
 def write_csv(rows: list[dict], path: Path, cols: list[str] | None = None) -> None:
     """Write ``rows`` (per-run or aggregated) with ``cols`` (default: :func:`columns`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame(rows, cols).to_csv(path, index=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame(rows, cols).to_csv(path, index=False)
+    except OSError as exc:
+        raise SptError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -821,11 +833,19 @@ def plot(
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -below), ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    if out is not None:
-        out = Path(out)
+    _save(fig, out)
+    return fig
+
+
+def _save(fig, out) -> None:
+    if out is None:
+        return
+    out = Path(out)
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=120, bbox_inches="tight")
-    return fig
+    except OSError as exc:
+        raise SptError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 def _step(xs: list) -> float:
@@ -899,10 +919,7 @@ def curves(
         ax.grid(alpha=0.3)
     metric_ax.legend(fontsize=7) if metric_ax.get_legend_handles_labels()[0] else None
     fig.tight_layout()
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
+    _save(fig, out)
     return fig
 
 
