@@ -69,7 +69,7 @@ def check_finite(loss: torch.Tensor, step: int) -> torch.Tensor:
         raise SptError(
             f"non-finite training loss ({loss.item()}) at step {step}: lower the "
             "learning rate (method.optimizer.lr) and train again. Training stopped "
-            "before this step's update; the run directory keeps its checkpoints "
-            "(checkpoints/last.ckpt is from before this step)"
+            "before this step's update: a checkpoint saved before it, if any "
+            "(checkpoints/last.ckpt), is kept with its run directory"
         )
     return loss

@@ -719,8 +719,8 @@ def _read_config(adir: Path) -> dict:
         config = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise SptError(f"{path} is not a readable JSON adapter config: {err}") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise SptError(f"{path} is not a readable JSON adapter config: {str(err)[:200]}") from None
     return config
 
 
@@ -791,9 +791,9 @@ def _prompt_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path, peft
     d = backbone.hidden_size
     token_dim = config.get("token_dim")
     if token_dim not in (None, d) or emb.shape[1] != d:
-        width = token_dim if token_dim is not None else emb.shape[1]
+        said = "" if token_dim is None else f" (its config says token_dim={token_dim})"
         raise SptError(
-            f"{adir} holds a prompt of token_dim={width}, but {backbone.name} has "
+            f"{adir} holds a prompt {emb.shape[1]} wide{said}, but {backbone.name} has "
             f"hidden size {d}: the adapter was trained for another base model "
             f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
             "import it with that model (--model ...)"
@@ -949,7 +949,18 @@ def build_backbone(model: str, overrides: list[str] | tuple[str, ...] = ()):
     except (HydraException, OmegaConfBaseException) as err:
         msg = " ".join(str(err).split())
         raise SptError(f"--model {model} with --set {' '.join(overrides)}: {msg}") from None
-    return instantiate(cfg)
+    try:
+        return instantiate(cfg)
+    except Exception as err:  # a wrong-typed --set value fails deep inside the loader
+        from spt.errors import user_error
+
+        if user_error(err) is not None:
+            raise
+        cause = err.__cause__ or err
+        raise SptError(
+            f"--model {model} with --set {' '.join(overrides)}: the model could not be built "
+            f"({type(cause).__name__}: {' '.join(str(cause).split())[:200]})"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
