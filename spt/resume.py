@@ -181,7 +181,13 @@ def resume_checkpoint(resume: str | None, out_dir: Path, resolved: dict) -> str 
         )
         raise SptError(f"resume={resume}: no checkpoint at {path}; {where}")
     try:  # checked now, before the model loads; weights_only: no pickled code ever runs
-        saved = torch.load(path, map_location="cpu", weights_only=True).get("spt_config")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}")
+        missing = [k for k in ("state_dict", "loops", "global_step") if k not in state]
+        if missing:
+            raise KeyError(f"no Lightning {', '.join(missing)}")
+        saved = state.get("spt_config")
     except Exception as err:
         raise SptError(
             f"resume={resume}: {path} is not a checkpoint spt can load safely "

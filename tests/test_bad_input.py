@@ -43,6 +43,7 @@ CASES = {
     "unknown group option": (["data=nope"], "Could not find 'data/nope'"),
     "unparsed override": (["method=prompt,prefix"], "Ambiguous value"),
     "run dir under a file": (["paths.root={file}/x"], "cannot create the run directory"),
+    "resume from a plain dict": (["resume={dict}"], "no Lightning state_dict, loops"),
     "empty train": ("train", "the train split has no rows"),
     "empty dev": ("dev", "the dev split has no rows"),
 }
@@ -54,7 +55,8 @@ def test_bad_settings_fail_in_one_line_and_write_nothing(case, tmp_path, data_di
     if isinstance(overrides, str):
         overrides = _empty_split(tmp_path / "data", overrides)
     (tmp_path / "file").write_text("")
-    overrides = [o.format(file=tmp_path / "file") for o in overrides]
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.ckpt")  # a dict, not Lightning's
+    overrides = [o.format(file=tmp_path / "file", dict=tmp_path / "plain.ckpt") for o in overrides]
     out = tmp_path / "out"
     r = spt_run(*FAST, *overrides, out=out)
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
