@@ -141,3 +141,31 @@ def test_serve_refuses_a_port_outside_tcp(tmp_path, capsys):
     _one_error(capsys, "--port 99999")
     assert main(["http", "--run", str(tmp_path), "--max-rows", "0"]) == 2
     _one_error(capsys, "server limits")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"sentence\tlabel\n\xff\xfe\x00binary\t1\n", "is not UTF-8"),
+        (b"\x1f\x8b\x08\x00gzip\x00" * 20, "is not UTF-8"),  # a compressed file
+    ],
+)
+def test_data_files_that_are_not_text_are_one_line(tmp_path, content, message):
+    from spt.data.readers import read_rows
+
+    path = tmp_path / "train.tsv"
+    path.write_bytes(content)
+    with pytest.raises(SptError, match=message):
+        list(read_rows(path, "tsv", None, "none"))
+
+
+def test_a_lone_surrogate_in_jsonl_is_named(tmp_path):
+    from spt.data.readers import read_rows
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"premise": "ok", "label": 1}\n{"premise": "a\\ud800b", "label": 0}\n')
+    with pytest.raises(SptError, match=r"train.jsonl:2: column 'premise'.*lone surrogate"):
+        list(read_rows(path, "jsonl", None, "minimal"))
+    path.write_text("[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(SptError, match="not valid JSON"):
+        list(read_rows(path, "jsonl", None, "minimal"))

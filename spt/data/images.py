@@ -132,7 +132,8 @@ def open_image(value: Any, source: str):
             f"image file not found: {value} (listed in {source}). Image paths are "
             f"relative to the folder of the file that lists them. {ROOT_HINT}"
         ) from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+        # DecompressionBombError: past 2x PIL's MAX_IMAGE_PIXELS (179 MP), e.g. a 400 MP image
         what = "an embedded image" if isinstance(value, io.BytesIO) else f"image {value}"
         raise SptError(f"cannot read {what} from {source}: {e}") from None
 

@@ -144,17 +144,44 @@ def map_labels(
 
 
 def read_rows(path: Path, fmt: str, columns: Sequence[str] | None, quoting: str) -> Iterator[dict]:
-    """The rows of a local csv / tsv / jsonl file as dicts; a malformed line is an SptError naming
-    it."""
+    """The rows of a local csv / tsv / jsonl file as dicts; a malformed line, bytes that are
+    not UTF-8 (a binary file) or text that is not valid Unicode (a lone surrogate escaped in
+    JSON, which no tokenizer takes) is an SptError naming the file and line."""
+    try:
+        for lineno, row in _rows(path, fmt, columns, quoting):
+            for key, value in row.items():
+                if isinstance(value, str):
+                    try:
+                        value.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise SptError(
+                            f"{path}:{lineno}: column {key!r} holds text that is not valid "
+                            "Unicode (a lone surrogate, e.g. \\ud800): fix or drop the row"
+                        ) from None
+            yield row
+    except UnicodeDecodeError as e:
+        raise SptError(
+            f"{path}: byte {e.start} is not UTF-8 ({e.reason}): the file is binary or in "
+            "another encoding; convert it to UTF-8"
+        ) from None
+    except csv.Error as e:
+        raise SptError(f"{path}: not a readable {fmt} file ({e})") from None
+
+
+def _rows(path: Path, fmt: str, columns: Sequence[str] | None, quoting: str):
     if fmt == "jsonl":
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SptError(f"{path}:{lineno}: not valid JSON ({e.msg}).") from None
+                    row = json.loads(line)
+                except (json.JSONDecodeError, RecursionError) as e:
+                    msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+                    raise SptError(f"{path}:{lineno}: not valid JSON ({msg}).") from None
+                if not isinstance(row, dict):
+                    raise SptError(f"{path}:{lineno}: a JSON {type(row).__name__}, not an object")
+                yield lineno, row
         return
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     delimiter = "\t" if fmt == "tsv" else ","
@@ -171,7 +198,7 @@ def read_rows(path: Path, fmt: str, columns: Sequence[str] | None, quoting: str)
                     f"{path}:{lineno}: expected {len(header)} columns {header}, found {len(row)}. "
                     "Check the file's format/quoting/columns keys in the data config."
                 )
-            yield dict(zip(header, row, strict=True))
+            yield lineno, dict(zip(header, row, strict=True))
 
 
 def read_local(
