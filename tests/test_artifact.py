@@ -287,10 +287,22 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(artifact, "save_file", crash_mid_write)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(SptError, match=r"cannot write .*a.safetensors: disk full \(simulated\)"):
         save_artifact(path, _tensors(1), {**_meta(), "init": "text"})
     assert path.read_bytes() == before_st
     assert path.with_suffix(".json").read_bytes() == before_json
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.safetensors"]
     loaded, meta = load_artifact(path)
     assert torch.equal(loaded["prompt"], _tensors(0)["prompt"]) and meta["init"] == "uniform"
+
+
+def test_a_killed_writers_temp_file_is_cleaned_up(tmp_path):
+    """SIGKILL mid-write leaves .a.safetensors.<random>.tmp: the next save of that artifact
+    removes it (once older than a minute: a live writer's is left alone)."""
+    path = save_artifact(tmp_path / "a.safetensors", _tensors(0), _meta())
+    stale, fresh = tmp_path / ".a.safetensors.x1.tmp", tmp_path / ".a.safetensors.x2.tmp"
+    for f in (stale, fresh):
+        f.write_bytes(b"half")
+    os.utime(stale, (1, 1))
+    save_artifact(path, _tensors(1), _meta())
+    assert not stale.exists() and fresh.exists()

@@ -10,10 +10,12 @@ two writes, or a hand edit) is ignored with a warning. Writes are atomic (temp f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -28,15 +30,29 @@ log = logging.getLogger(__name__)
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """``write(tmp)`` to a temp file beside ``path``, then rename it over ``path``. Temp files
+    of this name that a killed writer left (older than a minute) are removed first; a full
+    disk, a file-size limit (EFBIG) or a read-only folder is an SptError naming the path."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                if now - stale.stat().st_mtime > 60:
+                    stale.unlink()
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as err:
+        raise SptError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise SptError(f"cannot write {path}: {err.strerror or err}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
