@@ -59,13 +59,8 @@ def generate(
     if prefix is not None:  # HF generate cannot start from a pre-filled cache: spt's loops
         stepper = _stepper(method, embeds, mask, prefix, use_cache, beams=num_beams)
         if do_sample:
-            return _sample(
-                stepper,
-                embeds.shape[0],
-                max_new_tokens,
-                tok.pad_token_id,
-                tok.eos_token_id,
-                _warpers(temperature, top_k, top_p),
+            return _sampled(
+                stepper, embeds.shape[0], tok, max_new_tokens, temperature, top_p, top_k
             )
         if num_beams == 1:
             return _greedy(
@@ -191,14 +186,12 @@ def sample(
     embeds, mask, prefix = _inputs(method, batch)
     tok = method.base.tokenizer
     stepper = _stepper(method, embeds, mask, prefix, use_cache)
-    return _sample(
-        stepper,
-        embeds.shape[0],
-        max_new_tokens,
-        tok.pad_token_id,
-        tok.eos_token_id,
-        _warpers(temperature, top_k, top_p),
-    )
+    return _sampled(stepper, embeds.shape[0], tok, max_new_tokens, temperature, top_p, top_k)
+
+
+def _sampled(stepper, b: int, tok, max_new_tokens: int, temperature, top_p, top_k):
+    warpers = _warpers(temperature, top_k, top_p)
+    return _sample(stepper, b, max_new_tokens, tok.pad_token_id, tok.eos_token_id, warpers)
 
 
 def _inputs(method, batch: dict):

@@ -15,6 +15,25 @@ from spt.data.template import Encoded, TemplateEncoder, mark_soft
 IGNORE = -100  # label value the loss skips
 
 
+def pad_rows(rows: list[dict[str, Any]], pad_id: int, left: bool):
+    """``input_ids``, ``attention_mask``, ``soft_mask`` ``[B, L]`` of rows padded to the
+    longest (on the left or right), and each row's offset."""
+    b = len(rows)
+    length = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, length), dtype=torch.long)
+    soft = torch.zeros((b, length), dtype=torch.bool)
+    offsets = []
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        off = length - n if left else 0
+        input_ids[i, off : off + n] = torch.tensor(r["input_ids"], dtype=torch.long)
+        attention[i, off : off + n] = 1
+        mark_soft(soft[i], off, r["soft_start"], r["soft_counts"])
+        offsets.append(off)
+    return input_ids, attention, soft, offsets
+
+
 class EncodedDataset(Dataset):
     """One tokenized split: ids per row, where its soft slots start, and its class index."""
 
@@ -46,16 +65,7 @@ class Collator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         b = len(rows)
-        length = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((b, length), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((b, length), dtype=torch.long)
-        soft = torch.zeros((b, length), dtype=torch.bool)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            off = length - n if self.left else 0
-            input_ids[i, off : off + n] = torch.tensor(r["input_ids"], dtype=torch.long)
-            attention[i, off : off + n] = 1
-            mark_soft(soft[i], off, r["soft_start"], r["soft_counts"])
+        input_ids, attention, soft, _ = pad_rows(rows, self.pad_id, self.left)
         return {
             "input_ids": input_ids,
             "attention_mask": attention,
@@ -111,24 +121,16 @@ class TextToTextCollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         b = len(rows)
-        length = max(len(r["input_ids"]) for r in rows)
-        input_ids = torch.full((b, length), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((b, length), dtype=torch.long)
-        soft = torch.zeros((b, length), dtype=torch.bool)
+        input_ids, attention, soft, offsets = pad_rows(rows, self.pad_id, self.left)
+        length = input_ids.shape[1]
         train = "labels" in rows[0]
         if train:
             width = length if self.labels_aligned else max(len(r["labels"]) for r in rows)
             labels = torch.full((b, width), IGNORE, dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            off = length - n if self.left else 0
-            input_ids[i, off : off + n] = torch.tensor(r["input_ids"], dtype=torch.long)
-            attention[i, off : off + n] = 1
-            mark_soft(soft[i], off, r["soft_start"], r["soft_counts"])
-            if train:
+            for i, (r, off) in enumerate(zip(rows, offsets, strict=True)):
                 lab = torch.tensor(r["labels"], dtype=torch.long)
                 if self.labels_aligned:
-                    labels[i, off : off + n] = lab
+                    labels[i, off : off + len(r["input_ids"])] = lab
                 else:
                     labels[i, : len(lab)] = lab
         batch = {"input_ids": input_ids, "attention_mask": attention, "soft_mask": soft}

@@ -18,6 +18,7 @@ at the end), on the right otherwise.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -171,7 +172,7 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
 
         self.soft_first = bool(soft_first)
         self.template = str(template)
-        shape = InputFormat(  # the template's half of self.formats, built the one way
+        self._shape = shape = InputFormat(  # the template's half of self.formats
             kind="classification",
             name=self.name,
             template=self.template,
@@ -229,18 +230,12 @@ class TextClassificationDataModule(SplitLoaders, L.LightningDataModule):
     def formats(self) -> tuple[InputFormat, ...]:
         """How new text becomes a batch of this task (what an artifact carries)."""
         return (
-            InputFormat(
-                kind="classification",
-                name=self.name,
-                template=self.template,
-                text_fields=tuple(self.text_fields),
-                label_names=tuple(self.label_names),
-                label_words=tuple(self.label_words),
+            dataclasses.replace(
+                self._shape,
                 metrics=tuple(self.metrics),
                 label_score=self.label_score,
                 max_length=self.max_length,
                 label_reserve=self.label_reserve,
-                soft_first=self.soft_first,
             ),
         )
 
