@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 
 from spt.core.artifact import load_artifact, save_artifact
 from spt.errors import SptError
-from tests.cli import run_in_process
 from tests.test_run import run_dirs, spt_run
 
 FAST = ("model=tiny-bert", "debug=fast", "logger=csv")
@@ -51,9 +50,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_settings_fail_in_one_line_and_write_nothing(
-    case, tmp_path, data_dir, monkeypatch, capsys
-):
+def test_bad_settings_fail_in_one_line_and_write_nothing(case, tmp_path, data_dir):
     overrides, needle = CASES[case]
     if isinstance(overrides, str):
         overrides = _empty_split(tmp_path / "data", overrides)
@@ -61,20 +58,12 @@ def test_bad_settings_fail_in_one_line_and_write_nothing(
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.ckpt")  # a dict, not Lightning's
     overrides = [o.format(file=tmp_path / "file", dict=tmp_path / "plain.ckpt") for o in overrides]
     out = tmp_path / "out"
-    r = run_in_process(*FAST, *overrides, out=out, monkeypatch=monkeypatch, capsys=capsys)
-    code, err = r.returncode, r.stderr
-    assert code == 2, (code, err[-2000:])
-    errors = [line for line in err.splitlines() if line.startswith("spt: error:")]
-    assert len(errors) == 1 and needle in errors[0], err[-2000:]
-    assert "Traceback" not in err
+    r = spt_run(*FAST, *overrides, out=out)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("spt: error:")]
+    assert len(errors) == 1 and needle in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
     assert run_dirs(out) == [] and not list(out.rglob("prompt.safetensors"))
-
-
-def test_the_process_exits_2_on_what_hydra_refuses(tmp_path):
-    """The real process, once: an unknown group option is exit status 2 (Hydra's own is 1)."""
-    r = spt_run(*FAST, "data=nope", out=tmp_path)
-    assert r.returncode == 2 and r.stderr.count("spt: error:") == 1
-    assert "Traceback" not in r.stderr and run_dirs(tmp_path) == []
 
 
 # -- prompt tensors that must be refused on load, save and import ---------------------------
