@@ -5,6 +5,7 @@ and no artifact behind."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -49,21 +50,55 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory, data_dir):
+    """Every case of the table, each through ``python -m spt.run``'s entry, in one process."""
+    import subprocess
+    import sys
+
+    from tests.test_run import REPO
+
+    root = tmp_path_factory.mktemp("bad")
+    (root / "file").write_text("")
+    torch.save({"weights": torch.zeros(2)}, root / "plain.ckpt")  # a dict, not Lightning's
+    lines, outs = [], {}
+    for case, (overrides, _) in sorted(CASES.items()):
+        where = root / case.replace(" ", "_")
+        if isinstance(overrides, str):
+            overrides = _empty_split(where / "data", overrides)
+        overrides = [o.format(file=root / "file", dict=root / "plain.ckpt") for o in overrides]
+        outs[case] = where / "out"
+        lines.append([str(outs[case]), *FAST, *overrides])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.cli_cases"],
+        input=json.dumps(lines),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout)
+    return {case: (res, outs[case]) for case, res in zip(sorted(CASES), results, strict=True)}
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_settings_fail_in_one_line_and_write_nothing(case, tmp_path, data_dir):
-    overrides, needle = CASES[case]
-    if isinstance(overrides, str):
-        overrides = _empty_split(tmp_path / "data", overrides)
-    (tmp_path / "file").write_text("")
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.ckpt")  # a dict, not Lightning's
-    overrides = [o.format(file=tmp_path / "file", dict=tmp_path / "plain.ckpt") for o in overrides]
-    out = tmp_path / "out"
-    r = spt_run(*FAST, *overrides, out=out)
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    errors = [line for line in r.stderr.splitlines() if line.startswith("spt: error:")]
-    assert len(errors) == 1 and needle in errors[0], r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
+def test_bad_settings_fail_in_one_line_and_write_nothing(case, cli_results):
+    (result, out), needle = cli_results[case], CASES[case][1]
+    assert result["code"] == 2, result
+    errors = [line for line in result["stderr"].splitlines() if line.startswith("spt: error:")]
+    assert len(errors) == 1 and needle in errors[0], result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"]
     assert run_dirs(out) == [] and not list(out.rglob("prompt.safetensors"))
+
+
+def test_the_process_exits_2_on_what_hydra_refuses(tmp_path):
+    """The real process, once: an unknown group option is exit status 2 (Hydra's own is 1)."""
+    r = spt_run(*FAST, "data=nope", out=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("spt: error:") == 1
+    assert "Traceback" not in r.stderr and run_dirs(tmp_path) == []
 
 
 # -- prompt tensors that must be refused on load, save and import ---------------------------
