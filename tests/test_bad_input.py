@@ -45,6 +45,18 @@ CASES = {
     "unparsed override": (["method=prompt,prefix"], "Ambiguous value"),
     "run dir under a file": (["paths.root={file}/x"], "cannot create the run directory"),
     "resume from a plain dict": (["resume={dict}"], "no Lightning state_dict, loops"),
+    # one per class of configuration error (moved from test_run.py)
+    "length zero": (["method.length=0"], "method.length"),
+    "length negative": (["method.length=-2"], "method.length"),
+    "length not a number": (["method.length=abc"], "method.length='abc'"),
+    "rank zero": (["method=mpt", "method.rank=0"], "method.rank=0"),
+    "negative radius": (["method=cpt", "model=tiny-llama", "method.eps_input=-1"], "eps_input"),
+    "dropout past 1": (["method=ptuning_v2", "method.prompt_dropout=1.5"], "prompt_dropout"),
+    "method x arch": (["method=cpt"], "method=cpt does not support encoder"),
+    "data batch size": (["data.batch_size=0"], "data.batch_size"),
+    "settings node key": (["+method.head.dropot=0.2"], "method.head has no ['dropot']"),
+    "negative warmup": (["method.scheduler.warmup_steps=-1"], "method.scheduler.warmup_steps=-1"),
+    "unknown trainer key": (["trainer.max_stepz=3"], "max_stepz"),
     "empty train": ("train", "the train split has no rows"),
     "empty dev": ("dev", "the dev split has no rows"),
 }

@@ -394,36 +394,8 @@ def test_label_not_covered_by_verbalizer(tmp_path):
     assert r.returncode == 2
 
 
-@pytest.mark.parametrize("length", ["0", "-2"])
-def test_prompt_length_below_one(length, tmp_path):
-    r = spt_run(
-        "model=tiny-bert", "debug=fast", "logger=csv", f"method.length={length}", out=tmp_path
-    )
-    _fails(r, "method.length", out=tmp_path)
-    assert r.returncode == 2
-
-
-@pytest.mark.parametrize(
-    ("overrides", "needles"),
-    [
-        (["method.length=abc"], ["method.length='abc'"]),  # wrong type
-        # out of range: test_prompt_length_below_one
-        (["method=mpt", "method.rank=0"], ["method.rank=0"]),  # a rank
-        (["method=cpt", "model=tiny-llama", "method.eps_input=-1"], ["eps_input"]),  # a radius
-        (["method=ptuning_v2", "method.prompt_dropout=1.5"], ["prompt_dropout"]),
-        (["method=cpt"], ["method=cpt does not support encoder"]),  # method x arch
-        (["data.batch_size=0"], ["data.batch_size"]),  # data settings
-        (["+method.head.dropot=0.2"], ["method.head has no ['dropot']"]),  # a settings node
-        (["method.scheduler.warmup_steps=-1"], ["method.scheduler.warmup_steps=-1"]),
-        (["trainer.max_stepz=3"], ["max_stepz"]),  # an unknown key
-    ],
-)
-def test_config_errors_name_the_key_and_leave_no_run_directory(overrides, needles, tmp_path):
-    """One case per class of configuration error: exit status 2 (Hydra's own: 1), the key named
-    on one line without a traceback, and no half-written run directory."""
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", *overrides, out=tmp_path)
-    _fails(r, *needles, out=tmp_path)
-    assert "Traceback" not in r.stderr
+# Configuration errors of every class (a type, a range, method x arch, a settings node, an
+# unknown key, ...): the table in tests/test_bad_input.py, run in one process.
 
 
 def test_bad_select_fails_before_training(tmp_path):
