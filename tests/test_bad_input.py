@@ -57,6 +57,10 @@ CASES = {
     "settings node key": (["+method.head.dropot=0.2"], "method.head has no ['dropot']"),
     "negative warmup": (["method.scheduler.warmup_steps=-1"], "method.scheduler.warmup_steps=-1"),
     "unknown trainer key": (["trainer.max_stepz=3"], "max_stepz"),
+    "select neither last nor best": (["select=first"], "select='first': choose last or best"),
+    "unknown optimized metric": (["optimized_metric=val/f1"], "optimized_metric='val/f1'"),
+    "resume=last without one": (["resume=last"], "hydra.run.dir=<the killed run"),
+    "resume from nowhere": (["resume={file}.ckpt"], "check the path"),
     "empty train": ("train", "the train split has no rows"),
     "empty dev": ("dev", "the dev split has no rows"),
 }

@@ -126,17 +126,6 @@ def test_killed_sweep_job_resumes_by_rerunning_the_sweep(reference, tmp_path):
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed sweep job differs"
 
 
-def test_resume_without_a_checkpoint_names_the_fix(tmp_path):
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", "resume=last", out=tmp_path)
-    assert r.returncode == 2
-    assert "no checkpoint at" in r.stderr and "hydra.run.dir=<the killed run" in r.stderr
-    assert run_dirs(tmp_path) == []  # nothing half-written left behind
-    r = spt_run(
-        "model=tiny-bert", "debug=fast", "logger=csv", f"resume={tmp_path}/x.ckpt", out=tmp_path
-    )
-    assert r.returncode == 2 and "check the path" in r.stderr
-
-
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tmp_path, data_dir):
     """SGD at lr 1e30 blows the prompt up after one step: the run stops at the NaN loss with one
     clear line naming the step, exit status 2, the checkpoint from before that step intact and

@@ -398,20 +398,6 @@ def test_label_not_covered_by_verbalizer(tmp_path):
 # unknown key, ...): the table in tests/test_bad_input.py, run in one process.
 
 
-def test_bad_select_fails_before_training(tmp_path):
-    r = spt_run("model=tiny-bert", "debug=fast", "logger=csv", "select=first", out=tmp_path)
-    _fails(r, "select='first'", "last or best", out=tmp_path)
-    assert r.returncode == 2 and "fitting" not in r.stderr + r.stdout
-
-
-def test_unknown_optimized_metric_fails_before_training(tmp_path):
-    r = spt_run(
-        "model=tiny-bert", "debug=fast", "logger=csv", "optimized_metric=val/f1", out=tmp_path
-    )
-    _fails(r, "optimized_metric='val/f1'", "val/acc", out=tmp_path)
-    assert r.returncode == 2 and "fitting" not in r.stderr + r.stdout
-
-
 @pytest.mark.parametrize(
     ("data", "method", "metric"), [("e2e", "prefix", "val/bleu"), ("sst2", "mpt", "val/acc")]
 )
