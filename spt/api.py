@@ -407,7 +407,7 @@ def prompt_model(
         backbone = from_model(
             model, tokenizer, arch=arch, pooling=pooling, image_processor=image_processor
         )
-    if backbone.arch == "clip":
+    if backbone.ops.modality == "images":
         if not labels:
             raise SptError("a CLIP prompt needs labels=[class names]")
         fmt = InputFormat(

@@ -19,20 +19,10 @@ from spt.errors import SptError, cli_error
 
 
 def _read_inputs(path: str) -> list:
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).expanduser().read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise SptError(f"cannot read --input {path}: {err}") from None
+    from spt.data.readers import read_jsonl  # spt.data imports torch: not for --help
+
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as err:
-            raise SptError(
-                f"{path} line {n} is not JSON ({err}): write one string or object per line"
-            ) from None
+    for n, row in read_jsonl(path, "write one string or object per line"):
         if isinstance(row, dict) and set(row) == {"input"}:
             row = row["input"]
         if not isinstance(row, (str, dict)):

@@ -45,9 +45,11 @@ def _step(ckpt: Path) -> int:
         return -1
 
 
-def _start_and_kill(args: list[str], out: Path, ckpt_glob: str, min_step: int = 40) -> Path:
-    """Start ``spt.run`` with ``args``, SIGKILL it once a checkpoint of step >= ``min_step``
-    exists; return that checkpoint."""
+def _start_and_signal(
+    args: list[str], out: Path, ckpt_glob: str, min_step: int, sig, delay: float = 0.0
+) -> tuple[int, str]:
+    """Start ``spt.run`` with ``args``, send ``sig`` ``delay`` seconds after a checkpoint of
+    step >= ``min_step`` exists; return its exit status and stderr."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "spt.run", *args],
         cwd=REPO,
@@ -61,14 +63,22 @@ def _start_and_kill(args: list[str], out: Path, ckpt_glob: str, min_step: int = 
         while time.monotonic() < deadline and proc.poll() is None:
             found = sorted(out.glob(ckpt_glob))
             if found and _step(found[0]) >= min_step:
-                proc.send_signal(signal.SIGKILL)
+                time.sleep(delay)
+                proc.send_signal(sig)
                 break
             time.sleep(0.05)
     finally:
         if proc.poll() is None and time.monotonic() >= deadline:
             proc.kill()
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, f"not killed mid-run ({proc.returncode}): {err}"
+        _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def _start_and_kill(args: list[str], out: Path, ckpt_glob: str, min_step: int = 40) -> Path:
+    """Start ``spt.run`` with ``args``, SIGKILL it once a checkpoint of step >= ``min_step``
+    exists; return that checkpoint."""
+    code, err = _start_and_signal(args, out, ckpt_glob, min_step, signal.SIGKILL)
+    assert code == -signal.SIGKILL, f"not killed mid-run ({code}): {err}"
     (ckpt,) = out.glob(ckpt_glob)
     assert 0 < _step(ckpt) < STEPS
     return ckpt
@@ -354,24 +364,11 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_identically(reference,
     artifact), and resume=last continues to the uninterrupted prompt."""
     run_dir = tmp_path / "run"
     args = [*COMMON, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spt.run", *args],
-        cwd=REPO,
-        env=_env(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    # a few steps past the periodic checkpoint at 20, with training under way
+    code, err = _start_and_signal(
+        args, tmp_path, "run/checkpoints/last.ckpt", 20, signal.SIGTERM, delay=0.3
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        found = sorted(run_dir.glob("checkpoints/last.ckpt"))
-        if found and _step(found[0]) >= 20:  # training is under way
-            time.sleep(0.3)  # a few steps past the periodic checkpoint
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.05)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    assert code == 143, err[-2000:]
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     stopped = _step(ckpt)
     assert f"checkpoint at step {stopped}" in err and "resume=last" in err

@@ -169,6 +169,8 @@ class Arch:
         return None
 
     # -- data ------------------------------------------------------------------------------
+    modality = "text"  # what its data modules read: "text", or "images" (CLIP)
+
     def check_data(self, modality: str, data: str) -> None:
         """Refuse a data module whose inputs (``text`` or ``images``) this model cannot read."""
         if modality == "images":

@@ -11,6 +11,8 @@ from spt.errors import SptError
 class ClipText(Arch):
     name = "clip"
 
+    modality = "images"
+
     def check_data(self, modality: str, data: str) -> None:
         if modality != "images":
             raise SptError(

@@ -143,6 +143,24 @@ def map_labels(
     return out
 
 
+def read_jsonl(path: str, hint: str) -> list[tuple[int, Any]]:
+    """``(line number, value)`` of each non-blank line of a JSON-lines file (``-``: stdin),
+    for the command lines that take inputs so; ``hint`` says what a line should hold."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).expanduser().read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SptError(f"cannot read --input {path}: {err}") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line)))
+        except (ValueError, RecursionError) as err:
+            raise SptError(f"{path} line {n} is not JSON ({str(err)[:120]}): {hint}") from None
+    return rows
+
+
 def read_rows(path: Path, fmt: str, columns: Sequence[str] | None, quoting: str) -> Iterator[dict]:
     """The rows of a local csv / tsv / jsonl file as dicts; a malformed line, bytes that are
     not UTF-8 (a binary file) or text that is not valid Unicode (a lone surrogate escaped in

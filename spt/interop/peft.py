@@ -114,6 +114,7 @@ class PeftArch:
     import_refusal: str | None = None  # why no PEFT prompt imports onto it
     import_notes: tuple[str, ...] = ()
     prefix_refusal: str | None = None  # why prefix tuning does not convert (None: it does)
+    seq_cls: bool = False  # a classifier head can travel as a SEQ_CLS adapter (seq_cls_blocker)
 
 
 PEFT_ARCHS = {
@@ -137,6 +138,7 @@ PEFT_ARCHS = {
     "encoder": PeftArch(
         "FEATURE_EXTRACTION",
         ("FEATURE_EXTRACTION", "SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"),
+        seq_cls=True,
         export_notes=(
             "the classification head (head.*) is not exported: a PEFT "
             "FEATURE_EXTRACTION adapter returns the prompted hidden states; put a "
@@ -370,7 +372,7 @@ def _prompt_config(method, arch, row, meta, tensors, base_name):
     if soft_first:  # PEFT's placement: no BOS caveat
         arch_notes = [n for n in arch_notes if n != _BOS_NOTE]
     extra = {}
-    if arch == "encoder":
+    if PEFT_ARCHS[arch].seq_cls:
         why = seq_cls_blocker(meta, tensors)
         if why is None:
             module = SEQ_CLS_HEADS[base["model_type"]]

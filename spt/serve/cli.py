@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from spt.data.readers import read_jsonl
 from spt.errors import SptError, cli_error
 from spt.serve.http import Limits, create_app
 from spt.serve.loadtest import load_test
@@ -29,23 +30,8 @@ def _parse_run(text: str) -> tuple[str | None, str]:
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    f = sys.stdin if path == "-" else None
-    try:
-        lines = f.read() if f else Path(path).expanduser().read_text(encoding="utf-8")
-    except OSError as err:
-        raise SptError(f"cannot read --input {path}: {err}") from None
-    rows = []
-    for n, line in enumerate(lines.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError as err:
-            raise SptError(
-                f"{path} line {n} is not JSON ({err}): write one "
-                '{"task": ..., "text": {...}} object per line'
-            ) from None
-    return rows
+    hint = 'write one {"task": ..., "text": {...}} object per line'
+    return [row for _, row in read_jsonl(path, hint)]
 
 
 def _server(args) -> PromptServer:
