@@ -106,25 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="cpu (default), cuda, cuda:1")
     args = p.parse_args(argv)
     try:
-        for flag in ("out", "predictions"):
-            target = getattr(args, flag)
-            if target and Path(target).expanduser().is_dir():
-                raise SptError(f"--{flag} {target} is a directory: name a file")
+        from spt.core.artifact import atomic_write_text, output_path
+
+        out = output_path(args.out, "--out") if args.out else None
+        keep = output_path(args.predictions, "--predictions") if args.predictions else None
         metrics, predictions = evaluate(
             args.path, args.split, args.data, args.set, args.ckpt, args.device
         )
-        from spt.core.artifact import atomic_write_text
-
-        try:
-            if args.out:
-                atomic_write_text(Path(args.out).expanduser(), json.dumps(metrics, indent=2) + "\n")
-            if args.predictions:
-                atomic_write_text(
-                    Path(args.predictions).expanduser(),
-                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions),
-                )
-        except OSError as err:
-            raise SptError(f"cannot write the results: {err}") from None
+        if out is not None:  # an OSError is an SptError naming the file
+            atomic_write_text(out, json.dumps(metrics, indent=2) + "\n")
+        if keep is not None:
+            atomic_write_text(
+                keep, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in predictions)
+            )
     except Exception as exc:
         return cli_error(exc)
     shown = " | ".join(

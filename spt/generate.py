@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from spt.errors import SptError, cli_error
 
@@ -68,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size < 1:
             raise SptError(f"--batch-size={args.batch_size} must be >= 1")
         inputs = list(args.text) if args.text else _read_inputs(args.input)
-        if args.out and Path(args.out).expanduser().is_dir():
-            raise SptError(f"--out {args.out} is a directory: name a file")
         import spt
-        from spt.core.artifact import atomic_write_text
+        from spt.core.artifact import atomic_write_text, output_path
+
+        out = output_path(args.out, "--out") if args.out else None
 
         task = int(args.task) if args.task and args.task.isdigit() else args.task  # a row index
         model = spt.load(args.path, device=args.device)
@@ -92,11 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps({"task": name, "input": x, "output": y}, ensure_ascii=False) + "\n"
             for x, y in zip(inputs, outputs, strict=True)
         )
-        if args.out:
-            try:
-                atomic_write_text(Path(args.out).expanduser(), lines)
-            except OSError as err:
-                raise SptError(f"cannot write --out {args.out}: {err}") from None
+        if out is not None:
+            atomic_write_text(out, lines)  # an OSError is an SptError naming the file
         else:
             sys.stdout.write(lines)
     except Exception as exc:

@@ -62,7 +62,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
         lg.log_hyperparams(resolved)
     clock = FitClock()
     on_sigterm = CheckpointOnSigterm(out_dir / "checkpoints" / "last.ckpt")  # resume=last's
-    trainer: L.Trainer = instantiate(
+    trainer = build_trainer(
         cfg.trainer,
         logger=loggers or False,
         callbacks=[
@@ -173,6 +173,12 @@ def check_length(trainer, fit: bool) -> None:
             f"trainer.val_check_interval={interval!r}: a step count >= 1, or a fraction of "
             "an epoch in (0, 1]"
         )
+    for key in ("accumulate_grad_batches", "log_every_n_steps"):  # Lightning checks neither
+        value = trainer.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise SptError(f"trainer.{key}={value!r}: an integer >= 1")
     if not fit:
         return
     steps, epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")
@@ -189,6 +195,22 @@ def check_length(trainer, fit: bool) -> None:
             "trainer.max_steps=-1 with no max_epochs trains forever: set trainer.max_steps "
             "(500 by default) or trainer.max_epochs"
         )
+
+
+def build_trainer(trainer_cfg, **kwargs) -> L.Trainer:
+    """The Lightning Trainer, with what its constructor refuses (a precision, accelerator or
+    device count it does not know, a clip value that is not a number) as one user error."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(trainer_cfg, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if not isinstance(cause, (ValueError, TypeError, ImportError, MisconfigurationException)):
+            raise
+        text = " ".join(str(cause).split())
+        raise SptError(f"the trainer.* settings: {text}") from None
 
 
 def check_rows(datamodule, fit: bool) -> None:

@@ -40,6 +40,10 @@ CASES = {
     "no steps": (["trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
     "forever": (["trainer.max_steps=-1"], "trains forever"),
     "seed not a number": (["seed=abc"], "seed='abc'"),
+    "lr not a number": (["method.optimizer.lr=abc"], "method.optimizer.lr='abc'"),
+    "steps not a number": (["trainer.max_steps=abc"], "trainer.max_steps='abc'"),
+    "unknown precision": (["trainer.precision=abc"], "Precision 'abc' is invalid"),
+    "accumulate zero": (["trainer.accumulate_grad_batches=0"], "accumulate_grad_batches=0"),
     "no validation interval": (["trainer.val_check_interval=0"], "trainer.val_check_interval=0"),
     "unknown group option": (["data=nope"], "Could not find 'data/nope'"),
     "unparsed override": (["method=prompt,prefix"], "Ambiguous value"),
@@ -220,3 +224,84 @@ def test_a_lone_surrogate_in_jsonl_is_named(tmp_path):
     path.write_text("[" * 50_000 + "]" * 50_000 + "\n")
     with pytest.raises(SptError, match="not valid JSON"):
         list(read_rows(path, "jsonl", None, "minimal"))
+
+
+def test_outputs_under_a_file_are_refused_before_the_work(tmp_path, capsys):
+    """eval and generate check --out/--predictions before loading anything (else an hour of
+    evaluation ends in a write error)."""
+    import spt
+    from spt import eval as spt_eval
+    from spt import generate
+    from spt.backbones import tiny
+
+    prompt = spt.prompt_model(tiny("llama"), method="prompt", length=2,
+                              template="{soft}{sentence}", labels=["a", "b"], task="t")  # fmt: skip
+    path = str(prompt.save(tmp_path / "p.safetensors"))
+    (tmp_path / "file").write_text("")
+    under = str(tmp_path / "file" / "x.json")
+    assert spt_eval.main([path, "--out", under]) == 2
+    _one_error(capsys, f"cannot write --out {under}: {tmp_path / 'file'} is not a folder")
+    assert spt_eval.main([path, "--predictions", under]) == 2
+    _one_error(capsys, "cannot write --predictions")
+    assert generate.main([path, "--text", "hi", "--out", under]) == 2
+    _one_error(capsys, "cannot write --out")
+    assert not (tmp_path / "file").read_text()
+
+
+def test_a_file_size_limit_on_the_artifact_is_one_error_and_no_temp_file(tmp_path):
+    """EFBIG (RLIMIT_FSIZE, or a filesystem's largest file): safetensors reports it as its own
+    error, which spt names with the path; the half-written temp file is removed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))  # Python ignores SIGXFSZ
+    try:
+        with pytest.raises(SptError, match=r"cannot write .*a.safetensors: .*File too large"):
+            save_artifact(tmp_path / "a.safetensors", {"prompt": torch.ones(64, 64)}, {})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_400_megapixel_image_is_refused_unread(tmp_path):
+    """A PNG whose header claims 20000 x 20000 pixels: PIL's decompression-bomb check refuses
+    it on open, before any pixel is decoded, and spt names the file."""
+    import struct
+    import zlib
+
+    from spt.data.images import open_image
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 2, 0, 0, 0)  # 8-bit RGB
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    (tmp_path / "bomb.png").write_bytes(png)
+    with pytest.raises(
+        SptError, match=r"cannot read image .*bomb.png from rows.csv: .*decompression bomb"
+    ):
+        open_image(str(tmp_path / "bomb.png"), "rows.csv")
+
+
+def test_peft_import_of_a_nested_config_or_a_bad_model_setting_is_one_line(tmp_path, capsys):
+    from spt.interop.peft import main
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "a" / "adapter_model.safetensors").write_bytes(b"")
+    out = str(tmp_path / "p.safetensors")
+    assert main(["import", str(tmp_path / "a"), out, "--model", "tiny-llama"]) == 2
+    _one_error(capsys, "is not a readable JSON adapter config")
+    assert (
+        main(["import", str(tmp_path / "a"), out, "--model", "tiny-llama", "--set", "hidden=abc"])
+        == 2
+    )
+    _one_error(capsys, "--set hidden=abc: the model could not be built")
+    assert not (tmp_path / "p.safetensors").exists()

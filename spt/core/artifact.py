@@ -50,9 +50,10 @@ def _atomic_write(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # safetensors reports EFBIG/ENOSPC as its own
         Path(tmp).unlink(missing_ok=True)
-        raise SptError(f"cannot write {path}: {err.strerror or err}") from None
+        text = getattr(err, "strerror", None) or str(err).removeprefix("Error while serializing: ")
+        raise SptError(f"cannot write {path}: {text}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -64,6 +65,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.write(text)
 
     _atomic_write(Path(path), write)
+
+
+def output_path(target: str, flag: str) -> Path:
+    """``target`` of an output flag (``--out``), checked before the work that fills it: not a
+    folder, and under a folder this process may write to (or one it may create)."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        raise SptError(f"{flag} {target} is a directory: name a file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise SptError(
+            f"cannot write {flag} {target}: {parent} is "
+            + ("not a folder" if not parent.is_dir() else "not writable")
+            + ": name a file in a folder you can write to"
+        )
+    return path
 
 
 def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
