@@ -354,6 +354,29 @@ def test_dynamic_batching_and_load_test(live_server):
     assert result["p50_ms"] <= result["p99_ms"]
 
 
+def test_hostile_requests_mixed_into_the_load_cost_no_good_request(live_server):
+    """Issue 21: 8 clients, a quarter of their requests hostile (every kind: a lone
+    surrogate, bad and 100,000-deep JSON, the wrong shape, an unknown task, a missing field,
+    one row past --max-rows, a field past --max-chars, a declared and a chunked body past
+    --max-body-bytes). Every good request is answered, with the answer its row gets alone;
+    every hostile one gets its own 4xx; the server reports its memory."""
+    from spt.serve.loadtest import HOSTILE_KINDS
+
+    rows = [
+        {"task": "sst2", "text": {"sentence": "a gem of a film"}},
+        {"task": "rte", "text": {"premise": "A cat sat.", "hypothesis": "An animal sat."}},
+        {"task": "trec", "text": {"question": "Where is Rome?"}},
+    ]
+    result = load_test(live_server, rows, concurrency=8, duration_s=None,
+                       requests_per_client=40, hostile=0.25)  # fmt: skip
+    print("hostile load test:", json.dumps(result))
+    assert result["good_requests"] == 240 and result["errors"] == 0, result["failed_by"]
+    assert result["max_score_diff"] <= 1e-5
+    assert set(result["hostile_by_kind"]) == set(HOSTILE_KINDS)
+    assert result["hostile_misanswered"] == {} and result["hostile_cut_off"] == {}
+    assert result["peak_rss_mb"] > 0 and result["rss_mb_after"] > 0
+
+
 def test_batcher_merges_caps_and_isolates_failures():
     """Requests queued together share one predict call up to max_batch rows (the overflow
     opens the next batch), and a failing request does not fail the others merged with it."""
@@ -388,6 +411,25 @@ def test_batcher_merges_caps_and_isolates_failures():
     assert calls[:2] == [4, 2]  # 2 + 1 + 1 rows, then the carried request of 2
     assert mixed[0] == ["G"] and isinstance(mixed[1], ValueError)
     assert stats["batches"] == 3 and stats["rows"] == 7 and stats["max_rows"] == 4
+
+    async def deadline():  # a request past its deadline while queued is never run
+        import time
+
+        batcher = Batcher(lambda rows: time.sleep(0.3) or predict(rows), max_wait_ms=0)
+        await batcher.start()
+        try:
+            slow = asyncio.ensure_future(batcher.submit(["slow"]))
+            await asyncio.sleep(0.05)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(batcher.submit(["late"]), timeout=0.05)
+            await slow
+            await asyncio.sleep(0.05)
+        finally:
+            await batcher.stop()
+
+    calls.clear()
+    asyncio.run(deadline())
+    assert calls == [1], calls  # "slow" alone
     with pytest.raises(SptError, match="max_batch"):
         Batcher(predict, max_batch=0)
 
@@ -454,8 +496,9 @@ def test_a_5mb_text_is_cut_before_tokenising(bert_server):
 
 
 def test_a_bad_request_never_costs_the_connection(live_server):
-    """On one keep-alive connection: a chunked body without a Content-Length (411), a lone
-    surrogate (422), then a good request, which is answered on the same connection."""
+    """On one keep-alive connection: a lone surrogate (422), then a good request, which is
+    answered on the same connection. A chunked body (no Content-Length) is served within
+    --max-body-bytes and refused with a 413, not a reset, past it."""
     import http.client
     from urllib.parse import urlparse
 
@@ -477,5 +520,14 @@ def test_a_bad_request_never_costs_the_connection(live_server):
     conn.endheaders()
     conn.send(f"{len(good):x}\r\n{good}\r\n0\r\n\r\n".encode())
     r = conn.getresponse()
-    assert r.status == 411 and b"Content-Length" in r.read()
+    assert r.status == 200 and b"predictions" in r.read()  # chunked, within the limit
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    for _ in range(3):  # 1.5 MB, past the 1 MB default
+        conn.send(f"{500_000:x}\r\n".encode() + b" " * 500_000 + b"\r\n")
+    conn.send(b"0\r\n\r\n")
+    r = conn.getresponse()
+    assert r.status == 413 and b"--max-body-bytes" in r.read()
     conn.close()

@@ -93,8 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--input", required=True, help="JSON lines of {task, text} to send")
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--duration", type=float, default=10.0, help="seconds")
+    p.add_argument("--duration", type=float, help="seconds (default 10, unless --requests)")
+    p.add_argument("--requests", type=int, help="requests per client, in place of --duration")
     p.add_argument("--rows-per-request", type=int, default=1)
+    p.add_argument(
+        "--hostile",
+        type=float,
+        default=0.0,
+        help="fraction of requests that are hostile (bad JSON, lone surrogates, past each "
+        "limit), cycling through every kind; each must get its 4xx",
+    )
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -109,8 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                         args.url,
                         _read_jsonl(args.input),
                         args.concurrency,
-                        args.duration,
-                        args.rows_per_request,
+                        duration_s=args.duration
+                        if args.duration is not None or args.requests is not None
+                        else 10.0,
+                        rows_per_request=args.rows_per_request,
+                        requests_per_client=args.requests,
+                        hostile=args.hostile,
                     )
                 )
             )

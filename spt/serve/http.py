@@ -121,6 +121,9 @@ class Batcher:
 
     async def _serve(self, batch: list[tuple[list, asyncio.Future]]) -> None:
         loop = asyncio.get_running_loop()
+        batch = [item for item in batch if not item[1].done()]  # past its deadline: not run
+        if not batch:
+            return
         rows = [r for request, _ in batch for r in request]
         try:
             preds = await loop.run_in_executor(self._executor, self.predict, rows)
@@ -169,40 +172,69 @@ class Limits(BaseModel):
 
 
 class _BodyLimit:
-    """ASGI middleware: a POST must say its size (Content-Length; 411 without) and stay
-    within ``max_body_bytes`` (413), checked before any of the body is read."""
+    """ASGI middleware: a POST body stays within ``max_bytes`` (413 past it). A declared
+    Content-Length past it is refused before any of the body is read; a chunked body (no
+    Content-Length) is read up to the limit and passed on, or refused once it passes it."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
 
+    async def _refuse(self, receive, send, detail: str, read: int, more: bool) -> None:
+        """Read and drop what the client still sends, up to 16 x the limit, then answer 413
+        (a lingering close, as nginx does): closing on unread bytes resets the connection,
+        and the client would see the reset instead of the answer. uvicorn ends ``receive``
+        once the answer is sent, so the reading comes first."""
+        while more and read <= 16 * self.max_bytes:
+            message = await receive()
+            more = message["type"] == "http.request" and message.get("more_body", False)
+            read += len(message.get("body", b""))
+        body = json.dumps({"detail": detail}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
-            headers = dict(scope["headers"])
-            length = headers.get(b"content-length")
-            status, detail = None, None
-            if length is None:
-                status, detail = 411, "send the body with a Content-Length header"
-            elif not length.isdigit() or int(length) > self.max_bytes:
-                status = 413
-                detail = f"the body is {length.decode()} bytes; this server takes at most " + (
-                    f"{self.max_bytes} (--max-body-bytes)"
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        limit = f"this server takes at most {self.max_bytes} bytes (--max-body-bytes)"
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await self._refuse(
+                    receive, send, f"the body is {length.decode()} bytes; {limit}", 0, True
                 )
-            if status is not None:
-                body = json.dumps({"detail": detail}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": status,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close"),
-                        ],
-                    }
+            return await self.app(scope, receive, send)
+        messages, size = [], 0  # chunked: read it whole, but never past the limit
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break  # the client went away
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                return await self._refuse(
+                    receive,
+                    send,
+                    f"the chunked body passed {size} bytes; {limit}",
+                    size,
+                    message.get("more_body", False),
                 )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
 
 
 def _check_limits(rows: list[dict], limits: Limits) -> str | None:
@@ -226,6 +258,22 @@ def _check_limits(rows: list[dict], limits: Limits) -> str | None:
     return None
 
 
+def memory() -> dict:
+    """This process's resident memory now and at its peak, in MB (Linux's /proc and
+    getrusage; None where the platform has neither)."""
+    import os
+    import resource
+    import sys
+
+    rss = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
+    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return {"rss_mb": None if rss is None else round(rss, 1), "peak_rss_mb": round(peak_mb, 1)}
+
+
 def create_app(
     server: PromptServer,
     max_batch: int = 32,
@@ -235,7 +283,7 @@ def create_app(
     """The FastAPI app: ``GET /health`` (``?detail=1`` adds each task's template and run
     directory), ``GET /stats``, ``POST /predict`` (``{"rows": [...]}`` -> ``{"predictions":
     [...]}``). A body that is not valid JSON or not of that shape gets 422, an unknown task or
-    a missing text field 400, a request past a :class:`Limits` limit 411/413/422/504, each
+    a missing text field 400, a request past a :class:`Limits` limit 413/422/504, each
     with a message. No input gets a 500 that poisons the connection: unexpected failures are
     answered in the endpoint, not by Starlette's error middleware (which closes it)."""
     from fastapi import FastAPI, HTTPException, Request
@@ -280,8 +328,8 @@ def create_app(
         return {"status": "ok", **described, "batching": batcher.stats()}
 
     @app.get("/stats")
-    async def stats() -> dict:
-        return batcher.stats()
+    async def stats() -> dict:  # what a load test reads: batching, memory, the limits
+        return {**batcher.stats(), "memory": memory(), "limits": limits.model_dump()}
 
     @app.post("/predict")
     async def predict(body: PredictBody):
