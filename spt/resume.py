@@ -11,12 +11,30 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import OmegaConf
 
+from spt.core.artifact import atomic_write
 from spt.core.trees import flatten
 from spt.errors import SptError
 
 log = logging.getLogger("spt.run")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with local checkpoints written to a temp file beside
+    the target and renamed over it. Lightning's own goes through fsspec's transaction, whose
+    temp file is made in $TMPDIR (fsspec/implementations/local.py, LocalFileOpener._open) and
+    then moved: a kill mid-write leaves a checkpoint-sized file in /tmp that nothing removes,
+    and a move across filesystems is a copy, so a kill mid-move leaves a half-written
+    ``last.ckpt``. Here a reader sees the old checkpoint or the new one, and a killed
+    writer's temp file is removed by the next save. Remote URLs (``s3://``) keep Lightning's
+    path."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
 
 
 class FitClock(L.Callback):

@@ -26,6 +26,7 @@ from spt.console import quiet_third_parties
 from spt.core.artifact import atomic_write_text
 from spt.errors import SptError
 from spt.resume import (
+    AtomicCheckpointIO,
     CheckpointOnSigterm,
     ConfigStamp,
     FitClock,
@@ -64,6 +65,7 @@ def train(cfg: DictConfig, out_dir: Path) -> dict:
     on_sigterm = CheckpointOnSigterm(out_dir / "checkpoints" / "last.ckpt")  # resume=last's
     trainer = build_trainer(
         cfg.trainer,
+        plugins=[AtomicCheckpointIO()],
         logger=loggers or False,
         callbacks=[
             *instantiate_callbacks(cfg, fit, metric, loggers),

@@ -166,27 +166,51 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tmp_pat
     assert not (run_dir / "prompt.safetensors").exists()  # no artifact from a diverged prompt
 
 
-def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one(tmp_path, monkeypatch):
-    """Lightning writes checkpoints inside an fsspec transaction (a temporary file moved into
-    place on success): a write that fails half way leaves the previous last.ckpt loadable."""
-    import fsspec.implementations.local as local
-    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+def test_checkpoints_are_written_beside_their_target_and_a_dead_write_leaves_the_last(
+    tmp_path, monkeypatch
+):
+    """spt's checkpoint writer (the Trainer's plugin) writes a temp file beside the
+    checkpoint, not in $TMPDIR as Lightning's fsspec transaction does (where a killed writer
+    leaves a checkpoint-sized file nothing removes): a write that dies half way leaves the
+    previous last.ckpt loadable and no temp file, and a killed writer's temp file is removed
+    by the next save."""
+    from omegaconf import OmegaConf
 
-    path = tmp_path / "last.ckpt"
-    io = TorchCheckpointIO()
+    from spt.resume import AtomicCheckpointIO
+    from spt.train import build_trainer
+
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read $TMPDIR
+    run = tmp_path / "run"
+    path = run / "last.ckpt"
+    io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
-    real_write = local.LocalFileOpener.write
+    real_save, seen = torch.save, []
 
-    def dies_midway(self, data):
-        real_write(self, data[: len(data) // 2])
-        raise OSError("disk gone")
+    def dies_midway(obj, f, *args, **kwargs):
+        seen.append(Path(f))
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(local.LocalFileOpener, "write", dies_midway)
-    with pytest.raises(OSError, match="disk gone"):
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(Exception, match="No space left on device"):
         io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
-    monkeypatch.undo()
-    assert _step(path) == 1
-    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert seen[0].parent == run and seen[0].name.startswith(".last.ckpt.")
+    assert _step(path) == 1 and torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
+    assert sorted(p.name for p in run.iterdir()) == ["last.ckpt"] and not list(tmpdir.iterdir())
+    killed = run / ".last.ckpt.x1y2.tmp"  # what a SIGKILL mid-write leaves
+    killed.write_bytes(b"partial")
+    os.utime(killed, (time.time() - 120, time.time() - 120))
+    io.save_checkpoint({"global_step": 3, "w": torch.ones(3)}, path)
+    assert sorted(p.name for p in run.iterdir()) == ["last.ckpt"] and _step(path) == 3
+    trainer = build_trainer(
+        OmegaConf.create({"_target_": "lightning.pytorch.Trainer", "logger": False}),
+        plugins=[AtomicCheckpointIO()],
+    )
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
 def test_resume_refuses_a_checkpoint_that_would_run_pickled_code(tmp_path, data_dir):

@@ -29,7 +29,7 @@ MAX_METADATA_BYTES = 16 * 2**20  # a prompt.json past this is refused unread (re
 log = logging.getLogger(__name__)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """``write(tmp)`` to a temp file beside ``path``, then rename it over ``path``. Temp files
     of this name that a killed writer left (older than a minute) are removed first; a full
     disk, a file-size limit (EFBIG) or a read-only folder is an SptError naming the path."""
@@ -64,7 +64,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with open(tmp, "w") as f:
             f.write(text)
 
-    _atomic_write(Path(path), write)
+    atomic_write(Path(path), write)
 
 
 def output_path(target: str, flag: str) -> Path:
@@ -99,7 +99,7 @@ def save_artifact(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict
     text = json.dumps(meta, indent=2, sort_keys=True, default=str)
     # clone: two names may view one tensor (e.g. a materialised table that is the parameter)
     clean = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={"spt": text}))
+    atomic_write(path, lambda tmp: save_file(clean, tmp, metadata={"spt": text}))
     atomic_write_text(path.with_suffix(".json"), text + "\n")
     return path
 
