@@ -305,3 +305,17 @@ def test_peft_import_of_a_nested_config_or_a_bad_model_setting_is_one_line(tmp_p
     )
     _one_error(capsys, "--set hidden=abc: the model could not be built")
     assert not (tmp_path / "p.safetensors").exists()
+
+
+@pytest.mark.parametrize("config", [bytes(range(256)), b"a: [unclosed\n"])
+def test_analysis_of_a_run_with_a_damaged_config_is_one_line(tmp_path, capsys, config):
+    import spt
+    from spt.backbones import tiny
+    from spt.tools import analysis
+
+    run = _run_dir(tmp_path, config=config)
+    prompt = spt.prompt_model(tiny("llama"), method="prompt", length=2,
+                              template="{soft}{sentence}", labels=["negative", "positive"], task="sst2")  # fmt: skip
+    prompt.save(run / "prompt.safetensors")
+    assert analysis.main([str(run)]) == 2
+    _one_error(capsys, "config.yaml is not a readable config")
