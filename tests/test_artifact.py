@@ -103,12 +103,14 @@ def test_suffix_is_added_and_json_path_accepted(tmp_path):
     assert torch.equal(loaded["prompt"], _tensors()["prompt"])
 
 
+@pytest.mark.reliability
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(SptError, match="nope.safetensors"):
         load_artifact(tmp_path / "nope.safetensors")
 
 
 # -- base-model identity -------------------------------------------------------------------
+@pytest.mark.reliability
 def test_check_base_names_both_identities(tmp_path):
     check_base({"base": IDENTITY_A}, dict(IDENTITY_A), tmp_path / "p.safetensors")  # same: ok
     with pytest.raises(SptError) as err:
@@ -118,12 +120,14 @@ def test_check_base_names_both_identities(tmp_path):
         assert part in msg
 
 
+@pytest.mark.reliability
 def test_check_base_without_base_metadata_refuses(tmp_path):
     with pytest.raises(SptError, match="base-b"):
         check_base({}, IDENTITY_B, tmp_path / "p.safetensors")
 
 
 # -- corrupt files -------------------------------------------------------------------------
+@pytest.mark.reliability
 def test_truncated_file(saved):
     path, _ = saved
     data = path.read_bytes()
@@ -133,6 +137,7 @@ def test_truncated_file(saved):
             load_artifact(path)
 
 
+@pytest.mark.reliability
 def test_random_bytes_file(saved):
     path, _ = saved
     path.write_bytes(os.urandom(300))
@@ -140,6 +145,7 @@ def test_random_bytes_file(saved):
         load_artifact(path)
 
 
+@pytest.mark.reliability
 def test_empty_file(saved):
     path, _ = saved
     path.write_bytes(b"")
@@ -148,6 +154,7 @@ def test_empty_file(saved):
 
 
 @pytest.mark.parametrize("text", ["[1, 2, 3]", '"a string"', "42", "null", "{not json", ""])
+@pytest.mark.reliability
 def test_json_sibling_not_an_object(saved, text):
     path, _ = saved
     path.with_suffix(".json").write_text(text)
@@ -155,6 +162,7 @@ def test_json_sibling_not_an_object(saved, text):
         load_artifact(path)
 
 
+@pytest.mark.reliability
 def test_no_metadata_anywhere(tmp_path):
     from safetensors.torch import save_file
 
@@ -164,6 +172,7 @@ def test_no_metadata_anywhere(tmp_path):
         load_artifact(path)
 
 
+@pytest.mark.reliability
 def test_shape_metadata_mismatch(saved):
     path, _ = saved
     edit_meta(path, lambda meta: meta["tensors"].update(prompt=[2, 4, 8]))
@@ -172,6 +181,7 @@ def test_shape_metadata_mismatch(saved):
     assert "prompt" in str(err.value) and "[2, 3, 8]" in str(err.value)
 
 
+@pytest.mark.reliability
 def test_shape_metadata_mismatch_in_header(tmp_path):
     # The header copy is checked too when the .json sibling is gone.
     from safetensors.torch import save_file
@@ -183,6 +193,7 @@ def test_shape_metadata_mismatch_in_header(tmp_path):
         load_artifact(path)
 
 
+@pytest.mark.reliability
 def test_json_sibling_not_utf8(saved):
     path, _ = saved
     path.with_suffix(".json").write_bytes(b"\xff\xfe{\x00")
@@ -191,6 +202,7 @@ def test_json_sibling_not_utf8(saved):
 
 
 @pytest.mark.parametrize("tensors", [None, "prompt", ["prompt"], {"prompt": 5}])
+@pytest.mark.reliability
 def test_metadata_tensors_field_of_wrong_type(saved, tensors):
     path, _ = saved
     edit_meta(path, lambda meta: meta.update(tensors=tensors))
@@ -198,6 +210,7 @@ def test_metadata_tensors_field_of_wrong_type(saved, tensors):
         load_artifact(path)
 
 
+@pytest.mark.reliability
 def test_a_stale_json_copy_never_mixes_with_new_tensors(saved, caplog):
     """A crash between the two writes leaves an older prompt.json beside the new file: the
     header (written with the tensors, in one rename) wins and the copy is named as ignored;
@@ -249,6 +262,7 @@ _mutation = st.one_of(
     max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(mutation=_mutation, keep_json=st.booleans())
+@pytest.mark.reliability
 def test_fuzzed_file_gives_sptError_or_success(tmp_path_factory, mutation, keep_json):
     good, side_text = _good_bytes(tmp_path_factory)
     kind, arg = mutation
@@ -274,6 +288,7 @@ def test_fuzzed_file_gives_sptError_or_success(tmp_path_factory, mutation, keep_
 
 
 # -- atomic writes -------------------------------------------------------------------------
+@pytest.mark.reliability
 def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     path = save_artifact(tmp_path / "a.safetensors", _tensors(0), _meta())
     before_st = path.read_bytes()
@@ -296,6 +311,7 @@ def test_failed_save_leaves_previous_file_intact(tmp_path, monkeypatch):
     assert torch.equal(loaded["prompt"], _tensors(0)["prompt"]) and meta["init"] == "uniform"
 
 
+@pytest.mark.reliability
 def test_a_killed_writers_temp_file_is_cleaned_up(tmp_path):
     """SIGKILL mid-write leaves .a.safetensors.<random>.tmp: the next save of that artifact
     removes it (once older than a minute: a live writer's is left alone)."""

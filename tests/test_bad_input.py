@@ -15,6 +15,8 @@ from spt.core.artifact import load_artifact, save_artifact
 from spt.errors import SptError
 from tests.test_run import run_dirs, spt_run
 
+pytestmark = pytest.mark.reliability
+
 FAST = ("model=tiny-bert", "debug=fast", "logger=csv")
 
 

@@ -428,6 +428,7 @@ def test_import_peft_prefix_llama(tmp_path, projection):
 
 
 # -- refusals --------------------------------------------------------------------------------
+@pytest.mark.reliability
 def test_refuses_lora(tmp_path):
     pm = get_peft_model(
         tiny("llama").model, LoraConfig(task_type="CAUSAL_LM", target_modules=["q_proj"])
@@ -437,6 +438,7 @@ def test_refuses_lora(tmp_path):
         import_peft(tmp_path / "lora", tiny("llama"), tmp_path / "p")
 
 
+@pytest.mark.reliability
 def test_refuses_token_dim_mismatch(tmp_path):
     peft_adapter(
         tiny("llama", hidden=64),
@@ -447,6 +449,7 @@ def test_refuses_token_dim_mismatch(tmp_path):
         import_peft(tmp_path / "a", tiny("llama"), tmp_path / "p")
 
 
+@pytest.mark.reliability
 def test_refuses_prefix_layout_mismatch(tmp_path):
     peft_adapter(
         tiny("llama", layers=3),
@@ -457,6 +460,7 @@ def test_refuses_prefix_layout_mismatch(tmp_path):
         import_peft(tmp_path / "a", tiny("llama"), tmp_path / "p")
 
 
+@pytest.mark.reliability
 def test_refuses_missing_and_pickled_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SptError, match="no adapter_config.json in .*empty"):
@@ -476,6 +480,7 @@ def test_refuses_missing_and_pickled_files(tmp_path):
         import_peft(tmp_path / "a", tiny("llama"), tmp_path / "p")
 
 
+@pytest.mark.reliability
 def test_refuses_wrong_family_and_base(tmp_path):
     bb = tiny("llama")
     peft_adapter(
@@ -493,6 +498,7 @@ def test_refuses_wrong_family_and_base(tmp_path):
         import_peft(out.path, tiny("llama", seed=1), tmp_path / "p")
 
 
+@pytest.mark.reliability
 def test_export_refusals(tmp_path):
     t5 = prefix_method(tiny("t5"), task=TASK)
     with pytest.raises(SptError, match="tiny-t5, encoder-decoder.*self- and cross-attention"):

@@ -104,6 +104,7 @@ def reference(tmp_path_factory, data_dir):
     return run
 
 
+@pytest.mark.reliability
 def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     run_dir = tmp_path / "run"
     ckpt = _start_and_kill(
@@ -126,6 +127,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(reference, tmp_path):
     assert metrics["val/acc"] == json.loads((reference / "metrics.json").read_text())["val/acc"]
 
 
+@pytest.mark.reliability
 def test_killed_sweep_job_resumes_by_rerunning_the_sweep(reference, tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *COMMON, f"hydra.sweep.dir={sweep}"]
@@ -136,6 +138,7 @@ def test_killed_sweep_job_resumes_by_rerunning_the_sweep(reference, tmp_path):
     assert all(torch.equal(want[k], got[k]) for k in want), "resumed sweep job differs"
 
 
+@pytest.mark.reliability
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tmp_path, data_dir):
     """SGD at lr 1e30 blows the prompt up after one step: the run stops at the NaN loss with one
     clear line naming the step, exit status 2, the checkpoint from before that step intact and
@@ -166,6 +169,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tmp_pat
     assert not (run_dir / "prompt.safetensors").exists()  # no artifact from a diverged prompt
 
 
+@pytest.mark.reliability
 def test_checkpoints_are_written_beside_their_target_and_a_dead_write_leaves_the_last(
     tmp_path, monkeypatch
 ):
@@ -213,6 +217,7 @@ def test_checkpoints_are_written_beside_their_target_and_a_dead_write_leaves_the
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
 
+@pytest.mark.reliability
 def test_resume_refuses_a_checkpoint_that_would_run_pickled_code(tmp_path, data_dir):
     """resume= loads with weights_only=True: a checkpoint carrying an arbitrary Python object
     is refused, and its code never runs."""
@@ -235,6 +240,7 @@ class _Payload:
         return (open, (self.path, "w"))
 
 
+@pytest.mark.reliability
 def test_resume_auto_keeps_finished_jobs_resumes_killed_ones_and_refuses_a_changed_config(
     reference, tmp_path
 ):
@@ -382,6 +388,7 @@ def test_names_and_loggers_are_not_a_changed_config():
     assert config_differences({**new, "seed": 2}, old) == "seed"
 
 
+@pytest.mark.reliability
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes_identically(reference, tmp_path):
     """A preempted run (SLURM sends SIGTERM): the current step is checkpointed, the exit
     status is 143 (a scheduler or a sweep reads a failure, not a success, and writes no

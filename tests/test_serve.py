@@ -170,6 +170,7 @@ def test_task_names_default_to_the_data(bert_runs):
     assert server.describe()["backbone"] == "tiny-bert"
 
 
+@pytest.mark.reliability
 def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
     with pytest.raises(SptError, match=r"tiny-llama.*tiny-bert|tiny-bert.*tiny-llama"):
         PromptServer.from_runs([bert_runs["sst2"], llama_runs["rte"]])
@@ -204,6 +205,7 @@ def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
             PromptServer.from_runs({"x": run})
 
 
+@pytest.mark.reliability
 def test_a_run_directory_runs_no_code_it_names(bert_runs, tmp_path):
     """Issue 21: a downloaded run directory is as safe as a downloaded artifact. A config.yaml
     whose model is ``{_target_: builtins.exec, ...}`` (or torch.load of a pickle) is never
@@ -228,6 +230,7 @@ def test_a_run_directory_runs_no_code_it_names(bert_runs, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.reliability
 def test_refuses_another_fingerprint_of_the_same_name(bert_runs, tmp_path, data_dir):
     other = _fake_run(tmp_path, "seed1", "model=tiny-bert", "model.seed=1", "data=rte")
     with pytest.raises(
@@ -354,6 +357,7 @@ def test_dynamic_batching_and_load_test(live_server):
     assert result["p50_ms"] <= result["p99_ms"]
 
 
+@pytest.mark.reliability
 def test_hostile_requests_mixed_into_the_load_cost_no_good_request(live_server):
     """Issue 21: 8 clients, a quarter of their requests hostile (every kind: a lone
     surrogate, bad and 100,000-deep JSON, the wrong shape, an unknown task, a missing field,
@@ -377,6 +381,7 @@ def test_hostile_requests_mixed_into_the_load_cost_no_good_request(live_server):
     assert result["peak_rss_mb"] > 0 and result["rss_mb_after"] > 0
 
 
+@pytest.mark.reliability
 def test_batcher_merges_caps_and_isolates_failures():
     """Requests queued together share one predict call up to max_batch rows (the overflow
     opens the next batch), and a failing request does not fail the others merged with it."""
@@ -461,6 +466,7 @@ def limited_client(bert_server):
 
 
 @pytest.mark.parametrize("kind", sorted(NEEDLES))
+@pytest.mark.reliability
 def test_each_hostile_request_gets_its_4xx_and_the_next_good_one_its_answer(limited_client, kind):
     """The server's bad-input table (issue 21): each kind the load test mixes in, sized from
     the server's limits, gets the status spt.serve.loadtest.EXPECTED names and a message
@@ -479,6 +485,7 @@ def test_each_hostile_request_gets_its_4xx_and_the_next_good_one_its_answer(limi
     assert limited_client.post("/predict", json={"rows": [good]}).status_code == 200
 
 
+@pytest.mark.reliability
 def test_health_hides_paths_and_a_slow_request_is_504(bert_server, limited_client):
     """/health names tasks without run paths unless ?detail=1; a request past --timeout-s
     is 504."""
@@ -505,6 +512,7 @@ def test_health_hides_paths_and_a_slow_request_is_504(bert_server, limited_clien
         assert r.status_code == 504 and "--timeout-s" in r.text
 
 
+@pytest.mark.reliability
 def test_a_5mb_text_is_cut_before_tokenising(bert_server):
     """The library server cuts each field to 64 x max_length characters before the tokenizer
     sees it: the same prediction as the text's head, in milliseconds."""
@@ -518,6 +526,7 @@ def test_a_5mb_text_is_cut_before_tokenising(bert_server):
     assert got == bert_server.predict([{"task": "sst2", "text": {"sentence": head}}])
 
 
+@pytest.mark.reliability
 def test_a_bad_request_never_costs_the_connection(live_server):
     """On one keep-alive connection: a lone surrogate (422), then a good request, which is
     answered on the same connection. A chunked body (no Content-Length) is served within
