@@ -563,3 +563,11 @@ def test_a_bad_request_never_costs_the_connection(live_server):
     r = conn.getresponse()
     assert r.status == 413 and b"--max-body-bytes" in r.read()
     conn.close()
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=3)
+    conn.putrequest("POST", "/predict")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(10**9))  # declared, never sent: answered at once
+    conn.endheaders()
+    r = conn.getresponse()
+    assert r.status == 413 and b"1000000000 bytes" in r.read()
+    conn.close()

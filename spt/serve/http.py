@@ -176,18 +176,24 @@ class _BodyLimit:
     Content-Length past it is refused before any of the body is read; a chunked body (no
     Content-Length) is read up to the limit and passed on, or refused once it passes it."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, drain_s: float = 5.0):
+        self.app, self.max_bytes, self.drain_s = app, max_bytes, drain_s
 
     async def _refuse(self, receive, send, detail: str, read: int, more: bool) -> None:
-        """Read and drop what the client still sends, up to 16 x the limit, then answer 413
-        (a lingering close, as nginx does): closing on unread bytes resets the connection,
-        and the client would see the reset instead of the answer. uvicorn ends ``receive``
-        once the answer is sent, so the reading comes first."""
-        while more and read <= 16 * self.max_bytes:
-            message = await receive()
-            more = message["type"] == "http.request" and message.get("more_body", False)
-            read += len(message.get("body", b""))
+        """Read and drop what the client still sends (up to 16 x the limit, for at most
+        ``drain_s``), then answer 413: a lingering close, as nginx does. Closing on unread
+        bytes resets the connection, and the client would see the reset instead of the
+        answer; uvicorn ends ``receive`` once the answer is sent, so the reading comes first.
+        A client that declares more, or stalls, gets the answer at once or at the deadline."""
+
+        async def drain(read: int, more: bool) -> None:
+            while more and read <= 16 * self.max_bytes:
+                message = await receive()
+                more = message["type"] == "http.request" and message.get("more_body", False)
+                read += len(message.get("body", b""))
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drain(read, more), timeout=self.drain_s)
         body = json.dumps({"detail": detail}).encode()
         await send(
             {
@@ -209,8 +215,9 @@ class _BodyLimit:
         limit = f"this server takes at most {self.max_bytes} bytes (--max-body-bytes)"
         if length is not None:
             if not length.isdigit() or int(length) > self.max_bytes:
+                more = length.isdigit() and int(length) <= 16 * self.max_bytes  # worth reading
                 return await self._refuse(
-                    receive, send, f"the body is {length.decode()} bytes; {limit}", 0, True
+                    receive, send, f"the body is {length.decode()} bytes; {limit}", 0, more
                 )
             return await self.app(scope, receive, send)
         messages, size = [], 0  # chunked: read it whole, but never past the limit
@@ -308,7 +315,9 @@ def create_app(
     app.state.batcher = batcher
     app.state.server = server
     app.state.limits = limits
-    app.add_middleware(_BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(
+        _BodyLimit, max_bytes=limits.max_body_bytes, drain_s=min(5.0, limits.timeout_s)
+    )
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception):  # no traceback to clients
