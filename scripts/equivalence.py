@@ -1,7 +1,7 @@
 """Record, or check, what short seeded training runs of every method produce (issue 19, point 6).
 
-    python scripts/equivalence.py record   # writes tests/golden/<case>.safetensors
-    python scripts/equivalence.py check    # reruns every case, compares with those files
+    python scripts/equivalence.py record [CASE ...]  # writes tests/golden/<case>.safetensors
+    python scripts/equivalence.py check [CASE ...]   # reruns cases, compares with those files
 
 A case is a method on a tiny architecture and a small dataset (SST-2 rows, CIFAR-10 images,
 E2E for text-to-text, a task mixture, the Nemesis regularizer): two optimizer steps through a
@@ -84,7 +84,8 @@ def cases() -> dict[str, list[str]]:
         for arch in ("decoder", "encoder-decoder"):  # text-to-text
             if info.generation and arch in info.archs:
                 model = TINY[arch]
-                init = ["method.init=sampled_vocab"] if method == "prompt" else []
+                label_init = _yaml_default(method, "init") == "class_labels"  # needs labels
+                init = ["method.init=sampled_vocab"] if label_init else []
                 out[f"{method}-{model}-e2e"] = [
                     f"method={method}",
                     f"model={model}",
@@ -107,6 +108,15 @@ def cases() -> dict[str, list[str]]:
         "regularizer=nemesis",
     ]
     return out
+
+
+def _yaml_default(method: str, key: str):
+    """``key``'s value in ``spt/conf/method/<method>.yaml`` (None where it has none)."""
+    from omegaconf import OmegaConf
+
+    from spt import CONF_DIR
+
+    return OmegaConf.load(Path(CONF_DIR) / "method" / f"{method}.yaml").get(key)
 
 
 def compose(overrides: list[str], data_dir: Path):
@@ -221,11 +231,18 @@ def differences(name: str, tensors: dict, record: dict) -> list[str]:
 def main(argv: list[str]) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     data_dir = Path(os.environ.get("SPT_DATA_DIR") or REPO.parent / "shared" / "data")
-    if len(argv) != 1 or argv[0] not in ("record", "check"):
-        print("usage: python scripts/equivalence.py record|check", file=sys.stderr)
+    if not argv or argv[0] not in ("record", "check"):
+        print("usage: python scripts/equivalence.py record|check [CASE ...]", file=sys.stderr)
         return 2
+    chosen = cases()
+    unknown = sorted(set(argv[1:]) - set(chosen))
+    if unknown:
+        print(f"unknown cases {unknown}: choose from {sorted(chosen)}", file=sys.stderr)
+        return 2
+    if argv[1:]:
+        chosen = {name: chosen[name] for name in argv[1:]}
     failed = 0
-    for name, overrides in cases().items():
+    for name, overrides in chosen.items():
         tensors, record, *_ = run_case(overrides, data_dir)
         if argv[0] == "record":
             print(f"{name}: {save(name, tensors, record).relative_to(REPO)}")

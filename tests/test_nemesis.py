@@ -312,14 +312,14 @@ def test_methods_without_prompt_vectors_are_refused_by_name(method, data_dir):
     )
     with pytest.raises(
         SptError,
-        match=rf"method={method} has none.*method=coop \| mpt \| "
+        match=rf"method={method} has none.*method=coop \| dept \| mpt \| "
         r"prompt \| ptuning.*regularizer=none",
     ):
         build(cfg)
 
 
 def test_the_methods_with_prompt_vectors_are_found_by_capability():
-    assert methods_providing(Nemesis.requires) == ["coop", "mpt", "prompt", "ptuning"]
+    assert methods_providing(Nemesis.requires) == ["coop", "dept", "mpt", "prompt", "ptuning"]
 
 
 @pytest.mark.parametrize(

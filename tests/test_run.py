@@ -503,7 +503,8 @@ def test_text_to_text_is_refused_by_name_where_unsupported(method, model, data_d
 @pytest.mark.parametrize("method,model", list(itertools.product(METHODS, TINY)))
 def test_optimizer_groups_follow_the_config(method, model, data_dir):
     """Contract, per method YAML x tiny architecture: every trainable tensor is in exactly one
-    optimizer group, the head's at ``method.head.lr`` (when set) and all others at
+    optimizer group, the head's at ``method.head.lr`` (when set), a group that names its own
+    ``setting`` (DePT's update: ``method.low_rank_lr``) at that setting, and all others at
     ``method.optimizer.lr``. (Prefix methods once lost the head's lr to the mixin order.)"""
     arch = TINY_ARCHS[_compose(f"model={model}").model.family]
     overrides = [f"method={method}", f"model={model}", *_small_data(arch, data_dir)]
@@ -525,6 +526,8 @@ def test_optimizer_groups_follow_the_config(method, model, data_dir):
         for p in group["params"]:
             is_head = names[id(p)].startswith("objective.head.")
             want = head_lr if is_head and head_lr is not None else cfg.method.optimizer.lr
+            if "setting" in group:  # a learning rate of its own, named by the group
+                want = cfg.method[group["setting"]]
             assert group["lr"] == pytest.approx(want), f"{names[id(p)]}: lr {group['lr']}"
 
 

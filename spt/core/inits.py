@@ -6,7 +6,8 @@ Each returns a ``[length, dim]`` fp32 tensor:
 - :func:`class_labels`: embeddings of the class label words (multi-token words averaged),
   remaining slots drawn as in ``sampled_vocab``;
 - :func:`from_text`: embeddings of a given text's tokens (cycled to fill the length).
-Loading from a saved artifact lives in the methods (it needs the base-model check).
+:func:`fill_table` applies one of them (or a saved artifact's prompt) to a method's prompt
+table, the way Prompt Tuning and DePT start; :func:`check_settings` checks their settings.
 """
 
 from __future__ import annotations
@@ -153,3 +154,83 @@ def initial_prompt(
         f"init={init!r} cannot build a prompt here: choose one of "
         f"{', '.join(INITS)} (class_labels needs label words)"
     )
+
+
+def fill_table(
+    weight: torch.Tensor,
+    base,
+    objective,
+    init: str,
+    generator: torch.Generator,
+    *,
+    init_text: str | None = None,
+    top_k: int = 5000,
+    texts: list[str] | None = None,
+) -> None:
+    """Initialise a prompt table ``weight [n_tasks, length, d]`` in place by ``init`` (not
+    ``file``): ``class_labels`` gives each task's row its own label words
+    (``objective.tasks``), the others one row for all."""
+    if init == "class_labels" and objective.generative:
+        raise SptError(
+            f"method.init=class_labels needs label words; data={objective.task.name} "
+            "is a generation task: set method.init=sampled_vocab (or text, "
+            "uniform, file)"
+        )
+    words = None
+    if init == "class_labels":  # each task's row from its own label words
+        tok = base.tokenizer
+        words = []
+        for info in objective.tasks:
+            ids = base.ops.label_tokens(tok, list(info.label_words), info.label_after_space).lists()
+            words.append([[i for i in w if i != tok.eos_token_id] or w for w in ids])
+    vec = initial_prompt(
+        init,
+        base,
+        weight.shape[1],
+        generator,
+        init_text=init_text,
+        top_k=top_k,
+        texts=texts,
+        label_words=words,
+    )
+    with torch.no_grad():
+        weight.copy_(vec.expand_as(weight))
+
+
+def load_table(weight: torch.Tensor, tensors: dict, path) -> None:
+    """Copy an artifact's ``prompt [n_tasks, length, d]`` into ``weight``, naming the
+    settings to change when the shapes differ."""
+    if "prompt" not in tensors:
+        raise SptError(f"{path} holds no 'prompt' tensor (it has {sorted(tensors)})")
+    want, got = tuple(weight.shape), tuple(tensors["prompt"].shape)
+    if got != want:
+        raise SptError(
+            f"{path} holds a prompt of shape {list(got)} [n_tasks, length, dim], "
+            f"this run expects {list(want)}: set method.length={got[1]} and "
+            f"method.n_tasks={got[0]}"
+        )
+    with torch.no_grad():
+        weight.copy_(tensors["prompt"])
+
+
+def check_settings(*, length, init, loss, n_tasks, init_text, init_file, vocab_top_k) -> None:
+    """A prompt table's settings (Prompt Tuning's, DePT's), each refused by its key."""
+    from spt.core.steps import LOSSES
+
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        raise SptError(
+            f"method.length={length!r}: the prompt needs at least one vector "
+            "(an integer >= 1; Lester et al. use 1-150, 20 by default)"
+        )
+    if not isinstance(n_tasks, int) or n_tasks < 1:
+        raise SptError(f"method.n_tasks={n_tasks!r} must be an integer >= 1")
+    if init not in INITS:
+        raise SptError(f"method.init={init!r}: choose one of {', '.join(INITS)}")
+    if loss not in LOSSES:
+        raise SptError(f"method.loss={loss!r}: choose one of {', '.join(LOSSES)}")
+    if init == "text" and not init_text:
+        raise SptError("method.init=text needs method.init_text='...'")
+    if init == "file" and not init_file:
+        raise SptError("method.init=file needs method.init_file=/path/to/prompt.safetensors")
+    if not isinstance(vocab_top_k, int) or vocab_top_k < 1:
+        raise SptError(f"method.vocab_top_k={vocab_top_k!r} must be an integer >= 1")

@@ -21,6 +21,7 @@ from spt.errors import SptError
 # What a method trains, as the serving and export code see it.
 PROMPT_KINDS = {
     "input": "vectors at the input's soft slots, a [n_tasks, length, d] 'prompt' table",
+    "input_update": "a 'prompt' table plus a low-rank update of the input tokens' embeddings",
     "kv": "key/value prefixes in every attention layer, a 'prefix' table",
     "context": "in-context training examples whose embeddings trained deltas refine",
     "clip": "context vectors around class names in CLIP's text tower",

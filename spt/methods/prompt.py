@@ -20,9 +20,7 @@ from spt.core import inits
 from spt.core.artifact import check_base, load_artifact
 from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
-from spt.core.steps import LOSSES
 from spt.data.task import TaskInfo  # noqa: I001
-from spt.errors import SptError
 from spt.modules import PromptTable
 
 log = logging.getLogger(__name__)
@@ -77,7 +75,7 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
         supports: list[str] | None = None,
     ):
         super().__init__()
-        _validate(
+        inits.check_settings(
             length=length,
             init=init,
             loss=loss,
@@ -112,50 +110,22 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
         if init == "file":
             self.load_prompt_file(init_file)
             return
-        if init == "class_labels" and self.objective.generative:
-            raise SptError(
-                f"method.init=class_labels needs label words; data={self.objective.task.name} "
-                "is a generation task: set method.init=sampled_vocab (or text, "
-                "uniform, file)"
-            )
-        words = None
-        if init == "class_labels":  # each task's row from its own label words
-            tok = self.base.tokenizer
-            words = []
-            for info in self.objective.tasks:
-                ids = self.base.ops.label_tokens(
-                    tok, list(info.label_words), info.label_after_space
-                ).lists()
-                words.append([[i for i in w if i != tok.eos_token_id] or w for w in ids])
-        vec = inits.initial_prompt(
-            init,
+        inits.fill_table(
+            self.prompt.weight,
             self.base,
-            self.prompt.length,
+            self.objective,
+            init,
             torch.Generator().manual_seed(seed),
             init_text=init_text,
             top_k=top_k,
             texts=texts,
-            label_words=words,
         )
-        with torch.no_grad():
-            self.prompt.weight.copy_(vec.expand_as(self.prompt.weight))
 
     def load_prompt_file(self, path) -> None:
         """Load prompt (and head) tensors from an artifact made for this base model."""
         tensors, meta = load_artifact(path)
         check_base(meta, self.base.identity(), path)
-        if "prompt" not in tensors:
-            raise SptError(f"{path} holds no 'prompt' tensor (it has {sorted(tensors)})")
-        want = tuple(self.prompt.weight.shape)
-        got = tuple(tensors["prompt"].shape)
-        if got != want:
-            raise SptError(
-                f"{path} holds a prompt of shape {list(got)} [n_tasks, length, dim], "
-                f"this run expects {list(want)}: set method.length={got[1]} and "
-                f"method.n_tasks={got[0]}"
-            )
-        with torch.no_grad():
-            self.prompt.weight.copy_(tensors["prompt"])
+        inits.load_table(self.prompt.weight, tensors, path)
         self.objective.load_head_tensors(tensors, path)
 
     # -- forward ---------------------------------------------------------------------------
@@ -212,23 +182,3 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
             "base": self.base.identity(),
             "trainable_parameters": self.parameter_counts()["params/trainable"],
         }
-
-
-def _validate(*, length, init, loss, n_tasks, init_text, init_file, vocab_top_k) -> None:
-    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-        raise SptError(
-            f"method.length={length!r}: the prompt needs at least one vector "
-            "(an integer >= 1; Lester et al. use 1-150, 20 by default)"
-        )
-    if not isinstance(n_tasks, int) or n_tasks < 1:
-        raise SptError(f"method.n_tasks={n_tasks!r} must be an integer >= 1")
-    if init not in inits.INITS:
-        raise SptError(f"method.init={init!r}: choose one of {', '.join(inits.INITS)}")
-    if loss not in LOSSES:
-        raise SptError(f"method.loss={loss!r}: choose one of {', '.join(LOSSES)}")
-    if init == "text" and not init_text:
-        raise SptError("method.init=text needs method.init_text='...'")
-    if init == "file" and not init_file:
-        raise SptError("method.init=file needs method.init_file=/path/to/prompt.safetensors")
-    if not isinstance(vocab_top_k, int) or vocab_top_k < 1:
-        raise SptError(f"method.vocab_top_k={vocab_top_k!r} must be an integer >= 1")
