@@ -56,6 +56,8 @@ CASES = {
     "length negative": (["method.length=-2"], "method.length"),
     "length not a number": (["method.length=abc"], "method.length='abc'"),
     "rank zero": (["method=mpt", "method.rank=0"], "method.rank=0"),
+    "dept rank zero": (["method=dept", "method.rank=0"], "method.rank=0"),
+    "dept prompt past the budget": (["method=dept", "method.length=20"], "leaves no budget"),
     "negative radius": (["method=cpt", "model=tiny-llama", "method.eps_input=-1"], "eps_input"),
     "dropout past 1": (["method=ptuning_v2", "method.prompt_dropout=1.5"], "prompt_dropout"),
     "method x arch": (["method=cpt"], "method=cpt does not support encoder"),
