@@ -101,6 +101,12 @@ def cases() -> dict[str, list[str]]:
         *_SST2,
         "regularizer=nemesis",
     ]
+    out["prompt-tiny-bert-sst2-residual"] = [  # Residual Prompt Tuning, an option of prompt
+        "method=prompt",
+        "model=tiny-bert",
+        *_SST2,
+        "method.residual=16",
+    ]
     out["coop-tiny-clip-cifar10_subset-nemesis"] = [
         "method=coop",
         "model=tiny-clip",

@@ -5,6 +5,14 @@ Prompt Tuning", arXiv:2104.08691.
 ``{soft}`` marker is; prepended by default) of a frozen model. Classes are scored by the LM head
 (decoder-only, encoder-decoder) or by a small trainable head on the pooled output
 (encoder-only). Prompts live in a table with a task axis, gathered per row by ``task_ids``.
+
+``residual=<bottleneck>`` is Residual Prompt Tuning (Razdaibiedina et al., Findings of ACL
+2023, arXiv:2305.03937): the table is reparameterised as ``P' = P + LN(MLP(P))`` while
+training, which the paper finds faster and more stable than plain prompt tuning, and the MLP is
+dropped at inference. It is an option here rather than a method of its own because what it
+serves is exactly a Prompt Tuning prompt: the artifact's ``prompt`` is ``P'``, so serving, the
+PEFT export (PROMPT_TUNING), eval and Nemesis use it unchanged; ``P`` and the MLP ride along as
+``residual.*`` tensors, which only resuming training reads.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ import torch
 from spt.backbones import Backbone
 from spt.backbones.arch import insert_soft
 from spt.core import inits
-from spt.core.artifact import check_base, load_artifact
+from spt.core.artifact import check_base, load_artifact, load_module_tensors
 from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
 from spt.data.task import TaskInfo  # noqa: I001
+from spt.errors import SptError
 from spt.modules import PromptTable
+from spt.modules.residual_mlp import ResidualReparam
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,8 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
             (:class:`~spt.core.mixin.Schedule`).
         seed: seeds the initialisation.
         supports: the architectures the YAML declares; others are refused.
+        residual: Residual Prompt Tuning's MLP width (null: plain Prompt Tuning).
+        residual_dropout: dropout inside that MLP (the authors' default 0).
     """
 
     method_name = "prompt"
@@ -73,8 +85,19 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
         scheduler: Schedule = Schedule("constant"),
         seed: int = 0,
         supports: list[str] | None = None,
+        residual: int | None = None,
+        residual_dropout: float = 0.0,
     ):
         super().__init__()
+        if residual is not None and (
+            isinstance(residual, bool) or not isinstance(residual, int) or residual < 1
+        ):
+            raise SptError(
+                f"method.residual={residual!r}: null (plain Prompt Tuning) or the width of "
+                "Residual Prompt Tuning's MLP, an integer >= 1 (e.g. 400)"
+            )
+        if not isinstance(residual_dropout, (int, float)) or not 0 <= residual_dropout < 1:
+            raise SptError(f"method.residual_dropout={residual_dropout!r}: a probability in [0, 1)")
         inits.check_settings(
             length=length,
             init=init,
@@ -102,6 +125,11 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
         self.use_soft_prompt = True  # False = zero-shot: the template and verbalizer only
 
         self.prompt = PromptTable(n_tasks, length, backbone.hidden_size)
+        self.residual = None
+        if residual is not None:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                self.residual = ResidualReparam(backbone.hidden_size, residual, residual_dropout)
         self._initialise(init, init_text, init_file, vocab_top_k, init_texts, seed)
         self.check_frozen()
 
@@ -122,10 +150,18 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
         )
 
     def load_prompt_file(self, path) -> None:
-        """Load prompt (and head) tensors from an artifact made for this base model."""
+        """Load prompt (and head) tensors from an artifact made for this base model. With
+        ``residual``, an artifact of a residual run gives back ``P`` and the MLP (training
+        resumes where it was); any other gives ``P`` its prompt and a fresh MLP."""
         tensors, meta = load_artifact(path)
         check_base(meta, self.base.identity(), path)
-        inits.load_table(self.prompt.weight, tensors, path)
+        if self.residual is not None and "residual.prompt" in tensors:
+            inits.load_table(self.prompt.weight, {"prompt": tensors["residual.prompt"]}, path)
+            load_module_tensors(
+                self.residual, tensors, "residual.", path, "method.residual (the MLP width)"
+            )
+        else:
+            inits.load_table(self.prompt.weight, tensors, path)
         self.objective.load_head_tensors(tensors, path)
 
     # -- forward ---------------------------------------------------------------------------
@@ -134,9 +170,18 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
         """How many input positions the data module reserves for the soft prompt."""
         return self.prompt.length if self.use_soft_prompt else 0
 
+    def table(self) -> torch.Tensor:
+        """The prompts as the model reads them, ``[n_tasks, length, d]``: the table, or with
+        ``residual`` its reparameterisation ``P + LN(MLP(P))``."""
+        if self.residual is None:
+            return self.prompt.weight
+        return self.residual(self.prompt.weight)
+
     def soft_prompts(self, task_ids: torch.Tensor) -> torch.Tensor:
         """The prompt vectors of each row's task, ``[B, length, d]``."""
-        return self.prompt(task_ids)
+        if self.residual is None:
+            return self.prompt(task_ids)
+        return self.table().index_select(0, task_ids)
 
     def embed(self, batch: dict, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """Input embeddings with ``prompts [B, length, d]`` (default: this method's own) at
@@ -163,11 +208,18 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
         )
 
     def param_groups(self) -> list[dict]:
-        return [{"params": list(self.prompt.parameters())}, *self.objective.head_groups()]
+        own = [*self.prompt.parameters(), *(self.residual.parameters() if self.residual else ())]
+        return [{"params": own}, *self.objective.head_groups()]  # the MLP at the prompt's lr
 
     # -- artifact --------------------------------------------------------------------------
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
-        return {"prompt": self.prompt.weight.detach().float(), **self.objective.head_tensors()}
+        out = {"prompt": self.table().detach().float(), **self.objective.head_tensors()}
+        if self.residual is not None:  # for resuming training only (not served)
+            out["residual.prompt"] = self.prompt.weight.detach().float()
+            out.update(
+                {f"residual.{n}": p.detach().float() for n, p in self.residual.named_parameters()}
+            )
+        return out
 
     def artifact_meta(self) -> dict:
         hp = self.hparams

@@ -1,0 +1,26 @@
+"""Residual Prompt Tuning's reparameterisation of a prompt through a shallow MLP."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class ResidualReparam(nn.Module):
+    """``P' = P + LN(W_up relu(W_down P))``, one MLP shared by every prompt vector (and task).
+
+    Razdaibiedina et al. 2023, arXiv:2305.03937; the authors' ``ResMLP``
+    (arazd/ResidualPrompts, prompt_tuner2.py): Linear(d, b), ReLU, Linear(b, d), dropout when
+    ``dropout > 0``, LayerNorm(d), then the skip connection; PyTorch's default inits (so
+    ``P' != P`` at step 0). ``forward(prompts [..., d]) -> [..., d]``; fp32 like the table.
+    """
+
+    def __init__(self, dim: int, bottleneck: int, dropout: float = 0.0):
+        super().__init__()
+        layers = [nn.Linear(dim, bottleneck), nn.ReLU(), nn.Linear(bottleneck, dim)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.LayerNorm(dim))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, prompts):
+        return prompts + self.mlp(prompts)
