@@ -175,12 +175,14 @@ def check_length(trainer, fit: bool) -> None:
             f"trainer.val_check_interval={interval!r}: a step count >= 1, or a fraction of "
             "an epoch in (0, 1]"
         )
-    for key in ("accumulate_grad_batches", "log_every_n_steps"):  # Lightning checks neither
+    # Lightning checks neither: accumulate_grad_batches=0 divides by zero, a string compares
+    # with an int. log_every_n_steps=0 is Lightning's "never log".
+    for key, least in (("accumulate_grad_batches", 1), ("log_every_n_steps", 0)):
         value = trainer.get(key)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
+            isinstance(value, bool) or not isinstance(value, int) or value < least
         ):
-            raise SptError(f"trainer.{key}={value!r}: an integer >= 1")
+            raise SptError(f"trainer.{key}={value!r}: an integer >= {least}")
     if not fit:
         return
     steps, epochs = trainer.get("max_steps", -1), trainer.get("max_epochs")

@@ -20,7 +20,7 @@ def test_the_prompt_is_p_plus_layernorm_of_the_mlp_of_p():
     """The authors' ResMLP (prompt_tuner2.py): Linear, ReLU, Linear, LayerNorm, plus P."""
     m = residual()
     p = m.prompt.weight
-    down, _, up, norm = m.residual.mlp
+    down, _, up, _, norm = m.residual.mlp
     h = F.linear(F.relu(F.linear(p, down.weight, down.bias)), up.weight, up.bias)
     want = p + F.layer_norm(h, (p.shape[-1],), norm.weight, norm.bias, norm.eps)
     assert torch.equal(m.table(), want) and not torch.allclose(m.table(), p)
@@ -48,6 +48,17 @@ def test_the_artifact_serves_the_materialised_prompt_and_resumes_the_mlp(tmp_pat
         again.residual.named_parameters(), m.residual.parameters(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_the_saved_prompt_is_the_eval_mode_one_whatever_the_mode():
+    """With dropout in the MLP, saving mid-training (train mode) stores the eval-mode P'
+    (no dropout mask), twice the same, and leaves the module in train mode."""
+    m = residual(residual_dropout=0.5)
+    m.train()
+    first, second = m.artifact_tensors()["prompt"], m.artifact_tensors()["prompt"]
+    assert m.residual.training and torch.equal(first, second)
+    m.eval()
+    assert torch.equal(first, m.table().detach())
 
 
 def test_the_mlp_trains_at_the_prompts_rate_and_counts_as_trainable():

@@ -371,8 +371,7 @@ def test_hostile_requests_mixed_into_the_load_cost_no_good_request(live_server):
         {"task": "rte", "text": {"premise": "A cat sat.", "hypothesis": "An animal sat."}},
         {"task": "trec", "text": {"question": "Where is Rome?"}},
     ]
-    result = load_test(live_server, rows, concurrency=8, duration_s=None,
-                       requests_per_client=40, hostile=0.25)  # fmt: skip
+    result = load_test(live_server, rows, concurrency=8, requests_per_client=40, hostile=0.25)
     print("hostile load test:", json.dumps(result))
     assert result["good_requests"] == 240 and result["errors"] == 0, result["failed_by"]
     assert result["max_score_diff"] <= 1e-5
@@ -425,7 +424,7 @@ def test_batcher_merges_caps_and_isolates_failures():
         try:
             slow = asyncio.ensure_future(batcher.submit(["slow"]))
             await asyncio.sleep(0.05)
-            with pytest.raises(TimeoutError):
+            with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(batcher.submit(["late"]), timeout=0.05)
             await slow
             await asyncio.sleep(0.05)

@@ -87,6 +87,8 @@ UNEXPORTABLE = {
     "PEFT's prompt and prefix tuning adapters cannot hold",
     "clip": "its context vectors live in CLIP's text tower around class names; PEFT has no "
     "CLIP prompt learner",
+    "input_update": "its low-rank update of the input embeddings has no place in PEFT's "
+    "adapters (PEFT has no DePT); its prompt alone would score differently",
 }
 
 

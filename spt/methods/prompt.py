@@ -11,8 +11,10 @@ Prompt Tuning", arXiv:2104.08691.
 training, which the paper finds faster and more stable than plain prompt tuning, and the MLP is
 dropped at inference. It is an option here rather than a method of its own because what it
 serves is exactly a Prompt Tuning prompt: the artifact's ``prompt`` is ``P'``, so serving, the
-PEFT export (PROMPT_TUNING), eval and Nemesis use it unchanged; ``P`` and the MLP ride along as
-``residual.*`` tensors, which only resuming training reads.
+PEFT export (PROMPT_TUNING) and any plain ``method=prompt`` run loading it (``init=file``) use
+it unchanged. ``P`` and the MLP ride along as ``residual.*`` tensors: ``spt.load``, eval and
+resuming rebuild the MLP from them (the saved settings name ``residual``) and compute the same
+``P'``.
 """
 
 from __future__ import annotations
@@ -213,8 +215,15 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
 
     # -- artifact --------------------------------------------------------------------------
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
-        out = {"prompt": self.table().detach().float(), **self.objective.head_tensors()}
-        if self.residual is not None:  # for resuming training only (not served)
+        training = self.residual is not None and self.residual.training
+        if training:  # the served prompt is the eval-mode one: no dropout mask saved
+            self.residual.eval()
+        try:
+            out = {"prompt": self.table().detach().float(), **self.objective.head_tensors()}
+        finally:
+            if training:
+                self.residual.train()
+        if self.residual is not None:  # what spt.load and resuming rebuild the MLP from
             out["residual.prompt"] = self.prompt.weight.detach().float()
             out.update(
                 {f"residual.{n}": p.detach().float() for n, p in self.residual.named_parameters()}

@@ -16,11 +16,15 @@ class ResidualReparam(nn.Module):
 
     def __init__(self, dim: int, bottleneck: int, dropout: float = 0.0):
         super().__init__()
-        layers = [nn.Linear(dim, bottleneck), nn.ReLU(), nn.Linear(bottleneck, dim)]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        layers.append(nn.LayerNorm(dim))
-        self.mlp = nn.Sequential(*layers)
+        # Dropout always has its slot (a no-op at 0), so the LayerNorm's parameter names do not
+        # depend on the dropout setting.
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, bottleneck),
+            nn.ReLU(),
+            nn.Linear(bottleneck, dim),
+            nn.Dropout(dropout),
+            nn.LayerNorm(dim),
+        )
 
     def forward(self, prompts):
         return prompts + self.mlp(prompts)

@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.url,
                         _read_jsonl(args.input),
                         args.concurrency,
-                        duration_s=args.duration
-                        if args.duration is not None or args.requests is not None
-                        else 10.0,
+                        duration_s=args.duration,
                         rows_per_request=args.rows_per_request,
                         requests_per_client=args.requests,
                         hostile=args.hostile,

@@ -173,8 +173,9 @@ class Limits(BaseModel):
 
 class _BodyLimit:
     """ASGI middleware: a POST body stays within ``max_bytes`` (413 past it). A declared
-    Content-Length past it is refused before any of the body is read; a chunked body (no
-    Content-Length) is read up to the limit and passed on, or refused once it passes it."""
+    Content-Length past it is refused before the app sees any of it (the body is read and
+    dropped first, see :meth:`_refuse`); a chunked body (no Content-Length) is read up to the
+    limit and passed on as one message, or refused once it passes it."""
 
     def __init__(self, app, max_bytes: int, drain_s: float = 5.0):
         self.app, self.max_bytes, self.drain_s = app, max_bytes, drain_s
@@ -192,7 +193,7 @@ class _BodyLimit:
                 more = message["type"] == "http.request" and message.get("more_body", False)
                 read += len(message.get("body", b""))
 
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(asyncio.TimeoutError):  # not the builtin one before 3.11
             await asyncio.wait_for(drain(read, more), timeout=self.drain_s)
         body = json.dumps({"detail": detail}).encode()
         await send(
@@ -211,35 +212,42 @@ class _BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         limit = f"this server takes at most {self.max_bytes} bytes (--max-body-bytes)"
         if length is not None:
             if not length.isdigit() or int(length) > self.max_bytes:
-                more = length.isdigit() and int(length) <= 16 * self.max_bytes  # worth reading
+                # Worth reading only when bounded, and never when the client waits for a
+                # 100 Continue (reading would invite the upload it has not sent).
+                more = (
+                    length.isdigit()
+                    and int(length) <= 16 * self.max_bytes
+                    and headers.get(b"expect", b"").lower() != b"100-continue"
+                )
                 return await self._refuse(
                     receive, send, f"the body is {length.decode()} bytes; {limit}", 0, more
                 )
             return await self.app(scope, receive, send)
-        messages, size = [], 0  # chunked: read it whole, but never past the limit
+        body = bytearray()  # chunked: read it whole into one buffer, never past the limit
         while True:
             message = await receive()
-            messages.append(message)
             if message["type"] != "http.request":
-                break  # the client went away
-            size += len(message.get("body", b""))
-            if size > self.max_bytes:
+                return  # the client went away mid-body: nobody to answer
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
                 return await self._refuse(
                     receive,
                     send,
-                    f"the chunked body passed {size} bytes; {limit}",
-                    size,
+                    f"the chunked body passed {len(body)} bytes; {limit}",
+                    len(body),
                     message.get("more_body", False),
                 )
             if not message.get("more_body", False):
                 break
+        whole = [{"type": "http.request", "body": bytes(body), "more_body": False}]
 
         async def replay():
-            return messages.pop(0) if messages else await receive()
+            return whole.pop() if whole else await receive()
 
         return await self.app(scope, replay, send)
 
@@ -356,7 +364,7 @@ def create_app(
             found = await asyncio.wait_for(batcher.submit(rows), timeout=limits.timeout_s)
         except SptError as err:
             raise HTTPException(status_code=400, detail=str(err)) from None
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
             raise HTTPException(
                 status_code=504,
                 detail=f"the request took longer than {limits.timeout_s:g} s (--timeout-s)",

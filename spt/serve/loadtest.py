@@ -243,7 +243,7 @@ def load_test(
     url: str,
     rows: Sequence[dict],
     concurrency: int = 8,
-    duration_s: float | None = 10.0,
+    duration_s: float | None = None,
     rows_per_request: int = 1,
     timeout_s: float = 30.0,
     requests_per_client: int | None = None,
@@ -251,8 +251,9 @@ def load_test(
     tolerance: float = 1e-4,
 ) -> dict:
     """Drive a running server at ``url`` with ``concurrency`` clients, each posting
-    ``rows_per_request`` rows (cycling through ``rows``) back to back for ``duration_s``, or
-    ``requests_per_client`` requests each. A fraction ``hostile`` of the requests are hostile
+    ``rows_per_request`` rows (cycling through ``rows``) back to back for ``duration_s``
+    (10 s when neither it nor ``requests_per_client`` is given), or ``requests_per_client``
+    requests each. A fraction ``hostile`` of the requests are hostile
     (cycling through :data:`HOSTILE_KINDS`, sized from the server's own limits).
 
     Returns ``requests_per_s``, ``rows_per_s``, ``p50_ms``/``p99_ms`` (of good requests
@@ -269,7 +270,9 @@ def load_test(
         raise SptError(f"concurrency={concurrency!r} must be an integer >= 1")
     if not isinstance(rows_per_request, int) or rows_per_request < 1:
         raise SptError(f"rows_per_request={rows_per_request!r} must be an integer >= 1")
-    if (duration_s is None) == (requests_per_client is None):
+    if duration_s is None and requests_per_client is None:
+        duration_s = 10.0
+    if duration_s is not None and requests_per_client is not None:
         raise SptError("give the load test a duration_s or a requests_per_client, not both")
     if requests_per_client is not None and (
         not isinstance(requests_per_client, int) or requests_per_client < 1
