@@ -253,8 +253,23 @@ class DecomposedPromptTuning(FrozenBackboneMixin, L.LightningModule):
             *self.objective.head_groups(),
         ]
 
-    # -- artifact --------------------------------------------------------------------------
+    # -- artifact and serving ----------------------------------------------------------------
     served_tensors = ("prompt", "update.", "head.")
+    # What spt.serve stacks: artifact tensor -> this module's tensor with a task axis.
+    served_rows = (("prompt", "prompt.weight"), ("update.a", "update.a"), ("update.b", "update.b"))
+
+    @classmethod
+    def serving_settings(cls, meta: dict, tensors: dict) -> dict:
+        """Constructor settings of the served module, from a run's artifact (plain values);
+        runs stack into one served table only when they agree."""
+        saved = meta["settings"]
+        return {
+            "length": int(tensors["prompt"].shape[1]),
+            "rank": int(tensors["update.a"].shape[2]),
+            "positions": int(tensors["update.a"].shape[1]),
+            "alpha": saved["alpha"],
+            "init": "uniform",  # the rows are copied in
+        }
 
     def artifact_tensors(self) -> dict[str, torch.Tensor]:
         return {

@@ -133,11 +133,18 @@ class PrefixTuning(FrozenBackboneMixin, L.LightningModule):
         self.check_frozen()
 
     # -- the prompt: key/value prefixes in every layer (spt.core.kv_prompts) ---------------
+    # What spt.serve stacks: artifact tensor -> this module's tensor with a task axis.
+    served_rows = (("prefix", "prefix.weight"),)
+
     @classmethod
-    def serving_settings(cls, method_cfg) -> dict:
-        """Constructor settings (beyond the prefix table) a served module takes from a run's
-        ``method`` config; runs stack into one served table only when they agree."""
-        return {}
+    def serving_settings(cls, meta: dict, tensors: dict) -> dict:
+        """Constructor settings of the served module, from a run's artifact (plain values);
+        runs stack into one served table only when they agree."""
+        return {
+            "length": int(tensors["prefix"].shape[1]),
+            "reparam": False,  # the artifact holds the materialised prefix
+            "cross_attention": bool(meta.get("cross_attention", False)),
+        }
 
     @property
     def n_soft_tokens(self) -> int:

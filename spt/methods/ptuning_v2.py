@@ -117,11 +117,19 @@ class PTuningV2(FrozenBackboneMixin, L.LightningModule):
         self.check_frozen()
 
     # -- the prompt: key/value prefixes in every layer (spt.core.kv_prompts) ---------------
+    # What spt.serve stacks: artifact tensor -> this module's tensor with a task axis.
+    served_rows = (("prefix", "prefix.weight"),)
+
     @classmethod
-    def serving_settings(cls, method_cfg) -> dict:
-        """Constructor settings (beyond the prefix table) a served module takes from a run's
-        ``method`` config; runs stack into one served table only when they agree."""
-        return {"pooling": method_cfg.get("pooling")}  # the head reads what it was trained on
+    def serving_settings(cls, meta: dict, tensors: dict) -> dict:
+        """Constructor settings of the served module, from a run's artifact (plain values);
+        runs stack into one served table only when they agree."""
+        return {
+            "length": int(tensors["prefix"].shape[1]),
+            "reparam": False,
+            "cross_attention": bool(meta.get("cross_attention", False)),
+            "pooling": meta["settings"].get("pooling"),  # the head reads what it trained on
+        }
 
     @property
     def n_soft_tokens(self) -> int:

@@ -15,8 +15,10 @@ What is served (classification runs with one task each):
 - input-level prompts: ``method=prompt``, ``ptuning`` and ``mpt`` (their artifacts hold the
   materialised prompt ``[1, length, d]``, served as a :class:`~spt.methods.prompt.PromptTuning`
   table row);
-- key/value prompts: ``method=prefix`` and ``ptuning_v2`` (the materialised per-layer prefixes,
-  served by the run's own class with ``reparam=false``).
+- every other served method by its own class, built from the settings its artifact gives
+  (``serving_settings``) with one row per run of each tensor it names (``served_rows``):
+  ``method=prefix`` and ``ptuning_v2`` (the materialised per-layer prefixes, ``reparam=false``)
+  and ``dept`` (its prompt and embedding update).
 
 Runs whose prompts cannot share one table (another method family, another prompt length, P-Tuning
 v2's pooling) form separate groups: a mixed batch then takes one method call per group.

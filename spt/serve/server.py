@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +26,7 @@ log = logging.getLogger("spt.serve")
 # The prompt kinds (spt.methods.PROMPT_KINDS) served: a materialised table of input vectors
 # (served by a Prompt Tuning module, whatever method trained it) or of key/value prefixes
 # (served by the module of the method that trained it).
-SERVED_KINDS = ("input", "kv")
+SERVED_KINDS = ("input", "kv", "input_update")
 
 
 def served_methods() -> list[str]:
@@ -198,13 +199,9 @@ def _group_key(run: _Run) -> tuple:
     info = methods.get(run.method)
     if info.prompt == "input":
         return ("input", int(_tensor(run, "prompt").shape[1]))
-    settings = tuple(sorted(info.cls.serving_settings(run.meta["settings"]).items()))
-    return (
-        run.method,
-        int(_tensor(run, "prefix").shape[1]),
-        bool(run.meta.get("cross_attention", False)),
-        settings,
-    )
+    for key, _ in info.cls.served_rows:
+        _tensor(run, key)  # each there, or an error naming it
+    return (run.method, tuple(sorted(info.cls.serving_settings(run.meta, run.tensors).items())))
 
 
 def _tensor(run: _Run, key: str) -> torch.Tensor:
@@ -221,22 +218,23 @@ def _build_group(key: tuple, backbone, names: list[str], runs: list[_Run], tasks
     materialised prompts."""
     info = MultiTaskInfo("serve", tuple(tasks))
     common = dict(backbone=backbone, task=info, n_tasks=len(runs), task_names=names)
-    if key[0] == "input":
+    if key[0] == "input":  # every input-vector method serves as Prompt Tuning's table
         module = methods.get("prompt").cls(length=key[1], init="uniform", **common)
-        table, name = module.prompt.weight, "prompt"
-    else:
+        rows = (("prompt", "prompt.weight"),)
+    else:  # the method itself, built from the settings its artifact gives
         cls = methods.get(key[0]).cls
-        module = cls(length=key[1], reparam=False, cross_attention=key[2], **dict(key[3]), **common)
-        table, name = module.prefix.weight, "prefix"
+        module = cls(**dict(key[1]), **common)
+        rows = cls.served_rows
     with torch.no_grad():
         for t, run in enumerate(runs):
-            saved = _tensor(run, name)
-            if tuple(saved.shape[1:]) != tuple(table.shape[1:]):
-                raise SptError(
-                    f"{run.dir}: {name} has shape {list(saved.shape)}, the served "
-                    f"backbone expects [1, {', '.join(map(str, table.shape[1:]))}]"
-                )
-            table[t].copy_(saved[0])
+            for name, attr in rows:
+                table, saved = operator.attrgetter(attr)(module), _tensor(run, name)
+                if tuple(saved.shape[1:]) != tuple(table.shape[1:]):
+                    raise SptError(
+                        f"{run.dir}: {name} has shape {list(saved.shape)}, the served "
+                        f"backbone expects [1, {', '.join(map(str, table.shape[1:]))}]"
+                    )
+                table[t].copy_(saved[0])
             if module.objective.head is not None:
                 load_module_tensors(
                     module.objective.head[t],
