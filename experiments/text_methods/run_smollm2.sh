@@ -18,7 +18,9 @@ common=(model=smollm2-135m logger=csv trainer.max_steps=$STEPS trainer.val_check
 # DePT's prompt lr (AdamW 0.3 on T5 in the paper) is scaled by the same ~30x to 0.01; its
 # update keeps the paper's low_rank_lr 1e-4.
 declare -A method_args=([prompt]="method.optimizer.lr=0.01" [prefix]="" [ptuning]="method.optimizer.lr=1e-4" [ptuning_v2]=""
-                        [cpt]="" [mpt]="method.optimizer.lr=0.01" [dept]="method.optimizer.lr=0.01")
+                        [cpt]="" [mpt]="method.optimizer.lr=0.01" [dept]="method.optimizer.lr=0.01"
+                        [prompt_residual]="method.optimizer.lr=0.01 method.residual=400")
+# prompt_residual is Residual Prompt Tuning: method=prompt with its MLP of width 400.
 for data in ${DATASETS:-sst2 rte}; do
   case $data in
     sst2) pt_template='{soft:3}Review: {sentence}{soft:3} Sentiment:' ;;
@@ -30,7 +32,7 @@ for data in ${DATASETS:-sst2 rte}; do
       [[ $method == ptuning ]] && extra+=("data.template=\"$pt_template\"")
       dir="$OUT/smollm2/$data/$method$([[ $seed == 42 ]] || echo "_s$seed")"
       [[ -f "$dir/metrics.json" ]] && continue  # resume a partial sweep
-      $PY -m spt.run resume=auto method=$method data=$data seed=$seed "${common[@]}" \
+      $PY -m spt.run resume=auto method=${method%_residual} data=$data seed=$seed "${common[@]}" \
         "${extra[@]}" hydra.run.dir="$dir"
     done
   done
