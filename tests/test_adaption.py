@@ -69,8 +69,38 @@ def test_a_zero_gate_is_the_frozen_model_and_rows_read_their_own_task():
     torch.testing.assert_close(mixed[1], alone[0], rtol=0, atol=1e-6)
 
 
+def test_the_method_trains_only_its_prompts_and_gates_and_leaves_a_shared_backbone_alone():
+    """method=adaption_prompt: only prompts and gates train; after its forward the hooks on
+    the backbone are inactive (another method on the same backbone sees the frozen model);
+    the gates start at zero, so its first scores are the frozen model's."""
+    from spt.methods.adaption_prompt import AdaptionPrompt
+    from spt.methods.prompt import PromptTuning
+    from tests.test_prompt import TASK, make_batch
+
+    bb = tiny("llama", layers=3)
+    m = AdaptionPrompt(bb, task=TASK, length=2, layers=2).eval()
+    assert {n for n, p in m.named_parameters() if p.requires_grad} == {
+        "adaption.prompts",
+        "adaption.gates",
+    }
+    batch = make_batch(bb, ["a fine film", "dull"], 0)
+    other = PromptTuning(bb, task=TASK, length=1, init="uniform").eval()
+    with torch.no_grad():
+        first = m(batch)
+        before = other(make_batch(bb, ["a fine film"], 1))
+        m.adaption.gates.fill_(3.0)
+        moved = m(batch)
+        assert m._rows is None
+        after = other(make_batch(bb, ["a fine film"], 1))
+    assert torch.equal(before, after) and not torch.allclose(first, moved)
+    zero = PromptTuning(bb, task=TASK, length=1, init="uniform").eval()
+    with torch.no_grad():  # zero gates: the frozen model's label-word scores
+        frozen = zero.class_scores(bb.input_embeddings(batch["input_ids"]), batch["attention_mask"])
+    torch.testing.assert_close(first, frozen, rtol=0, atol=0)
+
+
 def test_more_adapted_layers_than_the_model_has_is_refused():
     model = tiny("llama", layers=2).model
-    with pytest.raises(SptError, match="method.layers <= 2"):
+    with pytest.raises(SptError, match="method.layers to 1..2"):
         with adapted(model, torch.zeros(1, 3, 2, 32), torch.zeros(1, 3)):
             pass

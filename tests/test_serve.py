@@ -94,7 +94,8 @@ def bert_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def llama_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     """tiny-llama: prompt on sst2 and rte (two-token label word), prefix on sst2, DePT on
-    sst2 and rte (one stacked table of prompts and embedding updates)."""
+    sst2 and rte (one stacked table of prompts and embedding updates), adaption prompts on sst2
+    (hooks on the shared backbone's attention, inactive for the other groups)."""
     root = tmp_path_factory.mktemp("llama")
     return {
         "sst2": _fake_run(root, "sst2", "model=tiny-llama", "data=sst2", seed=5),
@@ -107,6 +108,9 @@ def llama_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
         ),
         "rte_dept": _fake_run(
             root, "rte_dept", "model=tiny-llama", "data=rte", "method=dept", seed=12
+        ),
+        "sst2_adapt": _fake_run(
+            root, "sst2_adapt", "model=tiny-llama", "data=sst2", "method=adaption_prompt", seed=13
         ),
     }
 
@@ -160,7 +164,7 @@ def test_mixed_batch_equals_each_run_alone(family, request):
     preds = server.predict(rows)
     # one forward per prompt table, each serving all of its tasks' rows
     assert sorted(forwards) == sorted(N_ROWS * len(g.tasks) for g in server._groups)
-    assert len(server._groups) == {"bert": 4, "llama": 3, "t5": 2}[family]
+    assert len(server._groups) == {"bert": 4, "llama": 4, "t5": 2}[family]
     for row, pred, want in zip(rows, preds, expected, strict=True):
         labels = server.tasks[row["task"]]["labels"]
         assert pred["task"] == row["task"] and list(pred["scores"]) == labels

@@ -24,15 +24,20 @@ import torch.nn.functional as F
 
 from spt.errors import SptError
 
+# Model types whose attention is Llama's (q/k/v/o projections, rotary queries passed as
+# position_embeddings): PEFT's TRANSFORMERS_MODEL_CONFIG has llama and mistral.
+ADAPTED_TYPES = ("llama", "mistral")
+
 
 def attention_layers(model) -> list:
     """The self-attention modules of a Llama-architecture model, bottom to top."""
+    kind = getattr(model.config, "model_type", None)
     inner = getattr(model, "model", model)
     layers = getattr(inner, "layers", None)
-    if layers is None or not all(hasattr(layer, "self_attn") for layer in layers):
+    if kind not in ADAPTED_TYPES or layers is None:
         raise SptError(
-            f"adaption prompts need Llama-architecture attention layers; "
-            f"{type(model).__name__} has none"
+            f"adaption prompts need a Llama-architecture decoder ({', '.join(ADAPTED_TYPES)}); "
+            f"this model is {kind!r}: use method=prefix or method=prompt"
         )
     return [layer.self_attn for layer in layers]
 
@@ -59,33 +64,44 @@ def adapter_output(attn, hidden: torch.Tensor, position_embeddings, prompts, gat
     return attn.o_proj(out)
 
 
-@contextlib.contextmanager
-def adapted(model, prompts: torch.Tensor, gates: torch.Tensor):
-    """Run ``model`` with adaption prompts in its top ``L`` layers: ``prompts [B, L, length,
-    d]`` and ``gates [B, L]`` per batch row (layer 0 of them is the lowest adapted layer).
-    Hooks on the attention modules add :func:`adapter_output`, and are removed on exit."""
+def install(model, top: int, source) -> list:
+    """Hooks on the top ``top`` attention layers of ``model`` that add :func:`adapter_output`
+    while ``source()`` returns ``(prompts [B, top, length, d], gates [B, top])`` (layer 0 of
+    them the lowest adapted layer) and leave the layer alone while it returns None. Returns
+    the hook handles (``.remove()`` each to uninstall)."""
     layers = attention_layers(model)
-    top = prompts.shape[1]
-    if top > len(layers):
+    if not 1 <= top <= len(layers):
         raise SptError(
             f"adaption prompts for {top} layers, but the model has {len(layers)}: set "
-            f"method.layers <= {len(layers)}"
+            f"method.layers to 1..{len(layers)}"
         )
     handles = []
     for i, attn in enumerate(layers[len(layers) - top :]):
 
         def hook(module, args, kwargs, output, i=i):
+            rows = source()
+            if rows is None:
+                return output
+            prompts, gates = rows[0][:, i], rows[1][:, i]
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            rows = prompts[:, i]
-            if rows.shape[0] != hidden.shape[0]:  # beams: each row repeated
-                reps = hidden.shape[0] // rows.shape[0]
-                rows, g = rows.repeat_interleave(reps, 0), gates[:, i].repeat_interleave(reps, 0)
-            else:
-                g = gates[:, i]
-            extra = adapter_output(module, hidden, kwargs["position_embeddings"], rows, g)
+            if prompts.shape[0] != hidden.shape[0]:  # beam search: each row repeated
+                reps = hidden.shape[0] // prompts.shape[0]
+                prompts, gates = (
+                    prompts.repeat_interleave(reps, 0),
+                    gates.repeat_interleave(reps, 0),
+                )
+            extra = adapter_output(module, hidden, kwargs["position_embeddings"], prompts, gates)
             return (output[0] + extra, *output[1:])
 
         handles.append(attn.register_forward_hook(hook, with_kwargs=True))
+    return handles
+
+
+@contextlib.contextmanager
+def adapted(model, prompts: torch.Tensor, gates: torch.Tensor):
+    """Run ``model`` with adaption prompts ``prompts [B, L, length, d]`` and ``gates [B, L]``
+    in its top ``L`` layers (the hooks of :func:`install`, removed on exit)."""
+    handles = install(model, prompts.shape[1], lambda: (prompts, gates))
     try:
         yield model
     finally:

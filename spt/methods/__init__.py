@@ -22,6 +22,7 @@ from spt.errors import SptError
 PROMPT_KINDS = {
     "input": "vectors at the input's soft slots, a [n_tasks, length, d] 'prompt' table",
     "input_update": "a 'prompt' table plus a low-rank update of the input tokens' embeddings",
+    "adaption": "per-layer prompts that the top layers' queries attend to through zero-init gates",
     "kv": "key/value prefixes in every attention layer, a 'prefix' table",
     "context": "in-context training examples whose embeddings trained deltas refine",
     "clip": "context vectors around class names in CLIP's text tower",

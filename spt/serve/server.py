@@ -26,7 +26,7 @@ log = logging.getLogger("spt.serve")
 # The prompt kinds (spt.methods.PROMPT_KINDS) served: a materialised table of input vectors
 # (served by a Prompt Tuning module, whatever method trained it) or of key/value prefixes
 # (served by the module of the method that trained it).
-SERVED_KINDS = ("input", "kv", "input_update")
+SERVED_KINDS = ("input", "kv", "input_update", "adaption")
 
 
 def served_methods() -> list[str]:
