@@ -47,12 +47,11 @@ class LowRankEmbeddingUpdate(nn.Module):
     def forward(
         self, task_ids: torch.Tensor, index: torch.Tensor, valid: torch.Tensor
     ) -> torch.Tensor:
-        full = self.scale * torch.bmm(self.a[task_ids], self.b[task_ids])  # [B, positions, d]
         keep = valid & (index < self.positions) & (index >= 0)
-        picked = full.gather(
-            1, index.clamp(0, self.positions - 1).unsqueeze(-1).expand(-1, -1, full.shape[-1])
+        rows = self.a[task_ids].gather(  # each token's row of A: [B, T, rank]
+            1, index.clamp(0, self.positions - 1).unsqueeze(-1).expand(-1, -1, self.rank)
         )
-        return picked * keep.unsqueeze(-1)
+        return self.scale * torch.bmm(rows, self.b[task_ids]) * keep.unsqueeze(-1)
 
     def extra_repr(self) -> str:
         n, s, r = self.a.shape
