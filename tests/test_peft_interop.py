@@ -28,6 +28,7 @@ from safetensors import safe_open
 peft = pytest.importorskip("peft")
 
 from peft import (  # noqa: E402
+    AdaptionPromptConfig,
     LoraConfig,
     PeftModel,
     PrefixTuningConfig,
@@ -42,6 +43,7 @@ from spt.core.artifact import load_artifact, save_artifact  # noqa: E402
 from spt.data.task import TaskInfo  # noqa: E402
 from spt.errors import SptError  # noqa: E402
 from spt.interop.peft import export_peft, import_peft, main  # noqa: E402
+from spt.methods.adaption_prompt import AdaptionPrompt  # noqa: E402
 from spt.methods.prefix import PrefixTuning  # noqa: E402
 from spt.methods.prompt import PromptTuning  # noqa: E402
 
@@ -331,6 +333,129 @@ def test_prefix_roundtrip_spt_peft_spt(tmp_path):
     batch = soft_first_batch(bb, TEXTS, 0)
     with torch.no_grad():
         assert torch.equal(m2(batch), m(batch))
+
+
+def adaption_method(backbone, **kw) -> AdaptionPrompt:
+    m = AdaptionPrompt(
+        backbone, task=SINGLE, length=3, layers=2, optimizer=optimizer(), **kw
+    ).eval()
+    randomise(m.adaption)  # nonzero gates: the prompts count
+    return m
+
+
+def spt_adaption_logits(m, batch) -> torch.Tensor:
+    """The backbone's logits with the method's hooks reading the batch rows' prompts."""
+    am = batch["attention_mask"]
+    try:
+        return m.backbone(
+            inputs_embeds=m.embed(batch), attention_mask=am, position_ids=position_ids(am)
+        ).logits
+    finally:
+        m._rows = None
+
+
+def adaption_check(m, pm, batch, name):
+    """All logits at real positions and the class scores: spt's method against a PEFT model
+    given spt's padding-skipping ``position_ids``."""
+    am = batch["attention_mask"]
+    label_ids = m.objective.labels[0].ids[:, 0]
+    with torch.no_grad():
+        ours = spt_adaption_logits(m, batch)
+        theirs = pm(
+            input_ids=batch["input_ids"], attention_mask=am, position_ids=position_ids(am)
+        ).logits
+        assert record(name, ours[am.bool()], theirs[am.bool()]) < ATOL
+        peft_scores = F.log_softmax(theirs[:, -1].float(), -1)[:, label_ids]
+        assert record(name + " (class scores)", m(batch), peft_scores) < ATOL
+        plain = m.backbone(  # the hooks idle: the frozen model, which the prompts change
+            input_ids=batch["input_ids"], attention_mask=am, position_ids=position_ids(am)
+        ).logits
+        assert (plain - theirs)[am.bool()].abs().max() > 1e-2
+
+
+def test_export_adaption_prompt_matches_peft_and_imports_back_bit_identical(tmp_path):
+    """Task row 1 of a two-task run in the top 2 of 3 layers (grouped-query attention, left
+    padding) -> PEFT ADAPTION_PROMPT: PeftModel.from_pretrained gives spt's logits; importing
+    that adapter gives the row's tensors bit for bit, and a method loaded from it spt's
+    scores."""
+    bb = tiny("llama", layers=3)
+    m = adaption_method(bb, n_tasks=2, task_names=["x", "y"])
+    out = export_peft(save(m, tmp_path / "p"), tmp_path / "adapter", task=1)
+    cfg = json.loads((out.path / "adapter_config.json").read_text())
+    assert (cfg["peft_type"], cfg["adapter_len"], cfg["adapter_layers"]) == (
+        "ADAPTION_PROMPT",
+        3,
+        2,
+    )
+    assert (cfg["target_modules"], cfg["task_type"]) == ("self_attn", "CAUSAL_LM")
+    assert "3 prompt vectors in each of the top 2 layers" in out.summary
+    with safe_open(str(out.path / "adapter_model.safetensors"), "pt") as f:
+        layers = sorted({int(k.split("layers.")[1].split(".")[0]) for k in f.keys()})
+    assert layers == [1, 2]  # the top two of three
+    pm = PeftModel.from_pretrained(tiny("llama", layers=3).model, str(out.path)).eval()
+    batch = soft_first_batch(bb, TEXTS, 0)
+    batch["task_ids"] = torch.ones_like(batch["task_ids"])  # row 1 of the spt table
+    adaption_check(m, pm, batch, "spt->PEFT adaption prompt llama")
+    back = import_peft(out.path, bb, tmp_path / "back.safetensors")
+    assert "method=adaption_prompt method.length=3 method.layers=2" in back.load
+    tensors, meta = load_artifact(back.path)
+    assert torch.equal(tensors["adaption.prompts"][0], m.adaption.prompts[1])  # bit-identical
+    assert torch.equal(tensors["adaption.gates"][0], m.adaption.gates[1])
+    assert meta["task_names"] == ["y"] and meta["label_words"] == list(SINGLE.label_words)
+    m2 = AdaptionPrompt(
+        bb, task=SINGLE, length=3, layers=2, init="file", init_file=str(back.path),
+        optimizer=optimizer(),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(m2(soft_first_batch(bb, TEXTS, 0)), m(batch))
+
+
+def test_import_peft_adaption_prompt_llama(tmp_path):
+    """A PEFT-trained (random) adaption-prompt adapter -> spt: the tensors bit for bit, and
+    equal logits."""
+    pm = get_peft_model(
+        tiny("llama", layers=3).model,
+        AdaptionPromptConfig(adapter_len=4, adapter_layers=2, task_type="CAUSAL_LM"),
+    )
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # PEFT's own parameters: the prompts and gates
+        for name, p in pm.named_parameters():
+            if ".adaption_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    pm.save_pretrained(str(tmp_path / "a"))
+    bb = tiny("llama", layers=3)
+    res = import_peft(tmp_path / "a", bb, tmp_path / "p")
+    tensors, meta = load_artifact(res.path)
+    want = dict(pm.named_parameters())
+    for j, i in enumerate((1, 2)):
+        key = f"base_model.model.model.layers.{i}.self_attn.adaption_"
+        assert torch.equal(tensors["adaption.prompts"][0, j], want[key + "prompt"][0])
+        assert torch.equal(tensors["adaption.gates"][0, j : j + 1], want[key + "gate"])
+    m = AdaptionPrompt(
+        bb, task=SINGLE, length=4, layers=2, init="file", init_file=str(res.path),
+        optimizer=optimizer(),
+    ).eval()  # fmt: skip
+    adaption_check(m, pm.eval(), soft_first_batch(bb, TEXTS, 0), "PEFT->spt adaption prompt llama")
+
+
+@pytest.mark.reliability
+def test_refuses_adaption_prompts_that_do_not_fit(tmp_path):
+    pm = get_peft_model(
+        tiny("llama", layers=3).model,
+        AdaptionPromptConfig(adapter_len=2, adapter_layers=3, task_type="CAUSAL_LM"),
+    )
+    pm.save_pretrained(str(tmp_path / "a"))
+    with pytest.raises(SptError, match="adapter_layers=3.*do not fit tiny-llama \\(2 layers"):
+        import_peft(tmp_path / "a", tiny("llama"), tmp_path / "p")
+    with pytest.raises(SptError, match="ADAPTION_PROMPT adapter .* onto tiny-bert.*'bert'"):
+        import_peft(tmp_path / "a", tiny("bert"), tmp_path / "p")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(tmp_path / "a" / "adapter_model.safetensors"))
+    del weights["base_model.model.model.layers.0.self_attn.adaption_gate"]
+    save_file(weights, str(tmp_path / "a" / "adapter_model.safetensors"))
+    with pytest.raises(SptError, match="layers 0..2 of tiny-llama: layer 0 gate missing"):
+        import_peft(tmp_path / "a", tiny("llama", layers=3), tmp_path / "p")
 
 
 # -- PEFT -> spt ---------------------------------------------------------------------------

@@ -42,6 +42,11 @@ What converts, and what does not (and why):
   the encoder, while spt's T5 prefix has separate encoder, decoder and cross-attention blocks.
   Not on encoder-only models: the export there has not been compared against PEFT's
   ``FEATURE_EXTRACTION`` prefix path, and the classification head has no place in the adapter.
+- spt ``adaption_prompt`` (Llama and Mistral) <-> PEFT adaption prompts (``ADAPTION_PROMPT``,
+  ``target_modules="self_attn"``): the same computation (a raw scalar gate per layer, the top
+  ``adapter_layers`` layers), so one task row moves over bit for bit, both ways; PEFT saves
+  ``...layers.{i}.self_attn.adaption_prompt [1, len, hidden]`` and ``.adaption_gate [1]`` per
+  adapted layer i.
 - PEFT prompt tuning and P-tuning -> spt ``method=prompt``; PEFT prefix tuning (with or without
   projection) on decoder-only models -> spt ``method=prefix method.reparam=false``. Not onto
   encoder-only backbones: spt's prompt tuning there needs its classification head, which a PEFT
@@ -79,9 +84,10 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLE_NAME = "adapter_model.bin"
 WEIGHT_KEY = "prompt_embeddings"
 
-# prompt kind (spt.methods.PROMPT_KINDS) -> the artifact table exported: input vectors
-# become PEFT prompt tuning, key/value prefixes PEFT prefix tuning
-EXPORTED = {"input": "prompt", "kv": "prefix"}
+# prompt kind (spt.methods.PROMPT_KINDS) -> the artifact table exported (task axis first):
+# input vectors become PEFT prompt tuning, key/value prefixes PEFT prefix tuning, adaption
+# prompts PEFT adaption prompts (each kind's builder is in _EXPORTERS, below)
+EXPORTED = {"input": "prompt", "kv": "prefix", "adaption": "adaption.prompts"}
 UNEXPORTABLE = {
     "context": "its prompt is a context of real examples with token-type offsets, a layout "
     "PEFT's prompt and prefix tuning adapters cannot hold",
@@ -96,7 +102,7 @@ def exportable_methods() -> list[str]:
     return methods.with_prompt(EXPORTED)
 
 
-IMPORTABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")
+IMPORTABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "ADAPTION_PROMPT")
 
 _BOS_NOTE = (
     "PEFT puts the virtual tokens in front of the tokenizer's leading special token "
@@ -216,11 +222,12 @@ def export_peft(
             "encoder-decoder and encoder-only language models; export a run on one "
             "of those"
         )
+    build, layout = _EXPORTERS[kind]
     table = tensors.get(name)
-    if table is None or table.dim() != 3:
+    if table is None or table.dim() != len(layout):
         raise SptError(
             f"{path}: a method={method} artifact should hold a '{name}' table "
-            f"[n_tasks, length, width], it has {sorted(tensors)}: re-save it with "
+            f"[{', '.join(layout)}], it has {sorted(tensors)}: re-save it with "
             "python -m spt.run (method.init=file, train=false)"
         )
     row, notes = _task_row(table, task, meta, path)
@@ -233,24 +240,28 @@ def export_peft(
         "base": base,
         **{k: meta[k] for k in ("label_names", "label_words", "loss") if k in meta},
     }
-    weights = {WEIGHT_KEY: row}
-    if name == "prompt":
-        config, more, head = _prompt_config(method, arch, row, meta, tensors, base_name)
-        weights.update(head)
-    else:
-        config, more = _prefix_config(method, arch, row, meta, base, path, base_name)
+    config, weights, more = build(method, arch, row, task, meta, tensors, path, base_name)
     card = model_card(meta, config, base_name, list(notes + more))
     out = _write_adapter(out_dir, config, weights, provenance, path, card)
     return Converted(
         path=out,
         summary=(
             f"wrote a PEFT {_plain(config.peft_type)} adapter ({_plain(config.task_type)}, "
-            f"{row.shape[0]} virtual tokens) from method={method} task row {task} of {path} "
+            f"{_virtual_tokens(config)}) from method={method} task row {task} of {path} "
             f"to {out}"
         ),
         load=f"PeftModel.from_pretrained(<{base.get('name')} model>, {str(out)!r})",
         notes=tuple(notes + more),
     )
+
+
+def _virtual_tokens(config) -> str:
+    """How many vectors a PEFT config puts where, in words."""
+    if _plain(config.peft_type) == "ADAPTION_PROMPT":
+        return (
+            f"{config.adapter_len} prompt vectors in each of the top {config.adapter_layers} layers"
+        )
+    return f"{config.num_virtual_tokens} virtual tokens"
 
 
 def _plain(value) -> str:
@@ -476,6 +487,79 @@ def _prefix_config(method, arch, row, meta, base, path, base_name):
     return config, notes
 
 
+def _prompt_export(method, arch, row, task, meta, tensors, path, base_name):
+    config, notes, head = _prompt_config(method, arch, row, meta, tensors, base_name)
+    return config, {WEIGHT_KEY: row, **head}, notes
+
+
+def _prefix_export(method, arch, row, task, meta, tensors, path, base_name):
+    base = meta.get("base") or {}
+    config, notes = _prefix_config(method, arch, row, meta, base, path, base_name)
+    return config, {WEIGHT_KEY: row}, notes
+
+
+# PEFT 0.21's saved keys for adaption prompts on LlamaForCausalLM (its PeftModel state dict:
+# base_model = AdaptionPromptModel, .model = the causal LM, then the layer's attention module):
+# ``...layers.{i}.self_attn.adaption_prompt [1, adapter_len, hidden]`` and ``.adaption_gate [1]``
+# for the top ``adapter_layers`` layers i (peft/tuners/adaption_prompt/model.py, _create_adapted_
+# attentions takes the last adapter_layers of the target modules).
+ADAPTION_KEY = "base_model.model.model.layers.{}.self_attn.adaption_{}"
+
+
+def _adaption_export(method, arch, row, task, meta, tensors, path, base_name):
+    """PEFT ``ADAPTION_PROMPT``: one prompt and one gate tensor per adapted layer."""
+    from spt.backbones.adaption import ADAPTED_TYPES
+
+    base = meta.get("base") or {}
+    if base.get("model_type") not in ADAPTED_TYPES:
+        raise SptError(
+            f"{path} was trained on a {base.get('model_type')!r} model: PEFT's adaption prompts "
+            f"cover {', '.join(ADAPTED_TYPES)} (as spt's)"
+        )
+    gates = tensors.get("adaption.gates")
+    layers, length, d = row.shape
+    total = meta.get("n_layers")
+    if (
+        gates is None
+        or tuple(gates.shape) != (tensors["adaption.prompts"].shape[0], layers)
+        or not isinstance(total, int)
+        or not 1 <= layers <= total
+    ):
+        raise SptError(
+            f"{path}: an adaption_prompt artifact needs 'adaption.gates' [n_tasks, {layers}] and "
+            f"the model's layer count (n_layers) in its metadata: re-save it with this spt "
+            "version (python -m spt.run method.init=file train=false)"
+        )
+    peft = _peft()
+    config = peft.AdaptionPromptConfig(
+        task_type="CAUSAL_LM",
+        adapter_len=length,
+        adapter_layers=layers,
+        target_modules="self_attn",  # Llama's and Mistral's attention module
+        base_model_name_or_path=base_name,
+        inference_mode=True,
+    )
+    gate = gates[task].detach().float()
+    weights = {}
+    for j in range(layers):  # row j is the j-th adapted layer from the bottom
+        i = total - layers + j
+        weights[ADAPTION_KEY.format(i, "prompt")] = row[j].unsqueeze(0).contiguous()
+        weights[ADAPTION_KEY.format(i, "gate")] = gate[j].reshape(1).contiguous()
+    notes = [
+        "PEFT's forward numbers positions from 0 through left padding; pass position_ids "
+        "that skip it (as spt does) for padded batches to get spt's scores"
+    ]
+    return config, weights, notes
+
+
+# prompt kind -> (builder, the exported table's axes)
+_EXPORTERS = {
+    "input": (_prompt_export, ("n_tasks", "length", "width")),
+    "kv": (_prefix_export, ("n_tasks", "length", "width")),
+    "adaption": (_adaption_export, ("n_tasks", "layers", "length", "width")),
+}
+
+
 def _write_adapter(
     out_dir, config, weights: dict[str, torch.Tensor], provenance: dict, artifact: Path, card: str
 ) -> Path:
@@ -541,7 +625,7 @@ def model_card(meta: dict, config, base_name: str | None, notes: list[str]) -> s
         "",
         "| | |",
         "|---|---|",
-        f"| method | `{meta.get('method')}` ({config.num_virtual_tokens} virtual tokens) |",
+        f"| method | `{meta.get('method')}` ({_virtual_tokens(config)}) |",
         f"| data | `{meta.get('data')}` |",
         f"| trainable parameters | {meta.get('trainable_parameters')} |",
         f"| served parameters | {meta.get('served_parameters')} |",
@@ -575,7 +659,10 @@ def model_card(meta: dict, config, base_name: str | None, notes: list[str]) -> s
         "```",
         "",
         "Fill the template's fields and tokenize the text around `{soft}` as usual: PEFT puts "
-        "the virtual tokens in front of the tokenized input.",
+        "the virtual tokens in front of the tokenized input."
+        if _plain(config.peft_type) != "ADAPTION_PROMPT"
+        else "Fill the template's fields and tokenize the text as usual: the prompts live in "
+        "the attention layers, not in the input.",
         "",
         "Or with spt, which applies the template and label words itself:",
         "",
@@ -623,6 +710,8 @@ def import_peft(
         )
     arch = backbone.arch
     task_type = config.get("task_type")
+    if peft_type == "ADAPTION_PROMPT":  # its own layout check names the architecture
+        _adaption_layers(backbone, adir)
     if arch not in PEFT_ARCHS:
         raise SptError(
             f"cannot import a PEFT adapter onto {backbone.name} ({arch}): spt imports "
@@ -642,15 +731,6 @@ def import_peft(
             f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
             "import it with that model (--model ...)"
         )
-    emb = weights.get(WEIGHT_KEY)
-    if emb is None or emb.dim() != 2:
-        found = {k: list(v.shape) for k, v in weights.items()}
-        raise SptError(
-            f"{adir / WEIGHTS_NAME} should hold '{WEIGHT_KEY}' [tokens, width] for a "
-            f"PEFT {peft_type} adapter, it holds {found}: re-save the adapter with "
-            "PeftModel.save_pretrained"
-        )
-    extra = sorted(k for k in weights if k != WEIGHT_KEY)
     name = task_name or provenance.get("task_name") or adir.resolve().name
     source = {
         "format": "peft",
@@ -661,15 +741,26 @@ def import_peft(
         "base_model_name_or_path": config.get("base_model_name_or_path"),
     }
     carried = {k: provenance[k] for k in ("label_names", "label_words", "loss") if k in provenance}
-    if peft_type == "PREFIX_TUNING":
-        tensors, meta, notes = _prefix_artifact(config, emb, backbone, adir)
+    if peft_type == "ADAPTION_PROMPT":
+        tensors, meta, notes, extra = _adaption_artifact(config, weights, backbone, adir)
         load = (
-            f"method=prefix method.reparam=false method.length={meta['length']} "
-            f"method.init=file method.init_file="
+            f"method=adaption_prompt method.length={meta['length']} "
+            f"method.layers={meta['layers']} method.init=file method.init_file="
         )
     else:
-        tensors, meta, notes = _prompt_artifact(config, emb, backbone, adir, peft_type)
-        load = f"method=prompt method.length={meta['length']} method.init=file method.init_file="
+        emb = _prompt_weights(weights, adir, peft_type)
+        extra = sorted(k for k in weights if k != WEIGHT_KEY)
+        if peft_type == "PREFIX_TUNING":
+            tensors, meta, notes = _prefix_artifact(config, emb, backbone, adir)
+            load = (
+                f"method=prefix method.reparam=false method.length={meta['length']} "
+                f"method.init=file method.init_file="
+            )
+        else:
+            tensors, meta, notes = _prompt_artifact(config, emb, backbone, adir, peft_type)
+            load = (
+                f"method=prompt method.length={meta['length']} method.init=file method.init_file="
+            )
     if extra:
         notes.append(
             f"ignored tensors that are not the prompt ({', '.join(extra[:4])}"
@@ -690,7 +781,7 @@ def import_peft(
         path=out,
         summary=(
             f"wrote method={meta['method']} artifact ({meta['length']} "
-            f"{'prefix positions' if meta['method'] == 'prefix' else 'vectors'}"
+            f"{ {'prefix': 'prefix positions', 'adaption_prompt': 'vectors per layer'}.get(meta['method'], 'vectors') }"
             f", base {identity['name']}) from the PEFT {peft_type} adapter "
             f"{adir} to {out}"
         ),
@@ -736,13 +827,13 @@ def _unsupported_peft_type(peft_type: str, adir: Path) -> str:
         )
     why = (
         "it adds or changes model weights, which spt keeps frozen; load it with PEFT instead"
-        if peft_type not in ("MULTITASK_PROMPT_TUNING", "CPT", "ADAPTION_PROMPT")
+        if peft_type not in ("MULTITASK_PROMPT_TUNING", "CPT")
         else "its prompts need PEFT's own task and context machinery"
     )
     return (
         f"{adir} is a PEFT {peft_type} adapter, which spt cannot import: {why}. spt imports "
         f"soft prompts only: {', '.join(IMPORTABLE)} (prefix tuning with or without "
-        "prefix_projection, on decoder-only models)"
+        "prefix_projection, on decoder-only models; adaption prompts on Llama-architecture ones)"
     )
 
 
@@ -789,6 +880,86 @@ def _n_virtual(config: dict, rows: int, per: int, adir: Path) -> int:
             "with PeftModel.save_pretrained"
         )
     return n
+
+
+def _prompt_weights(weights: dict, adir: Path, peft_type: str) -> torch.Tensor:
+    """The ``prompt_embeddings`` tensor every PEFT prompt-learning adapter but adaption
+    prompts saves."""
+    emb = weights.get(WEIGHT_KEY)
+    if emb is None or emb.dim() != 2:
+        found = {k: list(v.shape) for k, v in weights.items()}
+        raise SptError(
+            f"{adir / WEIGHTS_NAME} should hold '{WEIGHT_KEY}' [tokens, width] for a "
+            f"PEFT {peft_type} adapter, it holds {found}: re-save the adapter with "
+            "PeftModel.save_pretrained"
+        )
+    return emb
+
+
+def _adaption_layers(backbone, adir: Path) -> int:
+    """The backbone's layer count, or why PEFT adaption prompts do not go onto it."""
+    from spt.backbones.adaption import attention_layers
+
+    try:
+        return len(attention_layers(backbone.model))
+    except SptError as err:
+        raise SptError(
+            f"cannot import the PEFT ADAPTION_PROMPT adapter {adir} onto {backbone.name}: {err}"
+        ) from None
+
+
+def _adaption_artifact(config: dict, weights: dict, backbone, adir: Path):
+    """PEFT adaption prompts -> ``method=adaption_prompt``: one task row, its layers' prompts
+    ``[1, layers, length, d]`` and gates ``[1, layers]`` (the keys of :data:`ADAPTION_KEY`)."""
+    import re
+
+    total = _adaption_layers(backbone, adir)
+    length, layers = config.get("adapter_len"), config.get("adapter_layers")
+    target = config.get("target_modules")
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (length, layers))
+    if not ok or not (length >= 1 and 1 <= layers <= total) or target not in (None, "self_attn"):
+        raise SptError(
+            f"{adir / CONFIG_NAME}: adapter_len={length!r}, adapter_layers={layers!r}, "
+            f"target_modules={target!r} do not fit {backbone.name} ({total} layers; spt adapts "
+            "the self_attn modules): import it with the model it was trained for "
+            f"(base_model_name_or_path={config.get('base_model_name_or_path')!r})"
+        )
+    pattern = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.adaption_(prompt|gate)$")
+    found: dict[tuple[int, str], torch.Tensor] = {}
+    extra = []
+    for key, value in weights.items():
+        m = pattern.search(key)
+        if m:
+            found[int(m.group(1)), m.group(2)] = value
+        else:
+            extra.append(key)
+    top = range(total - layers, total)  # PEFT adapts the last adapter_layers layers
+    want = {(i, part) for i in top for part in ("prompt", "gate")}
+    d = backbone.hidden_size
+    shapes = {"prompt": (1, length, d), "gate": (1,)}
+    bad = [f"layer {i} {part} missing" for i, part in sorted(want - set(found))]
+    bad += [
+        f"layer {i} {part} {list(t.shape)}"
+        for (i, part), t in sorted(found.items())
+        if (i, part) not in want or tuple(t.shape) != shapes[part]
+    ]
+    if bad:
+        raise SptError(
+            f"{adir / WEIGHTS_NAME} does not hold adaption prompts [1, {length}, {d}] and gates "
+            f"[1] for exactly layers {top.start}..{top.stop - 1} of {backbone.name}: "
+            f"{', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''}. Import it with the model it "
+            "was trained for, or re-save it with PeftModel.save_pretrained"
+        )
+    prompts = torch.stack([found[i, "prompt"][0] for i in top]).unsqueeze(0).float()
+    gates = torch.stack([found[i, "gate"][0] for i in top]).unsqueeze(0).float()
+    meta = {
+        "method": "adaption_prompt",
+        "length": length,
+        "layers": layers,
+        "n_layers": total,
+        "trainable_parameters": prompts.numel() + gates.numel(),
+    }
+    return {"adaption.prompts": prompts, "adaption.gates": gates}, meta, [], sorted(extra)
 
 
 def _prompt_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path, peft_type: str):

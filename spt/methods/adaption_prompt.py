@@ -163,6 +163,7 @@ class AdaptionPrompt(FrozenBackboneMixin, L.LightningModule):
             "method": self.method_name,
             "length": self.adaption.prompts.shape[2],
             "layers": self.adaption.prompts.shape[1],
+            "n_layers": len(attention_layers(self.backbone)),  # the export numbers layers from it
             "n_tasks": self.adaption.prompts.shape[0],
             "task_names": self.task_names,
             "init": self.hparams.init,
