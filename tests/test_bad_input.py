@@ -61,6 +61,23 @@ CASES = {
     "negative radius": (["method=cpt", "model=tiny-llama", "method.eps_input=-1"], "eps_input"),
     "dropout past 1": (["method=ptuning_v2", "method.prompt_dropout=1.5"], "prompt_dropout"),
     "method x arch": (["method=cpt"], "method=cpt does not support encoder"),
+    "adaption layers past the model": (
+        ["method=adaption_prompt", "model=tiny-llama", "method.layers=9"],
+        "method.layers to 1..2",
+    ),
+    "adaption length zero": (
+        ["method=adaption_prompt", "model=tiny-llama", "method.length=0"],
+        "method.length=0",
+    ),
+    "prefix_plus layers zero": (
+        ["method=prefix_plus", "model=tiny-llama", "method.layers=0"],
+        "method.layers to 1..2",
+    ),
+    "prefix_plus init": (
+        ["method=prefix_plus", "model=tiny-llama", "method.init=random"],
+        "method.init='random'",
+    ),
+    "prefix_plus x arch": (["method=prefix_plus"], "method=prefix_plus does not support encoder"),
     "data batch size": (["data.batch_size=0"], "data.batch_size"),
     "settings node key": (["+method.head.dropot=0.2"], "method.head has no ['dropot']"),
     "negative warmup": (["method.scheduler.warmup_steps=-1"], "method.scheduler.warmup_steps=-1"),

@@ -94,8 +94,9 @@ def bert_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def llama_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     """tiny-llama: prompt on sst2 and rte (two-token label word), prefix on sst2, DePT on
-    sst2 and rte (one stacked table of prompts and embedding updates), adaption prompts on sst2
-    (hooks on the shared backbone's attention, inactive for the other groups)."""
+        sst2 and rte (one stacked table of prompts and embedding updates), adaption prompts on sst2
+        and Prefix-Tuning+ on rte (hooks on the shared backbone's attention, each inactive for the
+    other groups)."""
     root = tmp_path_factory.mktemp("llama")
     return {
         "sst2": _fake_run(root, "sst2", "model=tiny-llama", "data=sst2", seed=5),
@@ -111,6 +112,9 @@ def llama_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
         ),
         "sst2_adapt": _fake_run(
             root, "sst2_adapt", "model=tiny-llama", "data=sst2", "method=adaption_prompt", seed=13
+        ),
+        "rte_pplus": _fake_run(
+            root, "rte_pplus", "model=tiny-llama", "data=rte", "method=prefix_plus", seed=14
         ),
     }
 
@@ -164,7 +168,7 @@ def test_mixed_batch_equals_each_run_alone(family, request):
     preds = server.predict(rows)
     # one forward per prompt table, each serving all of its tasks' rows
     assert sorted(forwards) == sorted(N_ROWS * len(g.tasks) for g in server._groups)
-    assert len(server._groups) == {"bert": 4, "llama": 4, "t5": 2}[family]
+    assert len(server._groups) == {"bert": 4, "llama": 5, "t5": 2}[family]
     for row, pred, want in zip(rows, preds, expected, strict=True):
         labels = server.tasks[row["task"]]["labels"]
         assert pred["task"] == row["task"] and list(pred["scores"]) == labels
@@ -206,7 +210,10 @@ def test_refusals(bert_runs, llama_runs, bert_server, tmp_path):
         PromptServer.from_runs([tmp_path])
     # a method the server does not serve, and a text-to-text run (their metadata edited)
     for edit, message in (
-        ({"method": "cpt"}, "method=cpt.*serves method=mpt, prompt, ptuning, prefix"),
+        (
+            {"method": "cpt"},
+            "method=cpt.*serves method=adaption_prompt, dept, mpt, prefix, prefix_plus, prompt",
+        ),
         ({"task_kind": "text-to-text"}, "text-to-text run"),
     ):
         run = tmp_path / next(iter(edit.values()))

@@ -2,7 +2,9 @@
 attention layers (Zhang et al. 2023, arXiv:2303.16199, Section 3.2).
 
 Architecture-specific (the Llama attention's q/k/v/o projections and rotary embedding), so it
-lives here. Each adapted layer's self-attention output gains
+lives here, with the hooks (:func:`install`) that add a method's term to each hooked layer's
+attention output; Prefix-Tuning+'s term (:mod:`spt.backbones.prefix_plus`) uses them too.
+Each adapted layer's self-attention output gains
 
     o_proj( g * softmax(q P_k^T / sqrt(head_dim)) P_v ),   P_k = k_proj(P), P_v = v_proj(P),
 
@@ -29,29 +31,44 @@ from spt.errors import SptError
 ADAPTED_TYPES = ("llama", "mistral")
 
 
-def attention_layers(model) -> list:
-    """The self-attention modules of a Llama-architecture model, bottom to top."""
+def attention_layers(model, what: str = "adaption prompts") -> list:
+    """The self-attention modules of a Llama-architecture model, bottom to top (``what``
+    names the method in the refusal)."""
     kind = getattr(model.config, "model_type", None)
     inner = getattr(model, "model", model)
     layers = getattr(inner, "layers", None)
     if kind not in ADAPTED_TYPES or layers is None:
         raise SptError(
-            f"adaption prompts need a Llama-architecture decoder ({', '.join(ADAPTED_TYPES)}); "
+            f"{what} need a Llama-architecture decoder ({', '.join(ADAPTED_TYPES)}); "
             f"this model is {kind!r}: use method=prefix or method=prompt"
         )
     return [layer.self_attn for layer in layers]
 
 
-def adapter_output(attn, hidden: torch.Tensor, position_embeddings, prompts, gates):
-    """The term one adapted layer adds: ``hidden [B, T, d]``, ``prompts [B, length, d]``,
-    ``gates [B]`` -> ``[B, T, d]``."""
+def rotary_queries(attn, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
+    """A Llama attention layer's rotary-embedded queries ``[B, heads, T, head_dim]``, as its
+    own forward computes them."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     b, t, _ = hidden.shape
-    head_dim = attn.head_dim
-    q = attn.q_proj(hidden).view(b, t, -1, head_dim).transpose(1, 2)
+    q = attn.q_proj(hidden).view(b, t, -1, attn.head_dim).transpose(1, 2)
     cos, sin = position_embeddings
-    q, _ = apply_rotary_pos_emb(q, q, cos, sin)
+    return apply_rotary_pos_emb(q, q, cos, sin)[0]
+
+
+def heads_out(attn, out: torch.Tensor) -> torch.Tensor:
+    """Per-head outputs ``[B, heads, T, head_dim]`` through the layer's output projection (Llama's
+    has no bias, so a term added to the heads' outputs adds its projection to the layer's)."""
+    b, _, t, _ = out.shape
+    return attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def adapter_output(attn, hidden: torch.Tensor, position_embeddings, prompts, gates):
+    """The term one adapted layer adds: ``hidden [B, T, d]``, ``prompts [B, length, d]``,
+    ``gates [B]`` -> ``[B, T, d]``."""
+    b = hidden.shape[0]
+    head_dim = attn.head_dim
+    q = rotary_queries(attn, hidden, position_embeddings)
     p = prompts.to(hidden.dtype)
     k = attn.k_proj(p).view(b, p.shape[1], -1, head_dim).transpose(1, 2)
     v = attn.v_proj(p).view(b, p.shape[1], -1, head_dim).transpose(1, 2)
@@ -60,19 +77,19 @@ def adapter_output(attn, hidden: torch.Tensor, position_embeddings, prompts, gat
     scores = q @ k.transpose(2, 3) / math.sqrt(head_dim)
     weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
     weights = gates.to(q.dtype).view(b, 1, 1, 1) * weights
-    out = (weights @ v).transpose(1, 2).reshape(b, t, -1)
-    return attn.o_proj(out)
+    return heads_out(attn, weights @ v)
 
 
-def install(model, top: int, source) -> list:
-    """Hooks on the top ``top`` attention layers of ``model`` that add :func:`adapter_output`
-    while ``source()`` returns ``(prompts [B, top, length, d], gates [B, top])`` (layer 0 of
-    them the lowest adapted layer) and leave the layer alone while it returns None. Returns
-    the hook handles (``.remove()`` each to uninstall)."""
+def install(model, top: int, source, term=adapter_output) -> list:
+    """Hooks on the top ``top`` attention layers of ``model`` that add
+    ``term(attn, hidden, position_embeddings, *rows)`` to the layer's output while ``source()``
+    returns a tuple of tensors ``[B, top, ...]`` (layer 0 of them the lowest hooked layer; for
+    adaption prompts ``(prompts [B, top, length, d], gates [B, top])``), and leave the layer
+    alone while it returns None. Returns the hook handles (``.remove()`` each to uninstall)."""
     layers = attention_layers(model)
     if not 1 <= top <= len(layers):
         raise SptError(
-            f"adaption prompts for {top} layers, but the model has {len(layers)}: set "
+            f"{top} adapted layers, but the model has {len(layers)}: set "
             f"method.layers to 1..{len(layers)}"
         )
     handles = []
@@ -82,15 +99,12 @@ def install(model, top: int, source) -> list:
             rows = source()
             if rows is None:
                 return output
-            prompts, gates = rows[0][:, i], rows[1][:, i]
             hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-            if prompts.shape[0] != hidden.shape[0]:  # beam search: each row repeated
-                reps = hidden.shape[0] // prompts.shape[0]
-                prompts, gates = (
-                    prompts.repeat_interleave(reps, 0),
-                    gates.repeat_interleave(reps, 0),
-                )
-            extra = adapter_output(module, hidden, kwargs["position_embeddings"], prompts, gates)
+            rows = [r[:, i] for r in rows]
+            if rows[0].shape[0] != hidden.shape[0]:  # beam search: each row repeated
+                reps = hidden.shape[0] // rows[0].shape[0]
+                rows = [r.repeat_interleave(reps, 0) for r in rows]
+            extra = term(module, hidden, kwargs["position_embeddings"], *rows)
             return (output[0] + extra, *output[1:])
 
         handles.append(attn.register_forward_hook(hook, with_kwargs=True))

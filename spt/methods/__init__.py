@@ -24,6 +24,7 @@ PROMPT_KINDS = {
     "input_update": "a 'prompt' table plus a low-rank update of the input tokens' embeddings",
     "adaption": "per-layer prompts that the top layers' queries attend to through zero-init gates",
     "kv": "key/value prefixes in every attention layer, a 'prefix' table",
+    "memory": "per-layer matrices whose query-dependent term is added to the attention output",
     "context": "in-context training examples whose embeddings trained deltas refine",
     "clip": "context vectors around class names in CLIP's text tower",
 }

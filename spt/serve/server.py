@@ -23,14 +23,17 @@ from spt.errors import SptError
 
 log = logging.getLogger("spt.serve")
 
-# The prompt kinds (spt.methods.PROMPT_KINDS) served: a materialised table of input vectors
-# (served by a Prompt Tuning module, whatever method trained it) or of key/value prefixes
-# (served by the module of the method that trained it).
-SERVED_KINDS = ("input", "kv", "input_update", "adaption")
-
 
 def served_methods() -> list[str]:
-    return methods.with_prompt(SERVED_KINDS)
+    """What is served: every method whose prompt is a table of input vectors (served by a
+    Prompt Tuning module, whatever method trained it), and every method that names the
+    artifact tensors it stacks (``served_rows``: served by its own module), so a new method is
+    served by declaring them, with no list here to extend."""
+    return [
+        name
+        for name, info in methods.registry().items()
+        if info.prompt == "input" or getattr(info.cls, "served_rows", ())
+    ]
 
 
 # -- runs ----------------------------------------------------------------------------------
