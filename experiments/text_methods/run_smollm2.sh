@@ -20,9 +20,10 @@ common=(model=smollm2-135m logger=csv trainer.max_steps=$STEPS trainer.val_check
 declare -A method_args=([prompt]="method.optimizer.lr=0.01" [prefix]="" [ptuning]="method.optimizer.lr=1e-4" [ptuning_v2]=""
                         [cpt]="" [mpt]="method.optimizer.lr=0.01" [dept]="method.optimizer.lr=0.01"
                         [prompt_residual]="method.optimizer.lr=0.01 method.residual=400"
-                        [adaption_prompt]="")
+                        [adaption_prompt]="" [prefix_plus]="")
 # prompt_residual is Residual Prompt Tuning: method=prompt with its MLP of width 400.
-# adaption_prompt keeps its YAML's AdamW 5e-3 (the LLaMA-Adapter value PEFT's examples use).
+# adaption_prompt keeps its YAML's AdamW 5e-3 (the LLaMA-Adapter value PEFT's examples use),
+# prefix_plus its AdamW 1e-4.
 for data in ${DATASETS:-sst2 rte}; do
   case $data in
     sst2) pt_template='{soft:3}Review: {sentence}{soft:3} Sentiment:' ;;
