@@ -73,6 +73,14 @@ CASES = {
         ["method=prefix_plus", "model=tiny-llama", "method.layers=0"],
         "method.layers to 1..2",
     ),
+    "prefix_plus layers negative": (
+        ["method=prefix_plus", "model=tiny-llama", "method.layers=-1"],
+        "method.layers to 1..2",
+    ),
+    "adaption layers negative": (
+        ["method=adaption_prompt", "model=tiny-llama", "method.layers=-1"],
+        "method.layers to 1..2",
+    ),
     "prefix_plus init": (
         ["method=prefix_plus", "model=tiny-llama", "method.init=random"],
         "method.init='random'",

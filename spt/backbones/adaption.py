@@ -45,6 +45,22 @@ def attention_layers(model, what: str = "adaption prompts") -> list:
     return [layer.self_attn for layer in layers]
 
 
+def top_layers(model, layers, default, what: str) -> tuple[int, int]:
+    """``(top, total)``: how many of the model's ``total`` attention layers a method hooks,
+    ``layers`` as its YAML gives it (None: ``default(total)``), checked before any table of
+    that size is built."""
+    total = len(attention_layers(model, what))  # refuses other architectures by name
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)):
+        raise SptError(f"method.layers={layers!r}: null (the method's default) or an integer")
+    top = default(total) if layers is None else layers
+    if not 1 <= top <= total:
+        raise SptError(
+            f"method.layers={top}, but the model has {total} layers: set method.layers to "
+            f"1..{total}"
+        )
+    return top, total
+
+
 def rotary_queries(attn, hidden: torch.Tensor, position_embeddings) -> torch.Tensor:
     """A Llama attention layer's rotary-embedded queries ``[B, heads, T, head_dim]``, as its
     own forward computes them."""

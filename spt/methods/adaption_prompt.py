@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spt.backbones import Backbone
-from spt.backbones.adaption import attention_layers, install
+from spt.backbones.adaption import attention_layers, install, top_layers
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
 from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
@@ -87,8 +87,6 @@ class AdaptionPrompt(FrozenBackboneMixin, L.LightningModule):
         for key, value in (("length", length), ("n_tasks", n_tasks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SptError(f"method.{key}={value!r}: an integer >= 1")
-        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)):
-            raise SptError(f"method.layers={layers!r}: null (all but the bottom two) or an integer")
         if init not in ("random", "file") or (init == "file" and not init_file):
             raise SptError(
                 f"method.init={init!r}: choose random, or file with "
@@ -109,8 +107,8 @@ class AdaptionPrompt(FrozenBackboneMixin, L.LightningModule):
         )
         self.task_names = task_names_for(task, task_names, n_tasks)
         self.set_optimizer(optimizer, scheduler)
-        total = len(attention_layers(backbone.model))  # refuses other architectures by name
-        top = max(1, total - 2) if layers is None else layers
+        # null: all but the bottom two (the paper's 30 of 32)
+        top, _ = top_layers(backbone.model, layers, lambda n: max(1, n - 2), "adaption prompts")
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.adaption = AdaptionPromptTable(n_tasks, top, length, backbone.hidden_size)

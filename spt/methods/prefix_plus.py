@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spt.backbones import Backbone
-from spt.backbones.adaption import attention_layers, install
+from spt.backbones.adaption import attention_layers, install, top_layers
 from spt.backbones.arch import attention_sizes
 from spt.backbones.prefix_plus import memory_output
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
@@ -86,8 +86,6 @@ class PrefixTuningPlus(FrozenBackboneMixin, L.LightningModule):
         super().__init__()
         if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1:
             raise SptError(f"method.n_tasks={n_tasks!r}: an integer >= 1")
-        if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int)):
-            raise SptError(f"method.layers={layers!r}: null (every layer) or an integer")
         if init not in ("zeros", "file") or (init == "file" and not init_file):
             raise SptError(
                 f"method.init={init!r}: choose zeros, or file with "
@@ -108,8 +106,7 @@ class PrefixTuningPlus(FrozenBackboneMixin, L.LightningModule):
         )
         self.task_names = task_names_for(task, task_names, n_tasks)
         self.set_optimizer(optimizer, scheduler)
-        total = len(attention_layers(backbone.model, WHAT))  # refuses others by name
-        top = total if layers is None else layers
+        top, _ = top_layers(backbone.model, layers, lambda n: n, WHAT)  # null: every layer
         sizes = attention_sizes(backbone.config)
         self.prefix_plus = PrefixMemory(n_tasks, top, sizes["n_kv_heads"], sizes["head_dim"])
         self._rows = None  # the batch rows' memories; None between calls
