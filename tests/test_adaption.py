@@ -90,13 +90,41 @@ def test_the_method_trains_only_its_prompts_and_gates_and_leaves_a_shared_backbo
         before = other(make_batch(bb, ["a fine film"], 1))
         m.adaption.gates.fill_(3.0)
         moved = m(batch)
-        assert m._rows is None
+        assert m.terms.rows is None
         after = other(make_batch(bb, ["a fine film"], 1))
     assert torch.equal(before, after) and not torch.allclose(first, moved)
     zero = PromptTuning(bb, task=TASK, length=1, init="uniform").eval()
     with torch.no_grad():  # zero gates: the frozen model's label-word scores
         frozen = zero.class_scores(bb.input_embeddings(batch["input_ids"]), batch["attention_mask"])
     torch.testing.assert_close(first, frozen, rtol=0, atol=0)
+
+
+def test_a_zero_term_leaves_a_model_with_attention_biases_as_it_was():
+    """Llama with attention_bias=True: the layer's output already carries o_proj's bias, so a
+    zero gate (adaption prompts) or zero memory (Prefix-Tuning+) adds nothing (calling o_proj
+    whole on the term, as PEFT's AdaptedAttention does, adds the bias a second time)."""
+    from transformers import LlamaForCausalLM
+
+    from spt.backbones.adaption import LayerTerms
+    from spt.backbones.prefix_plus import memory_output
+    from spt.backbones.tiny_models import tiny_config
+
+    config = tiny_config("llama", layers=3)
+    config.attention_bias = True
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():  # HF initialises biases to zero
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.bias.normal_(generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(input_ids=IDS, attention_mask=MASK).logits
+        with adapted(model, torch.randn(2, 2, 3, 32), torch.zeros(2, 2)):
+            assert torch.equal(model(input_ids=IDS, attention_mask=MASK).logits, plain)
+        terms = LayerTerms(model, 2, memory_output)
+        with terms.holding((torch.zeros(2, 2, 2, 8, 8),)):  # [B, layers, kv heads, hd, hd]
+            assert torch.equal(model(input_ids=IDS, attention_mask=MASK).logits, plain)
+        terms.remove()
 
 
 def test_more_adapted_layers_than_the_model_has_is_refused():

@@ -122,6 +122,42 @@ def test_mixed_task_rows_decode_as_if_alone(family, cls):
     assert not torch.allclose(first[0], other[0]), "the task id changes nothing"
 
 
+HOOK_METHODS = [methods.get(n).cls for n in ("adaption_prompt", "prefix_plus")]
+
+
+@pytest.mark.parametrize("cls", HOOK_METHODS, ids=lambda c: c.method_name)
+def test_attention_hook_methods_decode_as_uncached_and_leave_the_backbone_alone(cls):
+    """Adaption prompts and Prefix-Tuning+ add their terms through hooks on the attention
+    layers: HF's cached decoding equals the uncached step-by-step reference, rows of mixed
+    tasks decode as if alone, and once decoding ends the shared backbone is the frozen model
+    again (the rows were held for the whole of decoding and cleared after it)."""
+    from tests.test_prompt import make_batch
+
+    bb = tiny("llama", hidden=64, seed=3)
+    m = cls(bb, TASK, n_tasks=3).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.normal_(0, 1, generator=g)
+    batch = make_batch(bb, TEXTS, 0, task_ids=[0, 1, 2])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        plain = bb.model(input_ids=ids, attention_mask=mask).logits
+        got = generate(m, batch, max_new_tokens=6)
+        assert m.terms.rows is None
+        assert torch.equal(bb.model(input_ids=ids, attention_mask=mask).logits, plain)
+        want, steps = greedy_reference(m, batch, max_new_tokens=6)
+        alone = [
+            generate(m, make_batch(bb, [t], 0, task_ids=[i]), max_new_tokens=6)[0]
+            for i, t in enumerate(TEXTS)
+        ]
+    assert torch.equal(got, want)
+    for row, one in zip(got, alone, strict=True):
+        assert torch.equal(row[: len(one)], one)
+    assert (steps[0] - plain[:, -1]).abs().max() > 1e-2  # the terms move the next token's logits
+
+
 def test_encoder_only_is_refused():
     m = PromptTuning(tiny("bert"), TASK, length=N_SOFT, init="uniform")
     with pytest.raises(SptError, match="decoder"):

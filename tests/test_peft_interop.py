@@ -346,12 +346,10 @@ def adaption_method(backbone, **kw) -> AdaptionPrompt:
 def spt_adaption_logits(m, batch) -> torch.Tensor:
     """The backbone's logits with the method's hooks reading the batch rows' prompts."""
     am = batch["attention_mask"]
-    try:
+    with m.adapting(batch):
         return m.backbone(
             inputs_embeds=m.embed(batch), attention_mask=am, position_ids=position_ids(am)
         ).logits
-    finally:
-        m._rows = None
 
 
 def adaption_check(m, pm, batch, name):
@@ -456,6 +454,36 @@ def test_refuses_adaption_prompts_that_do_not_fit(tmp_path):
     save_file(weights, str(tmp_path / "a" / "adapter_model.safetensors"))
     with pytest.raises(SptError, match="layers 0..2 of tiny-llama: layer 0 gate missing"):
         import_peft(tmp_path / "a", tiny("llama", layers=3), tmp_path / "p")
+    key = "base_model.model.model.layers.1.self_attn.adaption_gate"  # the same layer twice
+    weights["base_model.model.layers.1.self_attn.adaption_gate"] = weights[key].clone()
+    save_file(weights, str(tmp_path / "a" / "adapter_model.safetensors"))
+    with pytest.raises(SptError, match="two tensors for the same layer.*model.layers.1"):
+        import_peft(tmp_path / "a", tiny("llama", layers=3), tmp_path / "p")
+    cfg_path = tmp_path / "a" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "adapter_len": "2"}))  # damaged, not another model
+    with pytest.raises(SptError, match="adapter_len='2' .* integers >= 1: the file is damaged"):
+        import_peft(tmp_path / "a", tiny("llama", layers=3), tmp_path / "p")
+
+
+@pytest.mark.reliability
+def test_adaption_prompts_on_a_biased_attention_output_are_not_moved_to_peft(tmp_path):
+    """PEFT's AdaptedAttention adds o_proj's bias to the prompts' term a second time, so on a
+    model with attention_bias=True neither direction would keep the scores: both refuse."""
+    bb = tiny("llama", layers=3)
+    m = adaption_method(bb)
+    art = save(m, tmp_path / "p")
+    tensors, meta = load_artifact(art)
+    assert meta["attention_bias"] is False
+    biased = save_artifact(tmp_path / "b", tensors, {**meta, "attention_bias": True})
+    with pytest.raises(SptError, match="has a bias \(attention_bias=True\)"):
+        export_peft(biased, tmp_path / "out")
+    out = export_peft(art, tmp_path / "adapter")
+    for layer in bb.model.model.layers:  # the same model with output biases
+        attn = layer.self_attn
+        attn.o_proj.bias = torch.nn.Parameter(torch.zeros(attn.o_proj.out_features))
+    with pytest.raises(SptError, match="output projection has a bias"):
+        import_peft(out.path, bb, tmp_path / "back")
 
 
 # -- PEFT -> spt ---------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def test_zero_memories_are_the_frozen_model_rows_read_their_task_and_the_backbon
         m.prefix_plus.memory[1].normal_(generator=torch.Generator().manual_seed(1))
         mixed = make_batch(bb, texts, 0, task_ids=[0, 1])
         scores = m(mixed)
-        assert m._rows is None
+        assert m.terms.rows is None
         after = other(make_batch(bb, ["a fine film"], 1))
         alone = m(make_batch(bb, texts[1:], 0, task_ids=[1]))
     assert torch.equal(before, after)
@@ -125,5 +125,5 @@ def test_other_architectures_are_refused_by_name():
         PrefixTuningPlus(tiny("bert"), task=TASK, optimizer=optimizer())
     bb = tiny("llama")
     bb.model.config.model_type = "gpt2"  # a decoder whose attention is not Llama's
-    with pytest.raises(SptError, match="Prefix-Tuning\\+ .* need a Llama-architecture decoder"):
+    with pytest.raises(SptError, match="Prefix-Tuning\\+ .* only Llama-architecture decoders"):
         PrefixTuningPlus(bb, task=TASK, optimizer=optimizer())

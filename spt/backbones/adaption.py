@@ -39,8 +39,8 @@ def attention_layers(model, what: str = "adaption prompts") -> list:
     layers = getattr(inner, "layers", None)
     if kind not in ADAPTED_TYPES or layers is None:
         raise SptError(
-            f"{what} need a Llama-architecture decoder ({', '.join(ADAPTED_TYPES)}); "
-            f"this model is {kind!r}: use method=prefix or method=prompt"
+            f"{what}: only Llama-architecture decoders ({', '.join(ADAPTED_TYPES)}) are "
+            f"supported, and this model is {kind!r}: use method=prefix or method=prompt"
         )
     return [layer.self_attn for layer in layers]
 
@@ -73,10 +73,13 @@ def rotary_queries(attn, hidden: torch.Tensor, position_embeddings) -> torch.Ten
 
 
 def heads_out(attn, out: torch.Tensor) -> torch.Tensor:
-    """Per-head outputs ``[B, heads, T, head_dim]`` through the layer's output projection (Llama's
-    has no bias, so a term added to the heads' outputs adds its projection to the layer's)."""
+    """Per-head outputs ``[B, heads, T, head_dim]`` through the layer's output projection's
+    weight alone: the layer's own output already carries its bias (``attention_bias=True``), so
+    the term is what adding ``out`` to its heads' outputs adds, and a zero term is no change.
+    (PEFT's ``AdaptedAttention`` calls ``o_proj`` whole, adding the bias twice on such models;
+    the PEFT export refuses them.)"""
     b, _, t, _ = out.shape
-    return attn.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+    return F.linear(out.transpose(1, 2).reshape(b, t, -1), attn.o_proj.weight)
 
 
 def adapter_output(attn, hidden: torch.Tensor, position_embeddings, prompts, gates):
@@ -127,13 +130,36 @@ def install(model, top: int, source, term=adapter_output) -> list:
     return handles
 
 
+class LayerTerms:
+    """The hooks of :func:`install` and the rows they read: the layers are adapted only inside
+    ``with terms.holding(rows):`` (a method's ``adapting(batch)``), so a backbone shared with
+    other methods runs unadapted outside this method's calls, whatever path (scoring, the LM
+    loss, decoding) made them."""
+
+    def __init__(self, model, top: int, term=adapter_output):
+        self.rows = None
+        self.handles = install(model, top, lambda: self.rows, term)
+
+    @contextlib.contextmanager
+    def holding(self, rows: tuple):
+        outer, self.rows = self.rows, rows
+        try:
+            yield
+        finally:
+            self.rows = outer
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 @contextlib.contextmanager
 def adapted(model, prompts: torch.Tensor, gates: torch.Tensor):
     """Run ``model`` with adaption prompts ``prompts [B, L, length, d]`` and ``gates [B, L]``
     in its top ``L`` layers (the hooks of :func:`install`, removed on exit)."""
-    handles = install(model, prompts.shape[1], lambda: (prompts, gates))
+    terms = LayerTerms(model, prompts.shape[1])
     try:
-        yield model
+        with terms.holding((prompts, gates)):
+            yield model
     finally:
-        for h in handles:
-            h.remove()
+        terms.remove()

@@ -10,6 +10,8 @@
   cache), so spt runs these loops itself over a small "stepper" that returns next-token logits
   and reorders its rows (the cache's ``reorder_cache``) when beams are re-ranked. Sampling
   uses Hugging Face's logits warpers (temperature, top-k, top-p) on the stepper's logits.
+- Attention-hook methods (adaption_prompt, prefix_plus) decode through HF ``generate`` too,
+  inside ``method.adapting(batch)``, which holds the batch rows' hook inputs for every step.
 - ``use_cache=False`` re-runs the whole sequence at every step: the slow reference that the
   cached path must equal (tests assert it).
 Decoder-only batches are left-padded, so every row continues from its last real token.
@@ -17,6 +19,7 @@ Decoder-only batches are left-padded, so every row continues from its last real 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -25,7 +28,20 @@ import torch.nn.functional as F
 from spt.errors import SptError
 
 
+def _adapting(decode):
+    """Run the whole of decoding in ``method.adapting(batch)``: the per-batch rows a method's
+    attention hooks read are set for every step and cleared after the last one."""
+
+    @functools.wraps(decode)
+    def run(method, batch: dict, *args, **kwargs):
+        with method.adapting(batch):
+            return decode(method, batch, *args, **kwargs)
+
+    return run
+
+
 @torch.no_grad()
+@_adapting
 def generate(
     method,
     batch: dict,
@@ -130,6 +146,7 @@ def _warpers(temperature: float, top_k: int, top_p: float):
 
 
 @torch.no_grad()
+@_adapting
 def greedy_reference(
     method, batch: dict, max_new_tokens: int = 32
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -145,6 +162,7 @@ def greedy_reference(
 
 
 @torch.no_grad()
+@_adapting
 def beam_search(
     method,
     batch: dict,
@@ -170,6 +188,7 @@ def beam_search(
 
 
 @torch.no_grad()
+@_adapting
 def sample(
     method,
     batch: dict,

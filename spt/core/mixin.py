@@ -18,6 +18,7 @@ stated shapes, :mod:`spt.modules`), its objective, and the architecture's operat
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -208,6 +209,13 @@ class FrozenBackboneMixin:
     def query_mask(self, batch: dict) -> torch.Tensor:
         """The attention mask decoding starts from (a method may mask tokens of its own)."""
         return batch["attention_mask"]
+
+    def adapting(self, batch: dict):
+        """The context every backbone call for ``batch`` runs in (scoring, the LM loss, the
+        whole of decoding): methods whose attention hooks read per-batch rows (adaption prompts,
+        Prefix-Tuning+) select them on entry and clear them on exit, so a shared backbone runs
+        unadapted between calls."""
+        return contextlib.nullcontext()
 
     # -- Lightning's steps: the objective's ------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

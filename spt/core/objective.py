@@ -284,11 +284,12 @@ class Generation(Objective):
         self.last_predictions: list[dict] = []
 
     def training_step(self, method, batch: dict) -> torch.Tensor:
-        embeds = method.embed(batch)
-        prefix = method.kv_prefix(batch, embeds.dtype)
-        loss = self.base.ops.lm_loss(
-            method.backbone, embeds, batch["attention_mask"], batch["labels"], prefix
-        )
+        with method.adapting(batch):
+            embeds = method.embed(batch)
+            prefix = method.kv_prefix(batch, embeds.dtype)
+            loss = self.base.ops.lm_loss(
+                method.backbone, embeds, batch["attention_mask"], batch["labels"], prefix
+            )
         method.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return check_finite(loss, method.global_step)
 

@@ -12,7 +12,8 @@ folder (or Hub repository) serves ``PeftModel.from_pretrained`` and ``spt.load``
 PEFT's on-disk format (read from PEFT 0.21's source): ``adapter_config.json`` holds the
 config (``peft_type``, ``task_type``, ``num_virtual_tokens``, ``token_dim``, ``num_layers``,
 ``num_attention_heads``, ``num_transformer_submodules``, ...); ``adapter_model.safetensors``
-holds one tensor, ``prompt_embeddings``, for every prompt-learning type:
+holds one tensor, ``prompt_embeddings``, for every prompt-learning type but adaption prompts
+(whose per-layer tensors are described below):
 
 - prompt tuning: ``[num_virtual_tokens * num_transformer_submodules, token_dim]``; PEFT
   concatenates the first ``num_virtual_tokens`` rows in front of the input embeddings (the
@@ -95,6 +96,8 @@ UNEXPORTABLE = {
     "CLIP prompt learner",
     "input_update": "its low-rank update of the input embeddings has no place in PEFT's "
     "adapters (PEFT has no DePT); its prompt alone would score differently",
+    "memory": "its per-layer memory term outside the attention softmax has no place in PEFT's "
+    "adapters (PEFT has no Prefix-Tuning+)",
 }
 
 
@@ -102,7 +105,7 @@ def exportable_methods() -> list[str]:
     return methods.with_prompt(EXPORTED)
 
 
-IMPORTABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "ADAPTION_PROMPT")
+IMPORTABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "ADAPTION_PROMPT")  # _IMPORTERS' keys
 
 _BOS_NOTE = (
     "PEFT puts the virtual tokens in front of the tokenizer's leading special token "
@@ -202,7 +205,8 @@ def export_peft(
     ``artifact_path`` is a run directory (its ``prompt.safetensors``) or an artifact file.
     ``base_model_name_or_path`` goes into ``adapter_config.json`` (default: the artifact's base
     model name). Method ``prompt`` / ``ptuning`` / ``mpt`` become PEFT prompt tuning, ``prefix``
-    / ``ptuning_v2`` on decoder-only models PEFT prefix tuning (see the module docstring for
+    / ``ptuning_v2`` on decoder-only models PEFT prefix tuning, ``adaption_prompt`` PEFT
+    adaption prompts (see the module docstring for
     what is left out and why: e.g. an encoder-only model's classification head, P-tuning's
     encoder). Raises :class:`SptError` for what PEFT cannot represent.
     """
@@ -516,6 +520,12 @@ def _adaption_export(method, arch, row, task, meta, tensors, path, base_name):
             f"{path} was trained on a {base.get('model_type')!r} model: PEFT's adaption prompts "
             f"cover {', '.join(ADAPTED_TYPES)} (as spt's)"
         )
+    if meta.get("attention_bias"):
+        raise SptError(
+            f"{path} was trained on a model whose attention output projection has a bias "
+            "(attention_bias=True): PEFT's adaption prompts add that bias to the prompts' term "
+            "a second time, so the adapter would score differently there; use it with spt"
+        )
     gates = tensors.get("adaption.gates")
     layers, length, d = row.shape
     total = meta.get("n_layers")
@@ -683,11 +693,13 @@ def import_peft(
     out_path: str | os.PathLike,
     task_name: str | None = None,
 ) -> Converted:
-    """Write a PEFT prompt-tuning, P-tuning or prefix-tuning adapter as an spt artifact for
-    ``backbone`` (a :class:`spt.backbones.Backbone`; its identity goes into the artifact).
+    """Write a PEFT prompt-tuning, P-tuning, prefix-tuning or adaption-prompt adapter as an spt
+    artifact for ``backbone`` (a :class:`spt.backbones.Backbone`; its identity goes into the
+    artifact).
 
     Prompt tuning and P-tuning (its saved, materialised prompt) become ``method=prompt``;
-    prefix tuning on a decoder-only model becomes ``method=prefix`` with ``reparam=false``.
+    prefix tuning on a decoder-only model becomes ``method=prefix`` with ``reparam=false``;
+    adaption prompts on a Llama-architecture model ``method=adaption_prompt``.
     ``task_name`` names the single task row (default: the adapter directory's name). Every
     mismatch (another PEFT type, another hidden size or layer layout, a task type for another
     model family, missing or pickled files) raises :class:`SptError` naming the fix.
@@ -708,59 +720,18 @@ def import_peft(
             f"{identity.get('fingerprint')}): import it with the model it was "
             "trained on (--model ...)"
         )
-    arch = backbone.arch
-    task_type = config.get("task_type")
-    if peft_type == "ADAPTION_PROMPT":  # its own layout check names the architecture
-        _adaption_layers(backbone, adir)
-    if arch not in PEFT_ARCHS:
-        raise SptError(
-            f"cannot import a PEFT adapter onto {backbone.name} ({arch}): spt imports "
-            "PEFT prompts for decoder-only and encoder-decoder language models"
-        )
-    if PEFT_ARCHS[arch].import_refusal:
-        raise SptError(
-            f"cannot import {adir} onto the {arch} {backbone.name}: "
-            f"{PEFT_ARCHS[arch].import_refusal}"
-        )
-    accepted = PEFT_ARCHS[arch].task_types
-    if task_type is not None and task_type not in accepted:
-        raise SptError(
-            f"{adir} is a PEFT {task_type} adapter, but {backbone.name} is "
-            f"{arch} (PEFT task type {' or '.join(accepted)}): the "
-            f"adapter was made for another kind of model "
-            f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
-            "import it with that model (--model ...)"
-        )
+    build, unit = _IMPORTERS[peft_type]
+    tensors, meta, notes, extra, load = build(config, weights, backbone, adir, peft_type)
     name = task_name or provenance.get("task_name") or adir.resolve().name
     source = {
         "format": "peft",
         "adapter_dir": str(adir.resolve()),
         "peft_type": peft_type,
-        "task_type": task_type,
+        "task_type": config.get("task_type"),
         "peft_version": config.get("peft_version"),
         "base_model_name_or_path": config.get("base_model_name_or_path"),
     }
     carried = {k: provenance[k] for k in ("label_names", "label_words", "loss") if k in provenance}
-    if peft_type == "ADAPTION_PROMPT":
-        tensors, meta, notes, extra = _adaption_artifact(config, weights, backbone, adir)
-        load = (
-            f"method=adaption_prompt method.length={meta['length']} "
-            f"method.layers={meta['layers']} method.init=file method.init_file="
-        )
-    else:
-        emb = _prompt_weights(weights, adir, peft_type)
-        extra = sorted(k for k in weights if k != WEIGHT_KEY)
-        if peft_type == "PREFIX_TUNING":
-            tensors, meta, notes = _prefix_artifact(config, emb, backbone, adir)
-            load = (
-                f"method=prefix method.reparam=false method.length={meta['length']} "
-                f"method.init=file method.init_file="
-            )
-        else:
-            tensors, meta, notes = _prompt_artifact(config, emb, backbone, adir, peft_type)
-            load = (
-                f"method=prompt method.length={meta['length']} method.init=file method.init_file="
-            )
     if extra:
         notes.append(
             f"ignored tensors that are not the prompt ({', '.join(extra[:4])}"
@@ -780,14 +751,79 @@ def import_peft(
     return Converted(
         path=out,
         summary=(
-            f"wrote method={meta['method']} artifact ({meta['length']} "
-            f"{ {'prefix': 'prefix positions', 'adaption_prompt': 'vectors per layer'}.get(meta['method'], 'vectors') }"
-            f", base {identity['name']}) from the PEFT {peft_type} adapter "
+            f"wrote method={meta['method']} artifact ({meta['length']} {unit}, "
+            f"base {identity['name']}) from the PEFT {peft_type} adapter "
             f"{adir} to {out}"
         ),
         load=load + str(out),
         notes=tuple(notes),
     )
+
+
+def _check_arch(backbone, config: dict, adir: Path) -> None:
+    """Why a PEFT prompt adapter does not go onto ``backbone``'s architecture, if it does not
+    (each importer calls it first)."""
+    arch, task_type = backbone.arch, config.get("task_type")
+    if arch not in PEFT_ARCHS:
+        raise SptError(
+            f"cannot import a PEFT adapter onto {backbone.name} ({arch}): spt imports "
+            "PEFT prompts for decoder-only and encoder-decoder language models"
+        )
+    if PEFT_ARCHS[arch].import_refusal:
+        raise SptError(
+            f"cannot import {adir} onto the {arch} {backbone.name}: "
+            f"{PEFT_ARCHS[arch].import_refusal}"
+        )
+    accepted = PEFT_ARCHS[arch].task_types
+    if task_type is not None and task_type not in accepted:
+        raise SptError(
+            f"{adir} is a PEFT {task_type} adapter, but {backbone.name} is "
+            f"{arch} (PEFT task type {' or '.join(accepted)}): the "
+            f"adapter was made for another kind of model "
+            f"(base_model_name_or_path={config.get('base_model_name_or_path')!r}); "
+            "import it with that model (--model ...)"
+        )
+
+
+# Each importer: (config, weights, backbone, adapter dir, peft type) -> (tensors, meta, notes,
+# ignored weight names, the --set line that loads the artifact, less its path).
+def _prompt_import(config, weights, backbone, adir, peft_type):
+    _check_arch(backbone, config, adir)
+    emb = _prompt_weights(weights, adir, peft_type)
+    tensors, meta, notes = _prompt_artifact(config, emb, backbone, adir, peft_type)
+    load = f"method=prompt method.length={meta['length']} method.init=file method.init_file="
+    return tensors, meta, notes, sorted(k for k in weights if k != WEIGHT_KEY), load
+
+
+def _prefix_import(config, weights, backbone, adir, peft_type):
+    _check_arch(backbone, config, adir)
+    emb = _prompt_weights(weights, adir, peft_type)
+    tensors, meta, notes = _prefix_artifact(config, emb, backbone, adir)
+    load = (
+        f"method=prefix method.reparam=false method.length={meta['length']} "
+        "method.init=file method.init_file="
+    )
+    return tensors, meta, notes, sorted(k for k in weights if k != WEIGHT_KEY), load
+
+
+def _adaption_import(config, weights, backbone, adir, peft_type):
+    total = _adaption_layers(backbone, adir)  # names the architecture before the generic check
+    _check_arch(backbone, config, adir)
+    tensors, meta, extra = _adaption_artifact(config, weights, backbone, adir, total)
+    load = (
+        f"method=adaption_prompt method.length={meta['length']} "
+        f"method.layers={meta['layers']} method.init=file method.init_file="
+    )
+    return tensors, meta, [], extra, load
+
+
+# PEFT type -> (its importer, what the artifact's length counts)
+_IMPORTERS = {
+    "PROMPT_TUNING": (_prompt_import, "vectors"),
+    "P_TUNING": (_prompt_import, "vectors"),
+    "PREFIX_TUNING": (_prefix_import, "prefix positions"),
+    "ADAPTION_PROMPT": (_adaption_import, "vectors per layer"),
+}
 
 
 def _read_config(adir: Path) -> dict:
@@ -901,38 +937,58 @@ def _adaption_layers(backbone, adir: Path) -> int:
     from spt.backbones.adaption import attention_layers
 
     try:
-        return len(attention_layers(backbone.model))
+        layers = attention_layers(backbone.model)
     except SptError as err:
         raise SptError(
             f"cannot import the PEFT ADAPTION_PROMPT adapter {adir} onto {backbone.name}: {err}"
         ) from None
+    if layers[-1].o_proj.bias is not None:  # see _adaption_export
+        raise SptError(
+            f"cannot import the PEFT ADAPTION_PROMPT adapter {adir} onto {backbone.name}: its "
+            "attention output projection has a bias, which PEFT adds to the prompts' term a "
+            "second time and spt does not, so the prompts would score differently"
+        )
+    return len(layers)
 
 
-def _adaption_artifact(config: dict, weights: dict, backbone, adir: Path):
-    """PEFT adaption prompts -> ``method=adaption_prompt``: one task row, its layers' prompts
-    ``[1, layers, length, d]`` and gates ``[1, layers]`` (the keys of :data:`ADAPTION_KEY`)."""
+def _adaption_artifact(config: dict, weights: dict, backbone, adir: Path, total: int):
+    """PEFT adaption prompts -> ``method=adaption_prompt`` for a backbone of ``total`` layers:
+    one task row, its layers' prompts ``[1, layers, length, d]`` and gates ``[1, layers]`` (the
+    keys of :data:`ADAPTION_KEY`); also the names of the weights that are neither."""
     import re
 
-    total = _adaption_layers(backbone, adir)
     length, layers = config.get("adapter_len"), config.get("adapter_layers")
     target = config.get("target_modules")
-    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (length, layers))
-    if not ok or not (length >= 1 and 1 <= layers <= total) or target not in (None, "self_attn"):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (length, layers)):
         raise SptError(
-            f"{adir / CONFIG_NAME}: adapter_len={length!r}, adapter_layers={layers!r}, "
-            f"target_modules={target!r} do not fit {backbone.name} ({total} layers; spt adapts "
-            "the self_attn modules): import it with the model it was trained for "
+            f"{adir / CONFIG_NAME}: adapter_len={length!r} and adapter_layers={layers!r} must "
+            "be integers >= 1: the file is damaged or was not written by PEFT; re-save the "
+            "adapter with PeftModel.save_pretrained"
+        )
+    if layers > total or target not in (None, "self_attn"):
+        raise SptError(
+            f"{adir / CONFIG_NAME}: adapter_layers={layers}, target_modules={target!r} do not "
+            f"fit {backbone.name} ({total} layers; spt adapts the self_attn modules): import it "
+            "with the model it was trained for "
             f"(base_model_name_or_path={config.get('base_model_name_or_path')!r})"
         )
     pattern = re.compile(r"(?:^|\.)layers\.(\d+)\.self_attn\.adaption_(prompt|gate)$")
     found: dict[tuple[int, str], torch.Tensor] = {}
-    extra = []
+    extra, twice = [], []
     for key, value in weights.items():
         m = pattern.search(key)
-        if m:
-            found[int(m.group(1)), m.group(2)] = value
-        else:
+        if not m:
             extra.append(key)
+        elif (int(m.group(1)), m.group(2)) in found:
+            twice.append(key)
+        else:
+            found[int(m.group(1)), m.group(2)] = value
+    if twice:
+        raise SptError(
+            f"{adir / WEIGHTS_NAME} holds two tensors for the same layer's adaption prompt or "
+            f"gate ({', '.join(twice[:4])}): keep one adapter's keys (re-save it with "
+            "PeftModel.save_pretrained)"
+        )
     top = range(total - layers, total)  # PEFT adapts the last adapter_layers layers
     want = {(i, part) for i in top for part in ("prompt", "gate")}
     d = backbone.hidden_size
@@ -959,7 +1015,7 @@ def _adaption_artifact(config: dict, weights: dict, backbone, adir: Path):
         "n_layers": total,
         "trainable_parameters": prompts.numel() + gates.numel(),
     }
-    return {"adaption.prompts": prompts, "adaption.gates": gates}, meta, [], sorted(extra)
+    return {"adaption.prompts": prompts, "adaption.gates": gates}, meta, sorted(extra)
 
 
 def _prompt_artifact(config: dict, emb: torch.Tensor, backbone, adir: Path, peft_type: str):

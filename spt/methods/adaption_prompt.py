@@ -11,9 +11,9 @@ adapters move between the two; the attention itself lives in :mod:`spt.backbones
 The paper trains 10 vectors in the top 30 of LLaMA-7B's 32 layers (1.2M parameters).
 
 One prompt set and gate vector per task (a task axis, gathered by ``task_ids``). The hooks on
-the backbone's attention read the rows that :meth:`AdaptionPrompt.embed` selects for a batch,
-and every forward clears them, so a backbone shared with other methods (``spt.serve``) is
-left alone between this method's calls.
+the backbone's attention read the rows that :meth:`AdaptionPrompt.adapting` holds for a batch
+while the backbone runs on it (scoring, the LM loss, decoding), so a backbone shared with other
+methods (``spt.serve``) is left alone between this method's calls.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spt.backbones import Backbone
-from spt.backbones.adaption import attention_layers, install, top_layers
+from spt.backbones.adaption import LayerTerms, attention_layers, top_layers
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
 from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
@@ -112,8 +112,8 @@ class AdaptionPrompt(FrozenBackboneMixin, L.LightningModule):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.adaption = AdaptionPromptTable(n_tasks, top, length, backbone.hidden_size)
-        self._rows = None  # (prompts, gates) of the batch being run; None between calls
-        self._hooks = install(backbone.model, top, lambda: self._rows)
+        # the attention hooks, adapting the layers inside adapting(batch) only
+        self.terms = LayerTerms(backbone.model, top)
         if init == "file":
             self.load_prompt_file(init_file)
         self.check_frozen()
@@ -124,19 +124,19 @@ class AdaptionPrompt(FrozenBackboneMixin, L.LightningModule):
         return 0  # nothing goes into the input sequence
 
     def embed(self, batch: dict) -> torch.Tensor:
-        """The plain input embeddings ``[B, L, d]``; selects the batch rows' prompts and gates
-        for the attention hooks (every backbone call of this method starts here)."""
-        self._rows = self.adaption(batch["task_ids"])
+        """The plain input embeddings ``[B, L, d]`` (the layers' terms come from the hooks)."""
         return self.base.input_embeddings(batch["input_ids"])
+
+    def adapting(self, batch: dict):
+        """The batch rows' prompts and gates for the hooks, held while the backbone runs."""
+        return self.terms.holding(self.adaption(batch["task_ids"]))
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Class scores ``[B, C]`` for a batch from the data module."""
-        try:
+        with self.adapting(batch):
             return self.class_scores(
                 self.embed(batch), batch["attention_mask"], task_ids=batch["task_ids"]
             )
-        finally:
-            self._rows = None  # a shared backbone runs unadapted for others
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.adaption.parameters())}, *self.objective.head_groups()]
@@ -162,6 +162,8 @@ class AdaptionPrompt(FrozenBackboneMixin, L.LightningModule):
             "length": self.adaption.prompts.shape[2],
             "layers": self.adaption.prompts.shape[1],
             "n_layers": len(attention_layers(self.backbone)),  # the export numbers layers from it
+            # o_proj's bias: PEFT adds it to the term again (spt.backbones.adaption.heads_out)
+            "attention_bias": attention_layers(self.backbone)[-1].o_proj.bias is not None,
             "n_tasks": self.adaption.prompts.shape[0],
             "task_names": self.task_names,
             "init": self.hparams.init,

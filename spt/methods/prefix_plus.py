@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spt.backbones import Backbone
-from spt.backbones.adaption import attention_layers, install, top_layers
+from spt.backbones.adaption import LayerTerms, attention_layers, top_layers
 from spt.backbones.arch import attention_sizes
 from spt.backbones.prefix_plus import memory_output
 from spt.core.artifact import check_base, load_artifact, load_module_tensors
@@ -109,8 +109,8 @@ class PrefixTuningPlus(FrozenBackboneMixin, L.LightningModule):
         top, _ = top_layers(backbone.model, layers, lambda n: n, WHAT)  # null: every layer
         sizes = attention_sizes(backbone.config)
         self.prefix_plus = PrefixMemory(n_tasks, top, sizes["n_kv_heads"], sizes["head_dim"])
-        self._rows = None  # the batch rows' memories; None between calls
-        self._hooks = install(backbone.model, top, lambda: self._rows, memory_output)
+        # the attention hooks, adapting the layers inside adapting(batch) only
+        self.terms = LayerTerms(backbone.model, top, memory_output)
         if init == "file":
             self.load_prompt_file(init_file)
         self.check_frozen()
@@ -121,19 +121,19 @@ class PrefixTuningPlus(FrozenBackboneMixin, L.LightningModule):
         return 0  # nothing goes into the input sequence
 
     def embed(self, batch: dict) -> torch.Tensor:
-        """The plain input embeddings ``[B, L, d]``; selects the batch rows' memories for the
-        attention hooks (every backbone call of this method starts here)."""
-        self._rows = self.prefix_plus(batch["task_ids"])
+        """The plain input embeddings ``[B, L, d]`` (the layers' terms come from the hooks)."""
         return self.base.input_embeddings(batch["input_ids"])
+
+    def adapting(self, batch: dict):
+        """The batch rows' memories for the attention hooks, held while the backbone runs."""
+        return self.terms.holding(self.prefix_plus(batch["task_ids"]))
 
     def forward(self, batch: dict) -> torch.Tensor:
         """Class scores ``[B, C]`` for a batch from the data module."""
-        try:
+        with self.adapting(batch):
             return self.class_scores(
                 self.embed(batch), batch["attention_mask"], task_ids=batch["task_ids"]
             )
-        finally:
-            self._rows = None  # a shared backbone runs unadapted for others
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.prefix_plus.parameters())}, *self.objective.head_groups()]
