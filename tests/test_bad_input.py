@@ -161,12 +161,19 @@ def test_the_process_exits_2_on_what_hydra_refuses(tmp_path):
         (torch.tensor([[1, 2]], dtype=torch.int64), "not a floating-point prompt"),
     ],
 )
-def test_non_finite_or_integer_prompts_are_refused(tmp_path, tensor, message):
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [("prompt", "prompt"), ("adaption.gates", "adaption_prompt"), ("update.a", "dept")],
+)
+def test_non_finite_or_integer_prompts_are_refused(tmp_path, tensor, message, name, method):
+    """Any method's tensors (not a list of known names: DePT's update and adaption gates were
+    missed by one), except CPT's token indices."""
+    meta = {"method": method}
     with pytest.raises(SptError, match=message):
-        save_artifact(tmp_path / "a.safetensors", {"prompt": tensor}, {"method": "prompt"})
+        save_artifact(tmp_path / "a.safetensors", {name: tensor}, meta)
     assert not (tmp_path / "a.safetensors").exists()
     path = tmp_path / "b.safetensors"
-    save_file({"prompt": tensor}, str(path), metadata={"spt": '{"method": "prompt"}'})
+    save_file({name: tensor}, str(path), metadata={"spt": json.dumps(meta)})
     with pytest.raises(SptError, match=message):
         load_artifact(path)  # what spt.load, serving, init=file and PEFT export read through
 

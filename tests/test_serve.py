@@ -94,8 +94,8 @@ def bert_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def llama_runs(tmp_path_factory, data_dir) -> dict[str, Path]:
     """tiny-llama: prompt on sst2 and rte (two-token label word), prefix on sst2, DePT on
-        sst2 and rte (one stacked table of prompts and embedding updates), adaption prompts on sst2
-        and Prefix-Tuning+ on rte (hooks on the shared backbone's attention, each inactive for the
+    sst2 and rte (one stacked table of prompts and embedding updates), adaption prompts on sst2
+    and Prefix-Tuning+ on rte (hooks on the shared backbone's attention, each inactive for the
     other groups)."""
     root = tmp_path_factory.mktemp("llama")
     return {

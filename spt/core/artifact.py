@@ -162,14 +162,17 @@ def load_artifact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+# The integer tensors an artifact may hold: CPT's context tokens, their types and examples.
+INDEX_TENSORS = ("context_ids", "context_types", "context_example")
+
+
 def check_tensors(tensors: dict[str, torch.Tensor], where) -> None:
     """Every floating-point tensor is finite (an inf or NaN prompt scores nothing: the server
-    answered ``scores: null``), and the vectors themselves (``prompt``, ``prefix``, the head,
-    weights) are floating point; index tensors (CPT's ``context_ids``) are integers."""
+    answered ``scores: null``), and every tensor but the token indices of :data:`INDEX_TENSORS`
+    is floating point (prompts, prefixes, gates, memories, heads, weights: a new method's
+    tensors are checked without a list to extend)."""
     for name, t in tensors.items():
-        vectors = name in ("prompt", "prefix", "delta") or name.startswith("head.")
-        vectors |= name.endswith(("weight", "bias", "embeds", "embeddings"))
-        if vectors and not torch.is_floating_point(t):
+        if name not in INDEX_TENSORS and not torch.is_floating_point(t):
             raise SptError(
                 f"{where}: tensor {name!r} is {str(t.dtype).removeprefix('torch.')}, not a "
                 "floating-point prompt: the file is not a trained spt prompt"

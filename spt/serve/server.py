@@ -27,12 +27,14 @@ log = logging.getLogger("spt.serve")
 def served_methods() -> list[str]:
     """What is served: every method whose prompt is a table of input vectors (served by a
     Prompt Tuning module, whatever method trained it), and every method that names the
-    artifact tensors it stacks (``served_rows``: served by its own module), so a new method is
-    served by declaring them, with no list here to extend."""
+    artifact tensors it stacks (``served_rows``) and how its served module is built
+    (``serving_settings``: served by its own module), so a new method is served by declaring
+    both, with no list here to extend."""
     return [
         name
         for name, info in methods.registry().items()
-        if info.prompt == "input" or getattr(info.cls, "served_rows", ())
+        if info.prompt == "input"
+        or (getattr(info.cls, "served_rows", ()) and hasattr(info.cls, "serving_settings"))
     ]
 
 
