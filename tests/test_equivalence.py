@@ -1,9 +1,10 @@
-"""Short seeded training runs reproduce the recorded ones bit for bit (issue 19, point 6).
+"""Short seeded training runs reproduce the recorded ones (issue 19, point 6).
 
 Every case of ``scripts/equivalence.py`` (each method on each tiny architecture it supports,
 text-to-text, a task mixture, the Nemesis regularizer) fits two steps; the artifact tensors,
 first-batch class scores or generations, dev metrics and metadata must equal
-``tests/golden/``. The same fit checks the frozen-backbone contract: the backbone is untouched
+``tests/golden/``: bit for bit on the machine that recorded them, the tensors within
+``equivalence.RTOL`` of their scale on another CPU (its float kernels differ in the last bits). The same fit checks the frozen-backbone contract: the backbone is untouched
 and the served prompt moved. After a change that is meant to alter numbers, rerun
 ``python scripts/equivalence.py record`` and say why in the commit.
 """
@@ -20,6 +21,23 @@ from spt.api import PromptModel
 from tests.recorded import equivalence
 
 CASES = equivalence.cases()
+
+
+def test_off_the_recording_machine_tensors_may_differ_in_their_last_bits_only(monkeypatch):
+    """Bit for bit on the recording machine; elsewhere within RTOL of each tensor's scale (the
+    1.2e-4 seen between two CPUs passes, a 1e-2 change does not), metrics still exact."""
+    name = "prompt-tiny-llama-sst2"
+    tensors, record = equivalence.load(name)
+    nudged = {k: v * (1 + 1.2e-4) if v.is_floating_point() else v for k, v in tensors.items()}
+    changed = {k: v * (1 + 1e-2) if v.is_floating_point() else v for k, v in tensors.items()}
+    monkeypatch.setattr(equivalence, "machine", lambda: record["machine"])
+    assert equivalence.differences(name, tensors, record) == []
+    assert equivalence.differences(name, nudged, record) != []  # on the recording machine
+    monkeypatch.setattr(equivalence, "machine", lambda: "another CPU")
+    assert equivalence.differences(name, nudged, record) == []
+    assert any("differs" in d for d in equivalence.differences(name, changed, record))
+    metrics = {**record, "metrics": {k: v + 1e-9 for k, v in record["metrics"].items()}}
+    assert equivalence.differences(name, tensors, metrics) != []
 
 
 def test_every_case_is_recorded():
