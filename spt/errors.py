@@ -13,6 +13,13 @@ class SptError(Exception):
     """
 
 
+def is_count(value, least: int = 1) -> bool:
+    """An integer ``>= least`` and not a bool (YAML's ``true`` is an int to Python): what a
+    count setting must be. Each caller words its own message (what null means there, the
+    range)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def user_error(exc: BaseException) -> SptError | None:
     """The SptError behind ``exc``: Hydra's instantiate and Lightning wrap what they call."""
     seen = set()

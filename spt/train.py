@@ -24,7 +24,7 @@ from spt.api import PromptModel
 from spt.build import build, instantiate_callbacks, instantiate_loggers
 from spt.console import quiet_third_parties
 from spt.core.artifact import atomic_write_text
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 from spt.resume import (
     AtomicCheckpointIO,
     CheckpointOnSigterm,
@@ -179,9 +179,7 @@ def check_length(trainer, fit: bool) -> None:
     # with an int. log_every_n_steps=0 is Lightning's "never log".
     for key, least in (("accumulate_grad_batches", 1), ("log_every_n_steps", 0)):
         value = trainer.get(key)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < least
-        ):
+        if value is not None and not is_count(value, least):
             raise SptError(f"trainer.{key}={value!r}: an integer >= {least}")
     if not fit:
         return

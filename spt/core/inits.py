@@ -18,7 +18,7 @@ from collections import Counter
 
 import torch
 
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def check_settings(*, length, init, loss, n_tasks, init_text, init_file, vocab_t
     """A prompt table's settings (Prompt Tuning's, DePT's), each refused by its key."""
     from spt.core.steps import LOSSES
 
-    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+    if not is_count(length):
         raise SptError(
             f"method.length={length!r}: the prompt needs at least one vector "
             "(an integer >= 1; Lester et al. use 1-150, 20 by default)"

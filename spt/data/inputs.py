@@ -18,7 +18,7 @@ from spt.data.generation import GENERATION_METRICS, GenerationTaskInfo
 from spt.data.tables import linearize_mr
 from spt.data.task import LABEL_SCORES, TaskInfo
 from spt.data.template import TemplateEncoder
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 
 KINDS = ("classification", "text-to-text", "image")
 _MR = re.compile(r"\s*[^\[\],]+\[[^\]]*\](\s*,\s*[^\[\],]+\[[^\]]*\])*\s*")  # E2E: name[x], ...
@@ -65,13 +65,9 @@ class InputFormat:
         for key in ("max_length", "label_reserve", "max_target_length", "max_new_tokens"):
             value = getattr(self, key)
             low = 0 if key == "label_reserve" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_count(value, low):
                 raise SptError(f"input format: {key}={value!r} must be an integer >= {low}")
-        if (
-            isinstance(self.num_beams, bool)
-            or not isinstance(self.num_beams, int)
-            or self.num_beams < 1
-        ):
+        if not is_count(self.num_beams):
             raise SptError(f"input format: num_beams={self.num_beams!r} must be an integer >= 1")
         if not isinstance(self.soft_first, bool):
             raise SptError(f"input format: soft_first={self.soft_first!r} must be true or false")

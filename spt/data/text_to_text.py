@@ -63,7 +63,7 @@ from spt.data.tables import (
     read_hub_entries,
     read_local_entries,
 )
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 
 __all__ = ["GenerationTaskInfo", "TextToTextDataModule", "generation_metrics"]
 
@@ -162,7 +162,7 @@ class TextToTextDataModule(SplitLoaders, L.LightningDataModule):
             ("split_seed", split_seed, 0),
             ("num_beams", num_beams, 1),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            if not is_count(value, low):
                 raise SptError(f"data.{key} must be an int >= {low}, got {value!r}.")
         for key, value in (
             ("train_limit", train_limit),

@@ -78,7 +78,7 @@ import torch
 
 from spt import CONF_DIR, methods
 from spt.core.artifact import check_tensors, load_artifact, save_artifact
-from spt.errors import SptError, cli_error
+from spt.errors import SptError, cli_error, is_count
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -959,7 +959,7 @@ def _adaption_artifact(config: dict, weights: dict, backbone, adir: Path, total:
 
     length, layers = config.get("adapter_len"), config.get("adapter_layers")
     target = config.get("target_modules")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (length, layers)):
+    if not (is_count(length) and is_count(layers)):
         raise SptError(
             f"{adir / CONFIG_NAME}: adapter_len={length!r} and adapter_layers={layers!r} must "
             "be integers >= 1: the file is damaged or was not written by PEFT; re-save the "

@@ -29,7 +29,7 @@ from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
 from spt.core.steps import LOSSES
 from spt.data.task import TaskInfo  # noqa: I001
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 
 
 class AdaptionPromptTable(nn.Module):
@@ -85,7 +85,7 @@ class AdaptionPrompt(FrozenBackboneMixin, L.LightningModule):
     ):
         super().__init__()
         for key, value in (("length", length), ("n_tasks", n_tasks)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_count(value):
                 raise SptError(f"method.{key}={value!r}: an integer >= 1")
         if init not in ("random", "file") or (init == "file" and not init_file):
             raise SptError(

@@ -39,7 +39,7 @@ from spt.core.artifact import check_base, load_artifact
 from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import objective_for, task_names_for
 from spt.data.task import TaskInfo
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 
 POSITIONS = ("end", "middle", "front")
 INITS = ("normal", "text", "file")
@@ -323,7 +323,7 @@ def _replaced_output(module: nn.Module, output: torch.Tensor):
 
 
 def _validate(*, length, position, init, init_text, init_file, init_std, loss, n_tasks) -> None:
-    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+    if not is_count(length):
         raise SptError(
             f"method.length={length!r}: the context needs at least one vector (an "
             "integer >= 1; CoOp uses 16, or 4 with init_text='a photo of a')"
@@ -344,5 +344,5 @@ def _validate(*, length, position, init, init_text, init_file, init_std, loss, n
         raise SptError(
             f"method.loss={loss!r}: CoOp trains with class_ce (cross-entropy over CLIP's logits)"
         )
-    if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
+    if not is_count(n_tasks):
         raise SptError(f"method.n_tasks={n_tasks!r} must be an integer >= 1")

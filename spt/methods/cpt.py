@@ -44,7 +44,7 @@ from spt.core.objective import objective_for, task_names_for
 from spt.core.steps import LOSSES, check_finite, classification_loss
 from spt.data.task import TaskInfo
 from spt.data.template import special_affixes
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 from spt.modules import PromptTable
 
 log = logging.getLogger(__name__)
@@ -478,7 +478,7 @@ def _validate(
     n_tasks,
     loss,
 ) -> None:
-    if not isinstance(n_examples, int) or isinstance(n_examples, bool) or n_examples < 1:
+    if not is_count(n_examples):
         raise SptError(
             f"method.n_examples={n_examples!r}: the context needs at least one "
             "example (an integer >= 1; the paper uses a few, e.g. 4)"
@@ -500,7 +500,7 @@ def _validate(
         raise SptError(f"method.init={init!r}: choose one of {', '.join(INITS)}")
     if init == "file" and not init_file:
         raise SptError("method.init=file needs method.init_file=/path/to/prompt.safetensors")
-    if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
+    if not is_count(n_tasks):
         raise SptError(f"method.n_tasks={n_tasks!r} must be an integer >= 1")
     if loss not in LOSSES:
         raise SptError(f"method.loss={loss!r}: choose one of {', '.join(LOSSES)}")

@@ -51,7 +51,7 @@ from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
 from spt.data.batches import IGNORE
 from spt.data.task import TaskInfo  # noqa: I001
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 from spt.modules import PromptTable
 from spt.modules.embedding_update import LowRankEmbeddingUpdate
 
@@ -134,12 +134,10 @@ class DecomposedPromptTuning(FrozenBackboneMixin, L.LightningModule):
     ):
         super().__init__()
         for key, value in (("budget", budget), ("positions", positions)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_count(value):
                 raise SptError(f"method.{key}={value!r}: an integer >= 1")
         for key, value in (("length", length), ("rank", rank)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
-            ):
+            if value is not None and not is_count(value):
                 raise SptError(
                     f"method.{key}={value!r}: null (from method.budget) or an integer >= 1"
                 )

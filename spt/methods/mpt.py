@@ -36,7 +36,7 @@ from spt.core.artifact import check_base, load_artifact
 from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
 from spt.core.steps import LOSSES, check_finite, classification_loss
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 from spt.modules.low_rank_prompts import LowRankTaskPrompts
 
 log = logging.getLogger(__name__)
@@ -356,7 +356,7 @@ def _validate(
     if stage not in STAGES:
         raise SptError(f"method.stage={stage!r}: choose source or target")
     for key, value in (("length", length), ("rank", rank), ("n_tasks", n_tasks)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_count(value):
             raise SptError(f"method.{key}={value!r} must be an integer >= 1")
     if init not in SHARED_INITS:
         raise SptError(f"method.init={init!r}: choose one of {', '.join(SHARED_INITS)}")

@@ -31,7 +31,7 @@ from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
 from spt.core.steps import LOSSES
 from spt.data.task import TaskInfo  # noqa: I001
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 
 WHAT = "Prefix-Tuning+ (method=prefix_plus)"
 
@@ -84,7 +84,7 @@ class PrefixTuningPlus(FrozenBackboneMixin, L.LightningModule):
         init_texts: list[str] | None = None,  # what spt.build hands every method; unused
     ):
         super().__init__()
-        if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1:
+        if not is_count(n_tasks):
             raise SptError(f"method.n_tasks={n_tasks!r}: an integer >= 1")
         if init not in ("zeros", "file") or (init == "file" and not init_file):
             raise SptError(

@@ -31,7 +31,7 @@ from spt.core.artifact import check_base, load_artifact, load_module_tensors
 from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
 from spt.data.task import TaskInfo  # noqa: I001
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 from spt.modules import PromptTable
 from spt.modules.residual_mlp import ResidualReparam
 
@@ -91,9 +91,7 @@ class PromptTuning(FrozenBackboneMixin, L.LightningModule):
         residual_dropout: float = 0.0,
     ):
         super().__init__()
-        if residual is not None and (
-            isinstance(residual, bool) or not isinstance(residual, int) or residual < 1
-        ):
+        if residual is not None and not is_count(residual):
             raise SptError(
                 f"method.residual={residual!r}: null (plain Prompt Tuning) or the width of "
                 "Residual Prompt Tuning's MLP, an integer >= 1 (e.g. 400)"

@@ -18,7 +18,7 @@ from spt.core.artifact import check_base, load_artifact, load_module_tensors
 from spt.core.mixin import HPARAMS_IGNORE, FrozenBackboneMixin, Schedule
 from spt.core.objective import Head, objective_for, task_names_for
 from spt.core.steps import LOSSES
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 from spt.modules.prompt_encoder import PromptEncoder
 
 
@@ -61,7 +61,7 @@ class PTuning(FrozenBackboneMixin, L.LightningModule):
         init_texts: list[str] | None = None,
     ):
         super().__init__()
-        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        if not is_count(length):
             raise SptError(
                 f"method.length={length!r}: needs at least one pseudo-token (an integer >= 1)"
             )

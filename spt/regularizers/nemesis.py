@@ -36,7 +36,7 @@ import math
 
 import torch
 
-from spt.errors import SptError
+from spt.errors import SptError, is_count
 
 SCHEDULES = ("logistic", "constant")
 NORM_ORDERS = {1: 1.0, 2: 2.0, "1": 1.0, "2": 2.0, "inf": math.inf, math.inf: math.inf}
@@ -225,7 +225,7 @@ class Nemesis:
         self.random_positions = isinstance(n_positions, str) and n_positions.startswith("random")
         if self.random_positions and n_positions[len("random") :].isdigit():
             n_positions = int(n_positions[len("random") :])
-        if not isinstance(n_positions, int) or isinstance(n_positions, bool) or n_positions < 1:
+        if not is_count(n_positions):
             raise SptError(
                 f"regularizer.n_positions={n_positions!r} must be an integer >= 1 "
                 "or random<n> (n random positions, unprobed)"
