@@ -43,7 +43,16 @@ def main() -> int:
     plot(rows, "method", "val/acc", hue="data", out=out("ptuning_v2_superglue/acc_by_method.png"),
          baselines=majority("cb"))  # fmt: skip
 
-    rows = [r for r in read_rows(HERE / "text_methods/results.csv") if "lr" not in r["run"]]
+    # the runs the scripts make now: not the lr probes nor the rows kept from before a fix;
+    # Residual PT is method=prompt with an MLP (its run folders say prompt_residual)
+    rows = [
+        r
+        for r in read_rows(HERE / "text_methods/results.csv")
+        if "lr" not in r["run"] and "2026-11-22" not in r["run"]
+    ]
+    for r in rows:
+        if "prompt_residual" in Path(r["run"]).name:
+            r["method"] = "prompt_residual"
     for data in ("sst2", "rte"):
         plot([r for r in rows if r["data"] == data], "method", "val/acc", hue="model",
              out=out(f"text_methods/acc_by_method_{data}.png"), baselines=majority(data))  # fmt: skip
