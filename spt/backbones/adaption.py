@@ -105,12 +105,8 @@ def install(model, top: int, source, term=adapter_output) -> list:
     returns a tuple of tensors ``[B, top, ...]`` (layer 0 of them the lowest hooked layer; for
     adaption prompts ``(prompts [B, top, length, d], gates [B, top])``), and leave the layer
     alone while it returns None. Returns the hook handles (``.remove()`` each to uninstall)."""
+    top_layers(model, top, None, "adaption prompts")  # the methods' own range check
     layers = attention_layers(model)
-    if not 1 <= top <= len(layers):
-        raise SptError(
-            f"{top} adapted layers, but the model has {len(layers)}: set "
-            f"method.layers to 1..{len(layers)}"
-        )
     handles = []
     for i, attn in enumerate(layers[len(layers) - top :]):
 

@@ -105,8 +105,6 @@ def exportable_methods() -> list[str]:
     return methods.with_prompt(EXPORTED)
 
 
-IMPORTABLE = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "ADAPTION_PROMPT")  # _IMPORTERS' keys
-
 _BOS_NOTE = (
     "PEFT puts the virtual tokens in front of the tokenizer's leading special token "
     "(BOS/CLS); spt's templates put them after it, so scores under PEFT differ "
@@ -824,6 +822,7 @@ _IMPORTERS = {
     "PREFIX_TUNING": (_prefix_import, "prefix positions"),
     "ADAPTION_PROMPT": (_adaption_import, "vectors per layer"),
 }
+IMPORTABLE = tuple(_IMPORTERS)
 
 
 def _read_config(adir: Path) -> dict:

@@ -157,13 +157,14 @@ class AdaptionPrompt(FrozenBackboneMixin, L.LightningModule):
         }
 
     def artifact_meta(self) -> dict:
+        layers = attention_layers(self.backbone)
         return {
             "method": self.method_name,
             "length": self.adaption.prompts.shape[2],
             "layers": self.adaption.prompts.shape[1],
-            "n_layers": len(attention_layers(self.backbone)),  # the export numbers layers from it
+            "n_layers": len(layers),  # the export numbers layers from it
             # o_proj's bias: PEFT adds it to the term again (spt.backbones.adaption.heads_out)
-            "attention_bias": attention_layers(self.backbone)[-1].o_proj.bias is not None,
+            "attention_bias": layers[-1].o_proj.bias is not None,
             "n_tasks": self.adaption.prompts.shape[0],
             "task_names": self.task_names,
             "init": self.hparams.init,
